@@ -1,0 +1,160 @@
+//! Client credentials: HS256 JWTs with `sub`, `org`, `exp`, optional `rooms`
+//! and `pub` claims. A `Principal` is what a handler knows about its caller.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::HttpRequest;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The claims of a roomcast token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub org: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
+    #[serde(rename = "pub", default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<bool>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub sub: String,
+    pub org: String,
+    /// Unix seconds after which the credential is no longer valid.
+    pub exp: u64,
+    /// Room ids or prefixes ending in `*`; `None` means every room of the org.
+    pub rooms: Option<Vec<String>>,
+    pub can_publish: bool,
+}
+
+impl Principal {
+    /// Whether this caller may read (and, with `pub`, publish to) `room`.
+    pub fn may_access(&self, room: &str) -> bool {
+        match &self.rooms {
+            None => true,
+            Some(list) => list.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => room.starts_with(prefix),
+                None => p == room,
+            }),
+        }
+    }
+
+    pub fn is_expired(&self) -> bool {
+        now_secs() >= self.exp
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: send Authorization: Bearer <jwt> or ?token=<jwt>")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Verifies tokens against `ROOMCAST_JWT_SECRET`.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Long connections are closed at `exp` exactly; no grace beyond clock skew.
+        validation.leeway = 5;
+        Authenticator {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.org.is_empty() {
+            return Err(AuthError::Invalid("sub and org must not be empty".into()));
+        }
+        Ok(Principal {
+            sub: c.sub,
+            org: c.org,
+            exp: c.exp,
+            rooms: c.rooms,
+            can_publish: c.publish.unwrap_or(false),
+        })
+    }
+
+    /// Reads the token from `Authorization: Bearer` or the `token` query parameter.
+    pub fn from_request(&self, req: &HttpRequest) -> Result<Principal, AuthError> {
+        let token = bearer(req).or_else(|| query_token(req)).ok_or(AuthError::Missing)?;
+        self.verify(&token)
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let h = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = h.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(req: &HttpRequest) -> Option<String> {
+    req.query_string().split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "token").then(|| v.to_owned())
+    })
+}
+
+/// Signs a token; used by `roomcast demo`, `roomcast token` and the tests.
+pub fn mint(secret: &str, claims: &Claims) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(rooms: Option<Vec<&str>>) -> Claims {
+        Claims {
+            sub: "u".into(),
+            org: "o".into(),
+            exp: now_secs() + 60,
+            rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
+            publish: Some(true),
+        }
+    }
+
+    #[test]
+    fn verify_and_scope() {
+        let a = Authenticator::new("s3cret");
+        let p = a.verify(&mint("s3cret", &claims(Some(vec!["call-*", "m1"])))).unwrap();
+        assert!(p.can_publish);
+        assert!(p.may_access("call-7"));
+        assert!(p.may_access("m1"));
+        assert!(!p.may_access("m12"));
+        assert!(a.verify(&mint("other", &claims(None))).is_err());
+        let mut expired = claims(None);
+        expired.exp = now_secs() - 100;
+        assert!(a.verify(&mint("s3cret", &expired)).is_err());
+        assert!(a.verify("garbage").is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The Db actor: runs publishes and catch-up queries against the pool.
+//!
+//! Catch-up is coalesced here. Requests for one room wait in a queue while a
+//! round of queries for that room is running; the next round takes them all,
+//! sorts them by cursor and serves every cluster of nearby cursors (within one
+//! page) with a single query whose frames are shared by all its requesters.
+//! A reconnect storm of a thousand sessions on one room therefore costs a
+//! handful of queries, not a thousand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use deadpool_postgres::Pool;
+use futures_util::future::join_all;
+
+use crate::metrics::{Metrics, QueryKind};
+use crate::protocol::{Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
+use crate::room::Committed;
+use crate::store::{self, Published, RoomRow, StoreError};
+
+/// Publish events into one room (all or nothing); routed to subscribers once
+/// committed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Published>, StoreError>")]
+pub struct Publish {
+    pub key: RoomKey,
+    pub events: Vec<NewEvent>,
+}
+
+/// A room's row (None: never published to).
+#[derive(Message)]
+#[rtype(result = "Result<Option<RoomRow>, StoreError>")]
+pub struct Snapshot {
+    pub key: RoomKey,
+}
+
+/// Heads of many rooms in one statement.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError>")]
+pub struct Heads {
+    pub keys: Vec<RoomKey>,
+}
+
+/// Asks for the events of `key` after `after`; answered with `CatchupDone`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Catchup {
+    pub key: RoomKey,
+    pub after: i64,
+    /// The label the frames carry (`push` when the router fills a gap in the
+    /// live stream, `catchup` when a subscriber reads back).
+    pub via: Via,
+    pub reply: Recipient<CatchupDone>,
+}
+
+/// One page of a room's log, encoded once and shared by every requester.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CatchupDone {
+    pub key: RoomKey,
+    /// Events after the requested cursor's cluster start, ascending, or the
+    /// error the query failed with.
+    pub frames: Result<Arc<[Frame]>, StoreError>,
+    /// The page was full: more events may follow.
+    pub more: bool,
+}
+
+struct Waiter {
+    after: i64,
+    reply: Recipient<CatchupDone>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiter>,
+    running: bool,
+}
+
+pub struct Db {
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    /// Where committed events go (the Broadcaster).
+    router: Recipient<Committed>,
+    /// Events per catch-up query.
+    page: i64,
+    /// Pending catch-up requests per (room, label).
+    queues: HashMap<(RoomKey, Via), Queue>,
+}
+
+impl Db {
+    pub fn new(pool: Pool, metrics: Arc<Metrics>, router: Recipient<Committed>, page: i64) -> Self {
+        Db {
+            pool,
+            metrics,
+            router,
+            page: page.max(1),
+            queues: HashMap::new(),
+        }
+    }
+
+    /// Starts a round for `qkey` if none is running: every waiting request
+    /// is served, nearby cursors sharing one query.
+    fn run_round(&mut self, qkey: (RoomKey, Via), ctx: &mut Context<Self>) {
+        let Some(queue) = self.queues.get_mut(&qkey) else {
+            return;
+        };
+        if queue.running {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut queue.waiting);
+        if waiting.is_empty() {
+            self.queues.remove(&qkey);
+            return;
+        }
+        queue.running = true;
+        waiting.sort_by_key(|w| w.after);
+        let page = self.page;
+        let mut clusters: Vec<(i64, Vec<Waiter>)> = Vec::new();
+        for w in waiting {
+            match clusters.last_mut() {
+                Some((start, members)) if w.after < *start + page => members.push(w),
+                _ => clusters.push((w.after, vec![w])),
+            }
+        }
+        self.metrics
+            .queries(QueryKind::Catchup, clusters.len() as u64);
+        let pool = self.pool.clone();
+        let key = qkey.0.clone();
+        let starts: Vec<i64> = clusters.iter().map(|(s, _)| *s).collect();
+        let fut = async move {
+            join_all(starts.into_iter().map(|after| {
+                let pool = pool.clone();
+                let key = key.clone();
+                async move {
+                    let client = pool.get().await?;
+                    store::events_after(&client, &key, after, page).await
+                }
+            }))
+            .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| {
+            let (key, via) = &qkey;
+            for ((_, members), result) in clusters.into_iter().zip(results) {
+                let more = matches!(&result, Ok(events) if events.len() as i64 >= page);
+                let frames = result.map(|events| encode(key, &events, *via));
+                if let Err(e) = &frames {
+                    log::warn!("catch-up query failed room={key}: {e}");
+                }
+                let done = CatchupDone {
+                    key: key.clone(),
+                    frames,
+                    more,
+                };
+                for m in members {
+                    m.reply.do_send(done.clone());
+                }
+            }
+            if let Some(q) = act.queues.get_mut(&qkey) {
+                q.running = false;
+            }
+            act.run_round(qkey, ctx);
+        }));
+    }
+}
+
+fn encode(key: &RoomKey, events: &[Event], via: Via) -> Arc<[Frame]> {
+    events
+        .iter()
+        .map(|e| Frame::encode(&key.room, e, via))
+        .collect()
+}
+
+impl Actor for Db {
+    type Context = Context<Self>;
+}
+
+impl Handler<Publish> for Db {
+    type Result = ResponseActFuture<Self, Result<Vec<Published>, StoreError>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        self.metrics
+            .queries(QueryKind::Publish, msg.events.len() as u64 + 2);
+        let fut = async move {
+            let result = store::publish(&pool, &msg.key, &msg.events).await;
+            (msg, result)
+        };
+        Box::pin(fut.into_actor(self).map(|(msg, result), act, _| {
+            let published = result?;
+            let mut frames = Vec::with_capacity(published.len());
+            let mut closed = false;
+            for (ev, p) in msg.events.into_iter().zip(&published) {
+                if p.duplicate {
+                    continue;
+                }
+                closed |= ev.status.is_some_and(RoomStatus::is_terminal);
+                let event = Event {
+                    seq: p.seq,
+                    ty: ev.ty.as_str().to_owned(),
+                    data: ev.data,
+                    ts: p.ts.clone(),
+                };
+                frames.push(Frame::encode(&msg.key.room, &event, Via::Push));
+            }
+            if !frames.is_empty() {
+                act.metrics.events_published.inc_by(frames.len() as u64);
+                act.router.do_send(Committed {
+                    key: msg.key,
+                    frames,
+                    closed,
+                });
+            }
+            Ok(published)
+        }))
+    }
+}
+
+impl Handler<Snapshot> for Db {
+    type Result = ResponseFuture<Result<Option<RoomRow>, StoreError>>;
+
+    fn handle(&mut self, msg: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        self.metrics.queries(QueryKind::Head, 1);
+        Box::pin(async move {
+            let client = pool.get().await?;
+            store::room(&client, &msg.key).await
+        })
+    }
+}
+
+impl Handler<Heads> for Db {
+    type Result = ResponseFuture<Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError>>;
+
+    fn handle(&mut self, msg: Heads, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        self.metrics.queries(QueryKind::Head, 1);
+        Box::pin(async move {
+            let client = pool.get().await?;
+            store::heads(&client, &msg.keys).await
+        })
+    }
+}
+
+impl Handler<Catchup> for Db {
+    type Result = ();
+
+    fn handle(&mut self, msg: Catchup, ctx: &mut Context<Self>) {
+        let qkey = (msg.key, msg.via);
+        self.queues.entry(qkey.clone()).or_default().waiting.push(Waiter {
+            after: msg.after,
+            reply: msg.reply,
+        });
+        self.run_round(qkey, ctx);
+    }
+}

@@ -1,0 +1,32 @@
+//! The HTTP surface, one file per resource. Handlers parse input into the
+//! wire types of `protocol` at the edge and answer errors in the contract's
+//! shape (`error.rs`).
+
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod ws;
+
+use actix_web::web;
+
+use error::ApiError;
+
+/// Every route of the server.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::BadRequest(format!("bad query string: {e}")).into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|e, _| {
+        ApiError::BadRequest(format!("bad path: {e}")).into()
+    }))
+    .route("/v1/rooms/{room}/events", web::post().to(events::publish))
+    .route("/v1/ws", web::get().to(ws::connect))
+    .route("/v1/rooms/{room}/ws", web::get().to(ws::connect_room))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(metrics::metrics))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such resource".into()))
+    }));
+}

@@ -1,0 +1,45 @@
+//! `/v1/ws` and `/v1/rooms/{room}/ws?since=N`: the WebSocket upgrade. A bad
+//! token is refused with 401 before the upgrade; the session itself lives in
+//! `crate::session`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::protocol::RoomId;
+use crate::session;
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+pub struct SinceQuery {
+    since: Option<i64>,
+}
+
+/// `GET /v1/ws`: a connection that subscribes with messages.
+pub async fn connect(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
+    session::start(&req, stream, state, principal, None)
+}
+
+/// `GET /v1/rooms/{room}/ws?since=N`: a connection subscribed to one room.
+pub async fn connect_room(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<SinceQuery>,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
+    let room = RoomId::parse(&path).map_err(ApiError::from)?;
+    if query.since.is_some_and(|s| s < 0) {
+        return Err(ApiError::BadRequest("since must be 0 or more".into()).into());
+    }
+    if !principal.may_access(room.as_str()) {
+        return Err(ApiError::Forbidden("the token's rooms claim does not cover this room".into()).into());
+    }
+    session::start(&req, stream, state, principal, Some((room, query.since)))
+}

@@ -1,0 +1,45 @@
+//! roomcast: a real-time event delivery server.
+//!
+//! Producers publish events into rooms (REST, or `roomcast_publish` in SQL);
+//! PostgreSQL stores each one with a per-room sequence number and is the
+//! source of truth; subscribers get events pushed over WebSocket and catch up
+//! from the database by sequence whenever a push was missed: exactly once, in
+//! order. The public contract is `PROTOCOL.md` (see `docs/`).
+//!
+//! # Layout
+//!
+//! - [`startup`]: builds the application (pool, migrations, actors, HTTP
+//!   server) the same way for `main` and for tests.
+//! - [`config`]: every setting, as `--flags` and environment variables.
+//! - [`protocol`]: wire types, parsed once at the edge (`RoomId`, `NewEvent`,
+//!   client and server WebSocket messages, the encoded event `Frame`).
+//! - [`auth`]: JWT verification and the caller's `Principal` (org isolation,
+//!   `rooms` and `pub` claims).
+//! - [`session`]: the **WsSession** actor, one per WebSocket connection: its
+//!   subscriptions, the `room -> last seq sent` map, the delivery rule, its
+//!   poll timer and heartbeat. All WebSocket code is here.
+//! - [`room`]: the **Broadcaster** actor: which sessions follow which room,
+//!   each room's routed head, in-order routing of committed events, the
+//!   per-room head check that backs up lost notifications.
+//! - [`db`]: the **Db** actor: publishes, and coalesced catch-up reads.
+//! - [`listener`]: the dedicated LISTEN connection for commits of other
+//!   instances and SQL producers; reconnects by itself.
+//! - [`store`]: every SQL statement the server sends.
+//! - [`http`]: the REST surface, one file per resource, one error type.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`pgcluster`]: a private PostgreSQL cluster when no `DATABASE_URL` is set.
+//! - [`demo`]: `roomcast demo`, a meeting room fed by a simulated pipeline.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod pgcluster;
+pub mod protocol;
+pub mod room;
+pub mod session;
+pub mod startup;
+pub mod store;

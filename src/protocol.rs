@@ -1,0 +1,450 @@
+//! Wire types of the public contract (`../shared/PROTOCOL.md`), parsed once at
+//! the edge: a `RoomId`, an `EventType` or a `NewEvent` that exists is valid, so
+//! nothing past the HTTP and WebSocket handlers re-checks them.
+
+use std::fmt;
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Largest serialized `data` of one event (64 KiB).
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Largest number of events in one batch publish.
+pub const MAX_BATCH: usize = 1000;
+/// Largest idempotency key, in bytes.
+pub const MAX_IDEM_KEY: usize = 256;
+
+/// Why a piece of client input was refused; becomes a `bad_request` error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// A room id: `^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomId(String);
+
+impl RoomId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && b[0].is_ascii_alphanumeric()
+            && b[1..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        if ok {
+            Ok(RoomId(s.to_owned()))
+        } else {
+            Err(invalid(
+                "room id must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event type: `^[a-z][a-z0-9_.-]{0,63}$`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventType(String);
+
+impl EventType {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 64
+            && b[0].is_ascii_lowercase()
+            && b[1..].iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+            });
+        if ok {
+            Ok(EventType(s.to_owned()))
+        } else {
+            Err(invalid("event type must match ^[a-z][a-z0-9_.-]{0,63}$"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The key of a room everywhere inside the server: rooms never cross orgs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey {
+    pub org: String,
+    pub room: RoomId,
+}
+
+impl fmt::Display for RoomKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.org, self.room)
+    }
+}
+
+/// Life cycle of a room. A terminal status is set by the room's last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl RoomStatus {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        match s {
+            "in_progress" => Ok(Self::InProgress),
+            "completed" => Ok(Self::Completed),
+            "failed" => Ok(Self::Failed),
+            _ => Err(invalid(
+                "status must be one of in_progress, completed, failed",
+            )),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        self != Self::InProgress
+    }
+}
+
+/// One event to publish, validated.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub ty: EventType,
+    pub data: Value,
+    pub idem_key: Option<String>,
+    /// A JSON merge patch (RFC 7396) for the room's state; always an object.
+    pub state: Option<Value>,
+    pub status: Option<RoomStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    state: Option<Value>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+impl NewEvent {
+    fn from_raw(raw: RawEvent) -> Result<Self, Invalid> {
+        let ty = EventType::parse(&raw.ty)?;
+        let size = serde_json::to_vec(&raw.data).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_DATA_BYTES {
+            return Err(Invalid(format!(
+                "data is {size} bytes serialized; the limit is {MAX_DATA_BYTES}"
+            )));
+        }
+        if let Some(id) = &raw.id {
+            if id.is_empty() || id.len() > MAX_IDEM_KEY {
+                return Err(invalid(format!(
+                    "id (idempotency key) must be 1 to {MAX_IDEM_KEY} bytes"
+                )));
+            }
+        }
+        if let Some(state) = &raw.state {
+            if !state.is_object() {
+                return Err(invalid("state must be a JSON object (a merge patch)"));
+            }
+        }
+        let status = raw.status.as_deref().map(RoomStatus::parse).transpose()?;
+        Ok(NewEvent {
+            ty,
+            data: raw.data,
+            idem_key: raw.id,
+            state: raw.state,
+            status,
+        })
+    }
+}
+
+/// A publish request: one event, or a batch stored all-or-nothing.
+#[derive(Debug)]
+pub enum PublishBody {
+    Single(NewEvent),
+    Batch(Vec<NewEvent>),
+}
+
+/// What made a publish body unacceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishBodyError {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// An event's `data` passed 64 KiB: answered 413, not 400.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+impl PublishBody {
+    /// Parses and validates a publish body (the raw bytes of the request).
+    pub fn parse(body: &[u8]) -> Result<Self, PublishBodyError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Invalid(format!("body is not valid JSON: {e}")))?;
+        let Value::Object(mut obj) = value else {
+            return Err(invalid("body must be a JSON object").into());
+        };
+        let one = |v: Value, at: Option<usize>| -> Result<NewEvent, PublishBodyError> {
+            let where_ = at.map(|i| format!("events[{i}]: ")).unwrap_or_default();
+            let raw: RawEvent = serde_json::from_value(v)
+                .map_err(|e| Invalid(format!("{where_}{e}")))?;
+            NewEvent::from_raw(raw).map_err(|e| {
+                if e.0.starts_with("data is") {
+                    PublishBodyError::TooLarge(format!("{where_}{}", e.0))
+                } else {
+                    Invalid(format!("{where_}{}", e.0)).into()
+                }
+            })
+        };
+        if let Some(events) = obj.remove("events") {
+            if !obj.is_empty() {
+                return Err(invalid("a batch body holds only \"events\"").into());
+            }
+            let Value::Array(items) = events else {
+                return Err(invalid("events must be an array").into());
+            };
+            if items.is_empty() || items.len() > MAX_BATCH {
+                return Err(invalid(format!("a batch holds 1 to {MAX_BATCH} events")).into());
+            }
+            let events = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| one(v, Some(i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(PublishBody::Batch(events))
+        } else {
+            Ok(PublishBody::Single(one(Value::Object(obj), None)?))
+        }
+    }
+}
+
+/// A stored event, as read back from PostgreSQL.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub data: Value,
+    pub ts: String,
+}
+
+/// How a frame reached the client: the live path or a read from the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Push,
+    Catchup,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Push => "push",
+            Via::Catchup => "catchup",
+        }
+    }
+}
+
+/// An event turned into its WebSocket text frame once; the same bytes are
+/// handed to every session (cloning a `ByteString` is a reference count).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub seq: i64,
+    pub via: Via,
+    pub text: ByteString,
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    op: &'static str,
+    room: &'a RoomId,
+    seq: i64,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    data: &'a Value,
+    ts: &'a str,
+    via: Via,
+}
+
+impl Frame {
+    pub fn encode(room: &RoomId, event: &Event, via: Via) -> Frame {
+        let frame = EventFrame {
+            op: "event",
+            room,
+            seq: event.seq,
+            ty: &event.ty,
+            data: &event.data,
+            ts: &event.ts,
+            via,
+        };
+        // Serializing a Value with string keys cannot fail.
+        let text = serde_json::to_string(&frame).unwrap_or_default();
+        Frame {
+            seq: event.seq,
+            via,
+            text: text.into(),
+        }
+    }
+}
+
+/// Messages a WebSocket client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Subscribe {
+        room: String,
+        #[serde(default)]
+        since: Option<i64>,
+    },
+    Unsubscribe {
+        room: String,
+    },
+    Ping {
+        #[serde(default)]
+        id: Value,
+    },
+    Auth {
+        token: String,
+    },
+}
+
+impl ClientMsg {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        serde_json::from_str(text).map_err(|e| Invalid(format!("bad message: {e}")))
+    }
+}
+
+/// Messages the server sends besides events. One place turns them into bytes.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    Welcome {
+        session: &'a str,
+        heartbeat_ms: u64,
+        poll_ms: u64,
+    },
+    Subscribed {
+        room: &'a str,
+        head: i64,
+        status: RoomStatus,
+        state: &'a Value,
+    },
+    Unsubscribed {
+        room: &'a str,
+    },
+    Pong {
+        id: &'a Value,
+    },
+    Reset {
+        room: &'a str,
+        head: i64,
+        state: &'a Value,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+    },
+}
+
+impl ServerMsg<'_> {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids() {
+        assert!(RoomId::parse("meeting-42").is_ok());
+        assert!(RoomId::parse("a").is_ok());
+        assert!(RoomId::parse("org:call.1_x").is_ok());
+        assert!(RoomId::parse(&"a".repeat(128)).is_ok());
+        assert!(RoomId::parse(&"a".repeat(129)).is_err());
+        for bad in ["", "-a", ".x", "a b", "a/b", "../etc", "x'; drop table", "é"] {
+            assert!(RoomId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_types() {
+        assert!(EventType::parse("transcript.segment").is_ok());
+        for bad in ["", "Transcript", "1x", "a b", &"a".repeat(65)] {
+            assert!(EventType::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_bodies() {
+        let b = PublishBody::parse(br#"{"type":"x","data":{"a":1}}"#).unwrap();
+        assert!(matches!(b, PublishBody::Single(_)));
+        let b = PublishBody::parse(br#"{"events":[{"type":"x"},{"type":"y","status":"completed"}]}"#)
+            .unwrap();
+        match b {
+            PublishBody::Batch(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(v[1].status, Some(RoomStatus::Completed));
+            }
+            _ => panic!(),
+        }
+        assert!(PublishBody::parse(b"[]").is_err());
+        assert!(PublishBody::parse(br#"{"events":[]}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","state":[1]}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","status":"done"}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","bogus":1}"#).is_err());
+        let big = format!(r#"{{"type":"x","data":"{}"}}"#, "a".repeat(MAX_DATA_BYTES));
+        assert!(matches!(
+            PublishBody::parse(big.as_bytes()),
+            Err(PublishBodyError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn frames() {
+        let room = RoomId::parse("r").unwrap();
+        let ev = Event {
+            seq: 3,
+            ty: "t".into(),
+            data: serde_json::json!({"k": "v"}),
+            ts: "2026-11-21T22:00:00.123Z".into(),
+        };
+        let f = Frame::encode(&room, &ev, Via::Push);
+        let v: Value = serde_json::from_str(&f.text).unwrap();
+        assert_eq!(v["op"], "event");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["via"], "push");
+        assert_eq!(v["type"], "t");
+        let m = ClientMsg::parse(r#"{"op":"subscribe","room":"r","since":4}"#).unwrap();
+        assert!(matches!(m, ClientMsg::Subscribe { since: Some(4), .. }));
+        assert!(ClientMsg::parse(r#"{"op":"nope"}"#).is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! Wiring: `Application::build` connects to PostgreSQL (or starts a private
+//! cluster), runs the migrations, starts the actors and binds the listener;
+//! `run` serves until a shutdown signal. Tests and `main` start the server the
+//! same way (bind `127.0.0.1:0` and read `port()`).
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{dev::Server, web, App, HttpServer};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::pgcluster::PrivateCluster;
+use crate::room::Broadcaster;
+use crate::{http, listener};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Lock id serializing migrations of instances that start together.
+const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
+
+/// What every handler and session shares.
+pub struct AppState {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub pool: Pool,
+    pub db: Addr<Db>,
+    pub broadcaster: Addr<Broadcaster>,
+    pub metrics: Arc<Metrics>,
+    /// The Listener's connection is up (for `/readyz`).
+    pub listener_up: Arc<AtomicBool>,
+    /// Flips to true on shutdown: every session closes with 1001.
+    pub shutdown: watch::Receiver<bool>,
+    next_session: AtomicU64,
+}
+
+impl AppState {
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("bad DATABASE_URL: {0}")]
+    BadUrl(String),
+    #[error("PostgreSQL: {0}")]
+    Database(String),
+    #[error("migrations: {0}")]
+    Migrations(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: watch::Sender<bool>,
+    cluster: Option<PrivateCluster>,
+    pub state: web::Data<AppState>,
+}
+
+/// Builds a connection pool for `url`.
+pub fn pool(url: &str, size: usize) -> Result<(Pool, tokio_postgres::Config), StartError> {
+    let pg = tokio_postgres::Config::from_str(url).map_err(|e| StartError::BadUrl(e.to_string()))?;
+    let mgr = Manager::from_config(
+        pg.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(size.max(2))
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(Duration::from_secs(5)),
+            create: Some(Duration::from_secs(3)),
+            recycle: Some(Duration::from_secs(3)),
+        })
+        .build()
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    Ok((pool, pg))
+}
+
+/// Runs the embedded migrations (under an advisory lock).
+pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
+    let mut client = pool.get().await.map_err(|e| StartError::Database(e.to_string()))?;
+    let db = |e: tokio_postgres::Error| StartError::Database(e.to_string());
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    let result = embedded::migrations::runner()
+        .run_async(&mut **client)
+        .await
+        .map(|_| ())
+        .map_err(|e| StartError::Migrations(e.to_string()));
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    result
+}
+
+/// Creates database `name` on the server of `admin_url` if it is missing.
+pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), StartError> {
+    let (client, conn) = tokio_postgres::connect(admin_url, NoTls)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
+    actix_web::rt::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?
+        .is_some();
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Application {
+    /// Must run inside an actix System (as `#[actix_web::main]` and
+    /// `#[actix_web::test]` provide).
+    pub async fn build(mut config: Config) -> Result<Self, StartError> {
+        let mut cluster = None;
+        let url = match config.database_url.clone() {
+            Some(url) => url,
+            None => {
+                let dir = config.data_dir.clone();
+                let c = web::block(move || PrivateCluster::start(&dir))
+                    .await
+                    .map_err(|e| StartError::Database(e.to_string()))??;
+                ensure_database(&c.url("postgres"), "roomcast").await?;
+                let url = c.url("roomcast");
+                cluster = Some(c);
+                url
+            }
+        };
+        config.database_url = Some(url.clone());
+        let (pool, pg) = pool(&url, config.db_pool)?;
+        migrate(&pool).await?;
+
+        let metrics = Arc::new(Metrics::new());
+        let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
+        let page = config.catchup_page;
+        let (pool2, metrics2) = (pool.clone(), metrics.clone());
+        let mut db_addr = None;
+        // The Db actor reports commits to the Broadcaster, which asks the Db
+        // actor for reads: both are made here, the Db actor first.
+        let broadcaster = Broadcaster::create(|ctx| {
+            let db = Db::new(pool2, metrics2.clone(), ctx.address().recipient(), page).start();
+            db_addr = Some(db.clone());
+            Broadcaster::new(db, metrics2, poll)
+        });
+        let db = db_addr.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
+        let listener_up = Arc::new(AtomicBool::new(false));
+        listener::spawn(pg, broadcaster.clone(), metrics.clone(), listener_up.clone());
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tcp = TcpListener::bind(&config.bind)?;
+        let port = tcp.local_addr()?.port();
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.workers
+        };
+        let state = web::Data::new(AppState {
+            auth: Authenticator::new(&config.jwt_secret),
+            config,
+            pool,
+            db,
+            broadcaster,
+            metrics,
+            listener_up,
+            shutdown: shutdown_rx,
+            next_session: AtomicU64::new(1),
+        });
+        let data = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(http::routes)
+        })
+        .listen(tcp)?
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        Ok(Application {
+            port,
+            server,
+            shutdown,
+            cluster,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `stop` resolves, then shuts down gracefully: no new
+    /// connections, every WebSocket closed with 1001, requests in flight
+    /// (publishes included) finished, the private cluster stopped.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = self.server;
+        let res = tokio::select! {
+            res = &mut server => res,
+            () = stop => {
+                log::info!("shutting down");
+                let _ = self.shutdown.send(true);
+                handle.stop(true).await;
+                server.await
+            }
+        };
+        if let Some(c) = self.cluster {
+            let _ = web::block(move || c.stop()).await;
+        }
+        res
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,201 @@
+//! Every SQL statement the server sends, in one place. The publish logic
+//! itself lives in PostgreSQL (`roomcast_publish_ex` in migrations/), so the
+//! REST path and SQL producers share one implementation of seqs, idempotency,
+//! state patches and terminal statuses.
+
+use deadpool_postgres::{GenericClient, Pool};
+use futures_util::future::try_join_all;
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+
+use crate::protocol::{Event, NewEvent, RoomKey, RoomStatus};
+
+/// What a database call can fail with, as the API needs to tell it apart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The room has a terminal status: answered 409.
+    #[error("{0}")]
+    RoomClosed(String),
+    /// Input PostgreSQL refused (the edge normally refuses it first).
+    #[error("{0}")]
+    Invalid(String),
+    /// PostgreSQL cannot be reached now: answered 503 with Retry-After.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) if db.code().code() == "RC409" => StoreError::RoomClosed(db.message().into()),
+            Some(db) if db.code() == &SqlState::INVALID_PARAMETER_VALUE => {
+                StoreError::Invalid(db.message().into())
+            }
+            Some(db)
+                if db.code().code().starts_with("08")
+                    || db.code().code().starts_with("53")
+                    || db.code().code().starts_with("57P") =>
+            {
+                StoreError::Unavailable(db.message().into())
+            }
+            Some(db) => StoreError::Internal(format!("{}: {}", db.code().code(), db.message())),
+            // No server error: the connection broke, timed out or was closed.
+            None => StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// The outcome of one published event.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub seq: i64,
+    /// The idempotency key was seen before: `seq` is the original event's.
+    pub duplicate: bool,
+    pub ts: String,
+}
+
+/// A room's row.
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub head: i64,
+    pub status: RoomStatus,
+    pub state: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn status_of(s: &str) -> RoomStatus {
+    RoomStatus::parse(s).unwrap_or(RoomStatus::InProgress)
+}
+
+/// Publishes `events` into one room in one transaction, all or nothing. The
+/// calls are pipelined on the connection (one round trip for the batch, not
+/// one per event); only the last one sends the NOTIFY hint.
+pub async fn publish(
+    pool: &Pool,
+    key: &RoomKey,
+    events: &[NewEvent],
+) -> Result<Vec<Published>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o_seq, o_duplicate, o_ts FROM roomcast_publish_ex($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    let last = events.len().saturating_sub(1);
+    let calls = events.iter().enumerate().map(|(i, ev)| {
+        let stmt = &stmt;
+        let tx = &tx;
+        async move {
+            let status = ev.status.map(|s| s.as_str());
+            let notify = i == last;
+            let row = tx
+                .query_one(
+                    stmt,
+                    &[
+                        &key.org,
+                        &key.room.as_str(),
+                        &ev.ty.as_str(),
+                        &ev.data,
+                        &ev.idem_key,
+                        &ev.state,
+                        &status,
+                        &notify,
+                    ],
+                )
+                .await?;
+            Ok::<_, StoreError>(Published {
+                seq: row.get(0),
+                duplicate: row.get(1),
+                ts: row.get(2),
+            })
+        }
+    });
+    let published = try_join_all(calls).await?;
+    tx.commit().await?;
+    Ok(published)
+}
+
+/// The room's row, or `None` for a room that was never published to.
+pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<Option<RoomRow>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT head, status, state, roomcast_ts(created_at), roomcast_ts(updated_at)
+               FROM rooms WHERE org = $1 AND room = $2",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&key.org, &key.room.as_str()]).await?;
+    Ok(row.map(|r| RoomRow {
+        head: r.get(0),
+        status: status_of(r.get(1)),
+        state: r.get(2),
+        created_at: r.get(3),
+        updated_at: r.get(4),
+    }))
+}
+
+/// Up to `limit` events with seq > `after`, ascending.
+pub async fn events_after(
+    client: &impl GenericClient,
+    key: &RoomKey,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Event>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT seq, type, data, roomcast_ts(ts) FROM events
+              WHERE org = $1 AND room = $2 AND seq > $3
+              ORDER BY seq LIMIT $4",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Event {
+            seq: r.get(0),
+            ty: r.get(1),
+            data: r.get(2),
+            ts: r.get(3),
+        })
+        .collect())
+}
+
+/// Heads and statuses of many rooms in one statement (rooms never published
+/// to are absent from the answer).
+pub async fn heads(
+    client: &impl GenericClient,
+    keys: &[RoomKey],
+) -> Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError> {
+    let orgs: Vec<&str> = keys.iter().map(|k| k.org.as_str()).collect();
+    let rooms: Vec<&str> = keys.iter().map(|k| k.room.as_str()).collect();
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.org, r.room, r.head, r.status FROM rooms r
+               JOIN unnest($1::text[], $2::text[]) AS k(org, room)
+                 ON r.org = k.org AND r.room = k.room",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&orgs, &rooms]).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let room = crate::protocol::RoomId::parse(r.get(1)).ok()?;
+            Some((
+                RoomKey { org: r.get(0), room },
+                r.get::<_, i64>(2),
+                status_of(r.get(3)),
+            ))
+        })
+        .collect())
+}

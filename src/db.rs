@@ -5,14 +5,17 @@
 //! sorts them by cursor and serves every cluster of nearby cursors (within one
 //! page) with a single query whose frames are shared by all its requesters.
 //! A reconnect storm of a thousand sessions on one room therefore costs a
-//! handful of queries, not a thousand.
+//! handful of queries, not a thousand. Snapshot reads (one per subscribe) are
+//! shared the same way.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
+use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
@@ -86,6 +89,8 @@ pub struct Db {
     page: i64,
     /// Pending catch-up requests per (room, label).
     queues: HashMap<(RoomKey, Via), Queue>,
+    /// Snapshot reads running, with everyone waiting for each.
+    snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<Option<RoomRow>, StoreError>>>>,
 }
 
 impl Db {
@@ -96,6 +101,7 @@ impl Db {
             router,
             page: page.max(1),
             queues: HashMap::new(),
+            snapshots: HashMap::new(),
         }
     }
 
@@ -219,12 +225,31 @@ impl Handler<Publish> for Db {
 impl Handler<Snapshot> for Db {
     type Result = ResponseFuture<Result<Option<RoomRow>, StoreError>>;
 
-    fn handle(&mut self, msg: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
-        self.metrics.queries(QueryKind::Head, 1);
+    /// Snapshots of one room asked for while a read of it runs share that read.
+    fn handle(&mut self, msg: Snapshot, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.snapshots.entry(msg.key.clone()) {
+            Entry::Occupied(mut e) => e.get_mut().push(tx),
+            Entry::Vacant(e) => {
+                e.insert(vec![tx]);
+                self.metrics.queries(QueryKind::Head, 1);
+                let pool = self.pool.clone();
+                let key = msg.key;
+                let read_key = key.clone();
+                let read = async move {
+                    let client = pool.get().await?;
+                    store::room(&client, &read_key).await
+                };
+                ctx.spawn(read.into_actor(self).map(move |res, act, _| {
+                    for waiter in act.snapshots.remove(&key).unwrap_or_default() {
+                        let _ = waiter.send(res.clone());
+                    }
+                }));
+            }
+        }
         Box::pin(async move {
-            let client = pool.get().await?;
-            store::room(&client, &msg.key).await
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("snapshot read dropped".into())))
         })
     }
 }

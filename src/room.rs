@@ -267,7 +267,7 @@ impl Actor for Broadcaster {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(4096);
         if let Some(every) = self.poll {
             ctx.run_interval(every, |act, ctx| act.check_heads(ctx));
         }

@@ -1,0 +1,374 @@
+//! Test harness: a fresh database per test (named by a uuid) on a real
+//! PostgreSQL, the real server on 127.0.0.1:0, real HTTP and WebSocket
+//! clients speaking the public protocol.
+//!
+//! PostgreSQL: `ROOMCAST_TEST_ADMIN_URL` if set; else the server on
+//! 127.0.0.1:5432 if one answers; else a private cluster started here with
+//! initdb/pg_ctl under the target directory (so `cargo test` works wherever
+//! PostgreSQL is installed, running or not).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use roomcast::auth::{mint, now_secs, Claims};
+use roomcast::config::Config;
+use roomcast::pgcluster::PrivateCluster;
+use roomcast::startup::Application;
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+pub const SECRET: &str = "test-secret";
+
+/// The admin connection string of the PostgreSQL the tests use.
+pub fn admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("ROOMCAST_TEST_ADMIN_URL") {
+            return url;
+        }
+        let local = "127.0.0.1:5432".parse().expect("address");
+        if TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
+            return "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into();
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+        let cluster = PrivateCluster::start(&dir).expect("start a private PostgreSQL cluster");
+        let url = cluster.url("postgres");
+        std::mem::forget(cluster); // left running for the other test binaries
+        url
+    })
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(admin_url(), NoTls)
+        .await
+        .expect("connect to PostgreSQL as admin");
+    actix_web::rt::spawn(conn);
+    client
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("rc_test_{}", uuid::Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = admin_url().replace("dbname=postgres", &format!("dbname={name}"));
+        TestDb { name, url }
+    }
+
+    /// A plain SQL connection to the test database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to the test database");
+        actix_web::rt::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok((client, conn)) = tokio_postgres::connect(admin_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A server running in this process.
+pub struct TestApp {
+    pub port: u16,
+    pub metrics: std::sync::Arc<roomcast::metrics::Metrics>,
+}
+
+pub fn config(db: &TestDb) -> Config {
+    let mut c = Config::new(db.url.clone(), SECRET);
+    c.workers = 2;
+    c.db_pool = 8;
+    c
+}
+
+/// Starts the server in-process on 127.0.0.1:0.
+pub async fn spawn_app(config: Config) -> TestApp {
+    let app = Application::build(config).await.expect("build the application");
+    let port = app.port();
+    let metrics = app.state.metrics.clone();
+    actix_web::rt::spawn(app.run(std::future::pending()));
+    TestApp { port, metrics }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// `roomcast_db_queries_total{kind}` as this server counts it.
+    pub async fn queries(&self, kind: &str) -> u64 {
+        metric(self.port, &format!("roomcast_db_queries_total{{kind=\"{kind}\"}}")).await
+    }
+}
+
+/// Reads one sample from a server's /metrics.
+pub async fn metric(port: u16, name: &str) -> u64 {
+    let text = http_get_text(port, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+        .unwrap_or(0.0) as u64
+}
+
+pub async fn http_get_text(port: u16, path: &str) -> String {
+    let mut res = awc::Client::default()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .expect("GET");
+    let body = res.body().limit(16 << 20).await.expect("body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A token of `org` for `sub`; `publish` adds `"pub": true`.
+pub fn token(org: &str, sub: &str, publish: bool) -> String {
+    token_with(org, sub, publish, None, 3600)
+}
+
+pub fn token_with(org: &str, sub: &str, publish: bool, rooms: Option<Vec<&str>>, ttl: i64) -> String {
+    mint(
+        SECRET,
+        &Claims {
+            sub: sub.into(),
+            org: org.into(),
+            exp: (now_secs() as i64 + ttl).max(0) as u64,
+            rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
+            publish: publish.then_some(true),
+        },
+    )
+}
+
+/// POSTs `body` as JSON; answers (status, body, headers).
+pub async fn post(port: u16, path: &str, token: &str, body: &Value) -> (u16, Value, HashMap<String, String>) {
+    post_raw(port, path, token, serde_json::to_vec(body).expect("json")).await
+}
+
+pub async fn post_raw(port: u16, path: &str, token: &str, body: Vec<u8>) -> (u16, Value, HashMap<String, String>) {
+    let mut req = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .insert_header(("content-type", "application/json"));
+    if !token.is_empty() {
+        req = req.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut res = req.send_body(body).await.expect("POST");
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let bytes = res.body().limit(16 << 20).await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (res.status().as_u16(), value, headers)
+}
+
+/// Publishes one event and returns its seq (panics unless 201).
+pub async fn publish(port: u16, token: &str, room: &str, ty: &str, data: Value) -> i64 {
+    let (status, body, _) = post(port, &format!("/v1/rooms/{room}/events"), token, &json!({"type": ty, "data": data})).await;
+    assert_eq!(status, 201, "publish answered {status}: {body}");
+    body["seq"].as_i64().expect("seq")
+}
+
+/// A WebSocket client speaking the roomcast protocol.
+pub struct WsClient {
+    framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+    pub closed: Option<Option<ws::CloseReason>>,
+}
+
+impl WsClient {
+    /// Connects to `path` (with its query string); panics if refused.
+    pub async fn connect(port: u16, path: &str) -> WsClient {
+        Self::try_connect(port, path).await.expect("WebSocket upgrade")
+    }
+
+    pub async fn try_connect(port: u16, path: &str) -> Result<WsClient, awc::error::WsClientError> {
+        let (_res, framed) = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish()
+            .ws(format!("ws://127.0.0.1:{port}{path}"))
+            .max_frame_size(1 << 20)
+            .connect()
+            .await?;
+        Ok(WsClient { framed, closed: None })
+    }
+
+    pub async fn send(&mut self, msg: Value) {
+        self.framed
+            .send(ws::Message::Text(msg.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: ws::Message) {
+        let _ = self.framed.send(msg).await;
+    }
+
+    /// The next JSON message, or None on close or after `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.framed.next()).await.ok()??;
+            match frame {
+                Ok(ws::Frame::Text(b)) => return serde_json::from_slice(&b).ok(),
+                Ok(ws::Frame::Ping(p)) => {
+                    let _ = self.framed.send(ws::Message::Pong(p)).await;
+                }
+                Ok(ws::Frame::Close(reason)) => {
+                    self.closed = Some(reason);
+                    return None;
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(Duration::from_secs(20))
+            .await
+            .expect("a message within 20 s")
+    }
+
+    /// Receives until a message with `op` arrives (panics after 20 s).
+    pub async fn expect_op(&mut self, op: &str) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["op"] == op {
+                return m;
+            }
+            assert_ne!(m["op"], "error", "unexpected error: {m}");
+        }
+    }
+
+    /// Collects event frames until `room`'s seq reaches `until`; panics after
+    /// `wait` with what it has.
+    pub async fn events_until(&mut self, room: &str, until: i64, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            if got.last().is_some_and(|e: &Value| e["seq"].as_i64() >= Some(until)) {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Some(m) if m["op"] == "event" && m["room"] == room => got.push(m),
+                Some(_) => {}
+                None => panic!(
+                    "room {room}: wanted seq {until}, got {} events (last {:?}), closed={:?}",
+                    got.len(),
+                    got.last().map(|e| e["seq"].clone()),
+                    self.closed
+                ),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.framed.send(ws::Message::Close(None)).await;
+    }
+}
+
+/// Asserts that `events` are exactly seqs `from..=to`, in order, once each.
+pub fn assert_exactly(events: &[Value], from: i64, to: i64) {
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let want: Vec<i64> = (from..=to).collect();
+    assert_eq!(seqs, want, "expected exactly {from}..={to} in order");
+}
+
+/// A free loopback port (for servers that must come back on the same one).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The real `roomcast serve` binary in a child process.
+pub struct ServerProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    pub fn start(db_url: &str, port: u16, env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("ROOMCAST_BIND", format!("127.0.0.1:{port}"))
+            .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn roomcast serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the port line");
+        let port = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        ServerProcess { child, port }
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

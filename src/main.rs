@@ -68,6 +68,7 @@ fn main() -> std::process::ExitCode {
                 // Tests and scripts read the bound port from this line.
                 println!("roomcast listening on port {}", app.port());
                 app.run(shutdown_signal()).await?;
+                log::info!("stopped");
                 Ok::<_, Box<dyn std::error::Error>>(())
             });
             match result {

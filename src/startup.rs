@@ -229,7 +229,9 @@ impl Application {
             () = stop => {
                 log::info!("shutting down");
                 let _ = self.shutdown.send(true);
-                handle.stop(true).await;
+                // The command is sent now; its future only reports completion,
+                // which needs the server polled: await the server itself.
+                drop(handle.stop(true));
                 server.await
             }
         };

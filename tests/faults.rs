@@ -1,0 +1,131 @@
+//! Faults: a server killed with SIGKILL and restarted, PostgreSQL going away
+//! (on a private cluster this test owns, never the shared one), SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use roomcast::pgcluster::PrivateCluster;
+use serde_json::{json, Value};
+
+/// Follows a room across reconnects, always resuming with since = last seq.
+async fn follow(port: u16, room: &str, until: i64, deadline: Duration) -> Vec<Value> {
+    let viewer = token("acme", "viewer", false);
+    let stop = tokio::time::Instant::now() + deadline;
+    let mut got: Vec<Value> = Vec::new();
+    let mut reconnects = 0;
+    while got.last().and_then(|e| e["seq"].as_i64()).unwrap_or(0) < until {
+        assert!(tokio::time::Instant::now() < stop, "gave up at {} events", got.len());
+        let since = got.last().and_then(|e| e["seq"].as_i64()).unwrap_or(0);
+        let path = format!("/v1/rooms/{room}/ws?since={since}&token={viewer}");
+        let Ok(mut ws) = WsClient::try_connect(port, &path).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        reconnects += 1;
+        while let Some(m) = ws.recv_within(Duration::from_secs(5)).await {
+            if m["op"] == "event" {
+                got.push(m);
+                if got.last().and_then(|e| e["seq"].as_i64()) >= Some(until) {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(reconnects >= 2, "the client never had to reconnect");
+    got
+}
+
+#[actix_web::test]
+async fn clients_resume_exactly_once_across_kill_9_and_restart() {
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut server = ServerProcess::start(&db.url, port, &[("ROOMCAST_POLL_MS", "500")]);
+    const N: i64 = 150;
+    let followers: Vec<_> = (0..4)
+        .map(|_| actix_web::rt::spawn(follow(port, "meeting", N, Duration::from_secs(60))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The producer writes through SQL, so it keeps going while the server is dead.
+    let sql = db.client().await;
+    for i in 1..=N {
+        sql.execute("SELECT roomcast_publish('acme', 'meeting', 'segment', $1::jsonb)", &[&json!(i)])
+            .await
+            .unwrap();
+        if i == 50 {
+            server.kill9();
+        }
+        if i == 90 {
+            server = ServerProcess::start(&db.url, port, &[("ROOMCAST_POLL_MS", "500")]);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for f in followers {
+        let evs = f.await.expect("follower");
+        assert_exactly(&evs, 1, N);
+    }
+    // SIGTERM: clients are told 1001 and the process exits 0.
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(port, &format!("/v1/rooms/meeting/ws?token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(ws.recv_within(Duration::from_secs(5)).await.is_none());
+    let reason = ws.closed.clone().flatten().expect("a close frame");
+    assert_eq!(u16::from(reason.code), 1001);
+}
+
+#[actix_web::test]
+async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_is_lost() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pg-down-{}", uuid::Uuid::new_v4().simple()));
+    let cluster = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
+    let url = cluster.url("postgres");
+    let mut cfg = roomcast::config::Config::new(url.clone(), SECRET);
+    cfg.workers = 1;
+    cfg.poll_ms = 300;
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        acknowledged.push(publish(app.port, &producer, "r", "before", json!(i)).await);
+    }
+    cluster.stop();
+    let (s, b, h) = post(app.port, "/v1/rooms/r/events", &producer, &json!({"type": "during"})).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "unavailable");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    let ready = awc::Client::default().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let cluster = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
+    // Retries succeed once PostgreSQL is back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, b, _) = post(app.port, "/v1/rooms/r/events", &producer, &json!({"type": "after", "id": "retry-1"})).await;
+        if s == 201 || s == 200 {
+            acknowledged.push(b["seq"].as_i64().unwrap());
+            break;
+        }
+        assert_eq!(s, 503, "{b}");
+        assert!(tokio::time::Instant::now() < deadline, "PostgreSQL never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(acknowledged, vec![1, 2, 3, 4, 5, 6]);
+    let evs = ws.events_until("r", 6, Duration::from_secs(30)).await;
+    assert_exactly(&evs, 1, 6);
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn web_block<T: Send + 'static>(
+    f: impl FnOnce(std::path::PathBuf) -> std::io::Result<T> + Send + 'static,
+    dir: std::path::PathBuf,
+) -> T {
+    actix_web::web::block(move || f(dir)).await.expect("block").expect("cluster")
+}

@@ -92,7 +92,9 @@ impl Authenticator {
 
     /// Reads the token from `Authorization: Bearer` or the `token` query parameter.
     pub fn from_request(&self, req: &HttpRequest) -> Result<Principal, AuthError> {
-        let token = bearer(req).or_else(|| query_token(req)).ok_or(AuthError::Missing)?;
+        let token = bearer(req)
+            .or_else(|| query_token(req))
+            .ok_or(AuthError::Missing)?;
         self.verify(&token)
     }
 }
@@ -146,7 +148,9 @@ mod tests {
     #[test]
     fn verify_and_scope() {
         let a = Authenticator::new("s3cret");
-        let p = a.verify(&mint("s3cret", &claims(Some(vec!["call-*", "m1"])))).unwrap();
+        let p = a
+            .verify(&mint("s3cret", &claims(Some(vec!["call-*", "m1"]))))
+            .unwrap();
         assert!(p.can_publish);
         assert!(p.may_access("call-7"));
         assert!(p.may_access("m1"));

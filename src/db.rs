@@ -272,10 +272,14 @@ impl Handler<Catchup> for Db {
 
     fn handle(&mut self, msg: Catchup, ctx: &mut Context<Self>) {
         let qkey = (msg.key, msg.via);
-        self.queues.entry(qkey.clone()).or_default().waiting.push(Waiter {
-            after: msg.after,
-            reply: msg.reply,
-        });
+        self.queues
+            .entry(qkey.clone())
+            .or_default()
+            .waiting
+            .push(Waiter {
+                after: msg.after,
+                reply: msg.reply,
+            });
         self.run_round(qkey, ctx);
     }
 }

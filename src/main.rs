@@ -61,7 +61,8 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve(config) => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
             let result = actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(config).await?;
                 log::info!("listening on 127.0.0.1:{}", app.port());

@@ -44,10 +44,9 @@ fn find_bindir() -> io::Result<PathBuf> {
         })
         .unwrap_or_default();
     versions.sort();
-    versions
-        .pop()
-        .map(|(_, b)| b)
-        .ok_or_else(|| err("PostgreSQL is not installed (no initdb/pg_ctl found); install it or set DATABASE_URL"))
+    versions.pop().map(|(_, b)| b).ok_or_else(|| {
+        err("PostgreSQL is not installed (no initdb/pg_ctl found); install it or set DATABASE_URL")
+    })
 }
 
 fn free_port() -> io::Result<u16> {
@@ -69,15 +68,28 @@ impl PrivateCluster {
         };
         std::fs::create_dir_all(dir.join("run"))?;
         if as_postgres {
-            cluster.run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir), false)?;
+            cluster.run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                false,
+            )?;
         }
         if !cluster.pgdata().join("PG_VERSION").is_file() {
-            log::info!("creating a private PostgreSQL cluster in {}", cluster.pgdata().display());
+            log::info!(
+                "creating a private PostgreSQL cluster in {}",
+                cluster.pgdata().display()
+            );
             let mut initdb = cluster.tool("initdb");
-            initdb
-                .arg("-D")
-                .arg(cluster.pgdata())
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-instructions"]);
+            initdb.arg("-D").arg(cluster.pgdata()).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ]);
             cluster.run(&mut initdb, true)?;
         }
         let port_file = dir.join("port");
@@ -125,7 +137,10 @@ impl PrivateCluster {
 
     /// A libpq-style connection string for database `dbname`.
     pub fn url(&self, dbname: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        )
     }
 
     fn tool(&self, name: &str) -> Command {

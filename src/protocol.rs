@@ -155,7 +155,9 @@ struct RawEvent {
 impl NewEvent {
     fn from_raw(raw: RawEvent) -> Result<Self, Invalid> {
         let ty = EventType::parse(&raw.ty)?;
-        let size = serde_json::to_vec(&raw.data).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&raw.data)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_DATA_BYTES {
             return Err(Invalid(format!(
                 "data is {size} bytes serialized; the limit is {MAX_DATA_BYTES}"
@@ -211,8 +213,8 @@ impl PublishBody {
         };
         let one = |v: Value, at: Option<usize>| -> Result<NewEvent, PublishBodyError> {
             let where_ = at.map(|i| format!("events[{i}]: ")).unwrap_or_default();
-            let raw: RawEvent = serde_json::from_value(v)
-                .map_err(|e| Invalid(format!("{where_}{e}")))?;
+            let raw: RawEvent =
+                serde_json::from_value(v).map_err(|e| Invalid(format!("{where_}{e}")))?;
             NewEvent::from_raw(raw).map_err(|e| {
                 if e.0.starts_with("data is") {
                     PublishBodyError::TooLarge(format!("{where_}{}", e.0))
@@ -390,7 +392,16 @@ mod tests {
         assert!(RoomId::parse("org:call.1_x").is_ok());
         assert!(RoomId::parse(&"a".repeat(128)).is_ok());
         assert!(RoomId::parse(&"a".repeat(129)).is_err());
-        for bad in ["", "-a", ".x", "a b", "a/b", "../etc", "x'; drop table", "é"] {
+        for bad in [
+            "",
+            "-a",
+            ".x",
+            "a b",
+            "a/b",
+            "../etc",
+            "x'; drop table",
+            "é",
+        ] {
             assert!(RoomId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -407,8 +418,9 @@ mod tests {
     fn publish_bodies() {
         let b = PublishBody::parse(br#"{"type":"x","data":{"a":1}}"#).unwrap();
         assert!(matches!(b, PublishBody::Single(_)));
-        let b = PublishBody::parse(br#"{"events":[{"type":"x"},{"type":"y","status":"completed"}]}"#)
-            .unwrap();
+        let b =
+            PublishBody::parse(br#"{"events":[{"type":"x"},{"type":"y","status":"completed"}]}"#)
+                .unwrap();
         match b {
             PublishBody::Batch(v) => {
                 assert_eq!(v.len(), 2);

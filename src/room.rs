@@ -136,7 +136,12 @@ impl Broadcaster {
 
     /// Takes frames (any order, possibly known already) and routes every one
     /// that extends the routed prefix.
-    fn accept(&mut self, key: &RoomKey, frames: impl IntoIterator<Item = Frame>, ctx: &mut Context<Self>) {
+    fn accept(
+        &mut self,
+        key: &RoomKey,
+        frames: impl IntoIterator<Item = Frame>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(entry) = self.rooms.get_mut(key) else {
             return;
         };
@@ -244,7 +249,14 @@ impl Broadcaster {
             .spawn(ctx);
     }
 
-    fn saw_head(&mut self, key: &RoomKey, head: i64, closed: bool, via: Via, ctx: &mut Context<Self>) {
+    fn saw_head(
+        &mut self,
+        key: &RoomKey,
+        head: i64,
+        closed: bool,
+        via: Via,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(entry) = self.rooms.get_mut(key) else {
             return;
         };
@@ -279,14 +291,19 @@ impl Handler<Join> for Broadcaster {
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         let is_new = !self.rooms.contains_key(&msg.key);
-        let entry = self.rooms.entry(msg.key.clone()).or_insert_with(RoomEntry::new);
+        let entry = self
+            .rooms
+            .entry(msg.key.clone())
+            .or_insert_with(RoomEntry::new);
         entry.sessions.insert(msg.session, msg.deliver);
         let head = entry.head.clone();
         if is_new {
             // Learn where the room stands before routing anything in it.
             let key = msg.key;
             self.db
-                .send(Heads { keys: vec![key.clone()] })
+                .send(Heads {
+                    keys: vec![key.clone()],
+                })
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
                     Ok(Ok(rows)) => {
@@ -370,7 +387,9 @@ impl Handler<CatchupDone> for Broadcaster {
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
             return;
         };
-        let behind = entry.routed.is_some_and(|r| entry.want > r || !entry.held.is_empty());
+        let behind = entry
+            .routed
+            .is_some_and(|r| entry.want > r || !entry.held.is_empty());
         if got_any && (behind || msg.more) {
             self.fetch(&msg.key, Via::Push, ctx);
         }

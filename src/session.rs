@@ -96,8 +96,21 @@ impl WsSession {
         ctx.text(msg.to_text());
     }
 
-    fn error(&self, ctx: &mut ws::WebsocketContext<Self>, code: &str, message: &str, room: Option<&str>) {
-        self.send(ctx, ServerMsg::Error { code, message, room });
+    fn error(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        code: &str,
+        message: &str,
+        room: Option<&str>,
+    ) {
+        self.send(
+            ctx,
+            ServerMsg::Error {
+                code,
+                message,
+                room,
+            },
+        );
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, why: &str) {
@@ -126,7 +139,12 @@ impl WsSession {
                 Ok(p) if p.sub == self.principal.sub && p.org == self.principal.org => {
                     self.principal = p;
                 }
-                Ok(_) => self.error(ctx, "forbidden", "a new token must have the same sub and org", None),
+                Ok(_) => self.error(
+                    ctx,
+                    "forbidden",
+                    "a new token must have the same sub and org",
+                    None,
+                ),
                 Err(e) => self.error(ctx, "unauthorized", &e.to_string(), None),
             },
         }
@@ -141,13 +159,28 @@ impl WsSession {
             return self.error(ctx, "bad_request", "since must be 0 or more", Some(room));
         }
         if !self.principal.may_access(id.as_str()) {
-            return self.error(ctx, "forbidden", "the token's rooms claim does not cover this room", Some(room));
+            return self.error(
+                ctx,
+                "forbidden",
+                "the token's rooms claim does not cover this room",
+                Some(room),
+            );
         }
         if self.subs.contains_key(&id) {
-            return self.error(ctx, "bad_request", "already subscribed; unsubscribe first", Some(room));
+            return self.error(
+                ctx,
+                "bad_request",
+                "already subscribed; unsubscribe first",
+                Some(room),
+            );
         }
         if self.subs.len() >= self.state.config.max_subscriptions {
-            return self.error(ctx, "bad_request", "too many subscriptions on this connection", Some(room));
+            return self.error(
+                ctx,
+                "bad_request",
+                "too many subscriptions on this connection",
+                Some(room),
+            );
         }
         let key = RoomKey {
             org: self.principal.org.clone(),
@@ -244,7 +277,13 @@ impl WsSession {
     /// The delivery rule. Takes frames (pushed or read back, any order) and
     /// sends exactly those that extend the client's cursor, in order; asks
     /// for a read-back when there is a gap or the room is known to be ahead.
-    fn advance(&mut self, id: &RoomId, frames: Vec<Frame>, known_head: i64, ctx: &mut ws::WebsocketContext<Self>) {
+    fn advance(
+        &mut self,
+        id: &RoomId,
+        frames: Vec<Frame>,
+        known_head: i64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let Some(sub) = self.subs.get_mut(id) else {
             return;
         };
@@ -310,7 +349,11 @@ impl WsSession {
         }
         let hb = Duration::from_millis(self.state.config.heartbeat_ms);
         if self.heard.elapsed() > hb * 2 {
-            log::info!("session={} silent for {:?}, dropping", self.name, self.heard.elapsed());
+            log::info!(
+                "session={} silent for {:?}, dropping",
+                self.name,
+                self.heard.elapsed()
+            );
             return ctx.stop();
         }
         ctx.ping(b"");
@@ -323,8 +366,17 @@ impl Actor for WsSession {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         let cfg = &self.state.config;
-        self.state.metrics.connections.with_label_values(&["ws"]).inc();
-        log::debug!("session={} org={} sub={} connected", self.name, self.principal.org, self.principal.sub);
+        self.state
+            .metrics
+            .connections
+            .with_label_values(&["ws"])
+            .inc();
+        log::debug!(
+            "session={} org={} sub={} connected",
+            self.name,
+            self.principal.org,
+            self.principal.sub
+        );
         self.send(
             ctx,
             ServerMsg::Welcome {
@@ -334,7 +386,9 @@ impl Actor for WsSession {
             },
         );
         if cfg.heartbeat_ms > 0 {
-            ctx.run_interval(Duration::from_millis(cfg.heartbeat_ms), |act, ctx| act.heartbeat(ctx));
+            ctx.run_interval(Duration::from_millis(cfg.heartbeat_ms), |act, ctx| {
+                act.heartbeat(ctx)
+            });
         }
         if cfg.poll_ms > 0 {
             ctx.run_interval(Duration::from_millis(cfg.poll_ms), |act, ctx| act.poll(ctx));
@@ -358,7 +412,11 @@ impl Actor for WsSession {
         for id in ids {
             self.unsubscribe(&id);
         }
-        self.state.metrics.connections.with_label_values(&["ws"]).dec();
+        self.state
+            .metrics
+            .connections
+            .with_label_values(&["ws"])
+            .dec();
         log::debug!("session={} closed", self.name);
     }
 }

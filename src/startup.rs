@@ -75,7 +75,8 @@ pub struct Application {
 
 /// Builds a connection pool for `url`.
 pub fn pool(url: &str, size: usize) -> Result<(Pool, tokio_postgres::Config), StartError> {
-    let pg = tokio_postgres::Config::from_str(url).map_err(|e| StartError::BadUrl(e.to_string()))?;
+    let pg =
+        tokio_postgres::Config::from_str(url).map_err(|e| StartError::BadUrl(e.to_string()))?;
     let mgr = Manager::from_config(
         pg.clone(),
         NoTls,
@@ -98,7 +99,10 @@ pub fn pool(url: &str, size: usize) -> Result<(Pool, tokio_postgres::Config), St
 
 /// Runs the embedded migrations (under an advisory lock).
 pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
-    let mut client = pool.get().await.map_err(|e| StartError::Database(e.to_string()))?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
     let db = |e: tokio_postgres::Error| StartError::Database(e.to_string());
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -173,7 +177,12 @@ impl Application {
         });
         let db = db_addr.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
         let listener_up = Arc::new(AtomicBool::new(false));
-        listener::spawn(pg, broadcaster.clone(), metrics.clone(), listener_up.clone());
+        listener::spawn(
+            pg,
+            broadcaster.clone(),
+            metrics.clone(),
+            listener_up.clone(),
+        );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tcp = TcpListener::bind(&config.bind)?;
@@ -195,16 +204,13 @@ impl Application {
             next_session: AtomicU64::new(1),
         });
         let data = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(http::routes)
-        })
-        .listen(tcp)?
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(10)
-        .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
+                .listen(tcp)?
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(10)
+                .run();
         Ok(Application {
             port,
             server,

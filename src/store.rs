@@ -126,14 +126,19 @@ pub async fn publish(
 }
 
 /// The room's row, or `None` for a room that was never published to.
-pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<Option<RoomRow>, StoreError> {
+pub async fn room(
+    client: &impl GenericClient,
+    key: &RoomKey,
+) -> Result<Option<RoomRow>, StoreError> {
     let stmt = client
         .prepare_cached(
             "SELECT head, status, state, roomcast_ts(created_at), roomcast_ts(updated_at)
                FROM rooms WHERE org = $1 AND room = $2",
         )
         .await?;
-    let row = client.query_opt(&stmt, &[&key.org, &key.room.as_str()]).await?;
+    let row = client
+        .query_opt(&stmt, &[&key.org, &key.room.as_str()])
+        .await?;
     Ok(row.map(|r| RoomRow {
         head: r.get(0),
         status: status_of(r.get(1)),
@@ -192,7 +197,10 @@ pub async fn heads(
         .filter_map(|r| {
             let room = crate::protocol::RoomId::parse(r.get(1)).ok()?;
             Some((
-                RoomKey { org: r.get(0), room },
+                RoomKey {
+                    org: r.get(0),
+                    room,
+                },
                 r.get::<_, i64>(2),
                 status_of(r.get(3)),
             ))

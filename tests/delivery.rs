@@ -23,7 +23,11 @@ async fn many_clients_receive_every_event_exactly_once_in_order() {
 
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/live/ws?since=0&token={viewer}")).await;
+        let mut ws = WsClient::connect(
+            app.port,
+            &format!("/v1/rooms/live/ws?since=0&token={viewer}"),
+        )
+        .await;
         ws.expect_op("welcome").await;
         ws.expect_op("subscribed").await;
         clients.push(ws);
@@ -51,7 +55,10 @@ async fn many_clients_receive_every_event_exactly_once_in_order() {
         }
     }
     // Nothing more arrives: no duplicates after the last one.
-    assert!(clients[0].recv_within(Duration::from_millis(500)).await.is_none());
+    assert!(clients[0]
+        .recv_within(Duration::from_millis(500))
+        .await
+        .is_none());
 }
 
 #[actix_web::test]
@@ -70,7 +77,8 @@ async fn replay_then_live_without_since_and_reset_beyond_head() {
     assert_eq!(welcome["poll_ms"], 5000);
 
     // since=2: history 3..5, then live.
-    ws.send(json!({"op": "subscribe", "room": "r", "since": 2})).await;
+    ws.send(json!({"op": "subscribe", "room": "r", "since": 2}))
+        .await;
     assert_eq!(ws.expect_op("subscribed").await["head"], 5);
     let replay = ws.events_until("r", 5, WAIT).await;
     assert_exactly(&replay, 3, 5);
@@ -91,16 +99,23 @@ async fn replay_then_live_without_since_and_reset_beyond_head() {
     // since beyond head: reset to the head with the state.
     let mut ws3 = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
     ws3.expect_op("welcome").await;
-    ws3.send(json!({"op": "subscribe", "room": "r", "since": 99})).await;
+    ws3.send(json!({"op": "subscribe", "room": "r", "since": 99}))
+        .await;
     ws3.expect_op("subscribed").await;
     let reset = ws3.expect_op("reset").await;
-    assert_eq!(reset, json!({"op": "reset", "room": "r", "head": 7, "state": {}}));
+    assert_eq!(
+        reset,
+        json!({"op": "reset", "room": "r", "head": 7, "state": {}})
+    );
     publish(app.port, &producer, "r", "new", json!(8)).await;
     assert_exactly(&ws3.events_until("r", 8, WAIT).await, 8, 8);
 
     // unsubscribe: nothing more arrives.
     ws3.send(json!({"op": "unsubscribe", "room": "r"})).await;
-    assert_eq!(ws3.expect_op("unsubscribed").await, json!({"op": "unsubscribed", "room": "r"}));
+    assert_eq!(
+        ws3.expect_op("unsubscribed").await,
+        json!({"op": "unsubscribed", "room": "r"})
+    );
     publish(app.port, &producer, "r", "new", json!(9)).await;
     assert!(ws3.recv_within(Duration::from_millis(500)).await.is_none());
 }
@@ -123,12 +138,18 @@ async fn control_messages_and_refusals() {
     ws.expect_op("welcome").await;
     ws.send(json!({"op": "ping", "id": {"n": 7}})).await;
     assert_eq!(ws.recv().await, json!({"op": "pong", "id": {"n": 7}}));
-    ws.send_raw(awc::ws::Message::Text("{not json".into())).await;
+    ws.send_raw(awc::ws::Message::Text("{not json".into()))
+        .await;
     assert_eq!(ws.recv().await["code"], "bad_request");
-    ws.send(json!({"op": "subscribe", "room": "../etc/passwd"})).await;
+    ws.send(json!({"op": "subscribe", "room": "../etc/passwd"}))
+        .await;
     let e = ws.recv().await;
-    assert_eq!((e["op"].as_str(), e["code"].as_str()), (Some("error"), Some("bad_request")));
-    ws.send(json!({"op": "subscribe", "room": "r", "since": -1})).await;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    ws.send(json!({"op": "subscribe", "room": "r", "since": -1}))
+        .await;
     assert_eq!(ws.recv().await["code"], "bad_request");
     // The connection is still open and serving.
     ws.send(json!({"op": "ping", "id": 1})).await;
@@ -136,9 +157,11 @@ async fn control_messages_and_refusals() {
 
     // A token for another org is refused by op auth; a fresh one of the same
     // sub and org is taken.
-    ws.send(json!({"op": "auth", "token": token("other", "viewer", false)})).await;
+    ws.send(json!({"op": "auth", "token": token("other", "viewer", false)}))
+        .await;
     assert_eq!(ws.recv().await["code"], "forbidden");
-    ws.send(json!({"op": "auth", "token": token("acme", "viewer", false)})).await;
+    ws.send(json!({"op": "auth", "token": token("acme", "viewer", false)}))
+        .await;
     ws.send(json!({"op": "ping", "id": 2})).await;
     assert_eq!(ws.recv().await, json!({"op": "pong", "id": 2}));
 
@@ -146,7 +169,8 @@ async fn control_messages_and_refusals() {
     let scoped = token_with("acme", "viewer", false, Some(vec!["call-*"]), 60);
     let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={scoped}")).await;
     ws.expect_op("welcome").await;
-    ws.send(json!({"op": "subscribe", "room": "meeting-1"})).await;
+    ws.send(json!({"op": "subscribe", "room": "meeting-1"}))
+        .await;
     assert_eq!(ws.recv().await["code"], "forbidden");
     ws.send(json!({"op": "subscribe", "room": "call-1"})).await;
     assert_eq!(ws.expect_op("subscribed").await["room"], "call-1");
@@ -167,7 +191,11 @@ async fn resume_with_since_after_a_disconnect() {
     let app = spawn_app(config(&db)).await;
     let viewer = token("acme", "viewer", false);
     let producer = token("acme", "producer", true);
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/job/ws?since=0&token={viewer}")).await;
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/job/ws?since=0&token={viewer}"),
+    )
+    .await;
     ws.expect_op("subscribed").await;
     for i in 0..10 {
         publish(app.port, &producer, "job", "progress", json!(i)).await;
@@ -179,7 +207,11 @@ async fn resume_with_since_after_a_disconnect() {
     for i in 10..25 {
         publish(app.port, &producer, "job", "progress", json!(i)).await;
     }
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/job/ws?since=10&token={viewer}")).await;
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/job/ws?since=10&token={viewer}"),
+    )
+    .await;
     ws.expect_op("subscribed").await;
     let publisher = async {
         for i in 25..40 {
@@ -195,13 +227,21 @@ async fn sql_producers_reach_websocket_clients() {
     let db = TestDb::new().await;
     let app = spawn_app(config(&db)).await;
     let viewer = token("acme", "viewer", false);
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/call-9/ws?since=0&token={viewer}")).await;
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/call-9/ws?since=0&token={viewer}"),
+    )
+    .await;
     ws.expect_op("subscribed").await;
     let mut sql = db.client().await;
     // Atomically with the producer's own write.
     let tx = sql.transaction().await.unwrap();
-    tx.batch_execute("CREATE TABLE calls (id text primary key)").await.unwrap();
-    tx.execute("INSERT INTO calls VALUES ('call-9')", &[]).await.unwrap();
+    tx.batch_execute("CREATE TABLE calls (id text primary key)")
+        .await
+        .unwrap();
+    tx.execute("INSERT INTO calls VALUES ('call-9')", &[])
+        .await
+        .unwrap();
     let seq: i64 = tx
         .query_one(
             "SELECT roomcast_publish('acme', 'call-9', 'transcript', '{\"text\": \"hello\"}'::jsonb)",
@@ -214,10 +254,18 @@ async fn sql_producers_reach_websocket_clients() {
     tx.commit().await.unwrap();
     let evs = ws.events_until("call-9", 1, Duration::from_secs(10)).await;
     assert_eq!(evs[0]["data"], json!({"text": "hello"}));
-    assert_eq!(evs[0]["via"], "push", "delivered by the NOTIFY hint, not the poll");
+    assert_eq!(
+        evs[0]["via"], "push",
+        "delivered by the NOTIFY hint, not the poll"
+    );
     // A rolled-back publish is never seen.
     let tx = sql.transaction().await.unwrap();
-    tx.execute("SELECT roomcast_publish('acme', 'call-9', 'ghost', 'null')", &[]).await.unwrap();
+    tx.execute(
+        "SELECT roomcast_publish('acme', 'call-9', 'ghost', 'null')",
+        &[],
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     sql.execute("SELECT roomcast_publish('acme', 'call-9', 'real', 'null', 'key-1', '{\"s\":1}', 'completed')", &[])
         .await
@@ -225,7 +273,10 @@ async fn sql_producers_reach_websocket_clients() {
     let evs = ws.events_until("call-9", 2, Duration::from_secs(10)).await;
     assert_eq!(evs[0]["type"], "real");
     let err = sql
-        .execute("SELECT roomcast_publish('acme', 'call-9', 'late', 'null')", &[])
+        .execute(
+            "SELECT roomcast_publish('acme', 'call-9', 'late', 'null')",
+            &[],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("RC409"));
@@ -240,7 +291,11 @@ async fn events_arrive_while_the_listener_connection_is_killed() {
     let viewer = token("acme", "viewer", false);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/pipe/ws?since=0&token={viewer}")).await;
+        let mut ws = WsClient::connect(
+            app.port,
+            &format!("/v1/rooms/pipe/ws?since=0&token={viewer}"),
+        )
+        .await;
         ws.expect_op("subscribed").await;
         clients.push(ws);
     }
@@ -249,9 +304,12 @@ async fn events_arrive_while_the_listener_connection_is_killed() {
     let producer = async {
         let mut kills = 0;
         for i in 1..=N {
-            sql.execute("SELECT roomcast_publish('acme', 'pipe', 'step', $1::jsonb)", &[&json!(i)])
-                .await
-                .unwrap();
+            sql.execute(
+                "SELECT roomcast_publish('acme', 'pipe', 'step', $1::jsonb)",
+                &[&json!(i)],
+            )
+            .await
+            .unwrap();
             if i % 10 == 0 {
                 let rows = sql
                     .query(
@@ -267,7 +325,9 @@ async fn events_arrive_while_the_listener_connection_is_killed() {
         }
         kills
     };
-    let receivers = clients.iter_mut().map(|ws| ws.events_until("pipe", N, WAIT));
+    let receivers = clients
+        .iter_mut()
+        .map(|ws| ws.events_until("pipe", N, WAIT));
     let (kills, received) = tokio::join!(producer, join_all(receivers));
     assert!(kills >= 3, "the listener was killed {kills} times");
     for evs in &received {
@@ -278,11 +338,18 @@ async fn events_arrive_while_the_listener_connection_is_killed() {
     // The listener came back by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let res = awc::Client::default().get(app.url("/readyz")).send().await.unwrap();
+        let res = awc::Client::default()
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
         if res.status() == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "listener never reconnected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never reconnected"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -294,9 +361,11 @@ async fn a_client_on_one_instance_gets_what_is_published_on_another() {
     let b = spawn_app(config(&db)).await;
     let viewer = token("acme", "viewer", false);
     let producer = token("acme", "producer", true);
-    let mut on_b = WsClient::connect(b.port, &format!("/v1/rooms/x/ws?since=0&token={viewer}")).await;
+    let mut on_b =
+        WsClient::connect(b.port, &format!("/v1/rooms/x/ws?since=0&token={viewer}")).await;
     on_b.expect_op("subscribed").await;
-    let mut on_a = WsClient::connect(a.port, &format!("/v1/rooms/x/ws?since=0&token={viewer}")).await;
+    let mut on_a =
+        WsClient::connect(a.port, &format!("/v1/rooms/x/ws?since=0&token={viewer}")).await;
     on_a.expect_op("subscribed").await;
     let publisher = async {
         for i in 0..50 {
@@ -324,8 +393,16 @@ async fn many_sessions_behind_on_one_room_share_catchup_queries() {
     let producer = token("acme", "producer", true);
     const EVENTS: i64 = 300;
     const SESSIONS: usize = 100;
-    let batch: Vec<_> = (0..EVENTS).map(|i| json!({"type": "seg", "data": i})).collect();
-    let (s, _, _) = post(app.port, "/v1/rooms/storm/events", &producer, &json!({"events": batch})).await;
+    let batch: Vec<_> = (0..EVENTS)
+        .map(|i| json!({"type": "seg", "data": i}))
+        .collect();
+    let (s, _, _) = post(
+        app.port,
+        "/v1/rooms/storm/events",
+        &producer,
+        &json!({"events": batch}),
+    )
+    .await;
     assert_eq!(s, 201);
 
     let mut clients = Vec::new();
@@ -338,7 +415,8 @@ async fn many_sessions_behind_on_one_room_share_catchup_queries() {
     let before_head = app.queries("head").await;
     // Everyone resumes at once from nearby cursors.
     for (i, ws) in clients.iter_mut().enumerate() {
-        ws.send(json!({"op": "subscribe", "room": "storm", "since": (i % 10) as i64})).await;
+        ws.send(json!({"op": "subscribe", "room": "storm", "since": (i % 10) as i64}))
+            .await;
     }
     let received = join_all(clients.iter_mut().enumerate().map(|(i, ws)| async move {
         ws.expect_op("subscribed").await;
@@ -356,5 +434,8 @@ async fn many_sessions_behind_on_one_room_share_catchup_queries() {
         catchup <= 10,
         "{SESSIONS} sessions behind on one room cost {catchup} catch-up queries"
     );
-    assert!(head <= 10, "{SESSIONS} subscribes cost {head} snapshot/head queries");
+    assert!(
+        head <= 10,
+        "{SESSIONS} subscribes cost {head} snapshot/head queries"
+    );
 }

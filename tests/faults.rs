@@ -16,7 +16,11 @@ async fn follow(port: u16, room: &str, until: i64, deadline: Duration) -> Vec<Va
     let mut got: Vec<Value> = Vec::new();
     let mut reconnects = 0;
     while got.last().and_then(|e| e["seq"].as_i64()).unwrap_or(0) < until {
-        assert!(tokio::time::Instant::now() < stop, "gave up at {} events", got.len());
+        assert!(
+            tokio::time::Instant::now() < stop,
+            "gave up at {} events",
+            got.len()
+        );
         let since = got.last().and_then(|e| e["seq"].as_i64()).unwrap_or(0);
         let path = format!("/v1/rooms/{room}/ws?since={since}&token={viewer}");
         let Ok(mut ws) = WsClient::try_connect(port, &path).await else {
@@ -50,9 +54,12 @@ async fn clients_resume_exactly_once_across_kill_9_and_restart() {
     // The producer writes through SQL, so it keeps going while the server is dead.
     let sql = db.client().await;
     for i in 1..=N {
-        sql.execute("SELECT roomcast_publish('acme', 'meeting', 'segment', $1::jsonb)", &[&json!(i)])
-            .await
-            .unwrap();
+        sql.execute(
+            "SELECT roomcast_publish('acme', 'meeting', 'segment', $1::jsonb)",
+            &[&json!(i)],
+        )
+        .await
+        .unwrap();
         if i == 50 {
             server.kill9();
         }
@@ -88,7 +95,8 @@ async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_i
     let app = spawn_app(cfg).await;
     let producer = token("acme", "producer", true);
     let viewer = token("acme", "viewer", false);
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    let mut ws =
+        WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
     ws.expect_op("subscribed").await;
 
     let mut acknowledged = Vec::new();
@@ -96,24 +104,43 @@ async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_i
         acknowledged.push(publish(app.port, &producer, "r", "before", json!(i)).await);
     }
     cluster.stop();
-    let (s, b, h) = post(app.port, "/v1/rooms/r/events", &producer, &json!({"type": "during"})).await;
+    let (s, b, h) = post(
+        app.port,
+        "/v1/rooms/r/events",
+        &producer,
+        &json!({"type": "during"}),
+    )
+    .await;
     assert_eq!(s, 503, "{b}");
     assert_eq!(b["error"]["code"], "unavailable");
     assert!(h.contains_key("retry-after"), "{h:?}");
-    let ready = awc::Client::default().get(app.url("/readyz")).send().await.unwrap();
+    let ready = awc::Client::default()
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
 
     let cluster = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
     // Retries succeed once PostgreSQL is back.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (s, b, _) = post(app.port, "/v1/rooms/r/events", &producer, &json!({"type": "after", "id": "retry-1"})).await;
+        let (s, b, _) = post(
+            app.port,
+            "/v1/rooms/r/events",
+            &producer,
+            &json!({"type": "after", "id": "retry-1"}),
+        )
+        .await;
         if s == 201 || s == 200 {
             acknowledged.push(b["seq"].as_i64().unwrap());
             break;
         }
         assert_eq!(s, 503, "{b}");
-        assert!(tokio::time::Instant::now() < deadline, "PostgreSQL never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PostgreSQL never came back"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(acknowledged, vec![1, 2, 3, 4, 5, 6]);
@@ -127,5 +154,8 @@ async fn web_block<T: Send + 'static>(
     f: impl FnOnce(std::path::PathBuf) -> std::io::Result<T> + Send + 'static,
     dir: std::path::PathBuf,
 ) -> T {
-    actix_web::web::block(move || f(dir)).await.expect("block").expect("cluster")
+    actix_web::web::block(move || f(dir))
+        .await
+        .expect("block")
+        .expect("cluster")
 }

@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "body: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {body}"
+    );
 }
 
 #[actix_web::test]
@@ -61,7 +66,10 @@ async fn concurrent_publishers_get_contiguous_seqs_in_commit_order() {
 
     let c = db.client().await;
     let head: i64 = c
-        .query_one("SELECT head FROM rooms WHERE org = 'acme' AND room = 'hot'", &[])
+        .query_one(
+            "SELECT head FROM rooms WHERE org = 'acme' AND room = 'hot'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -77,8 +85,17 @@ async fn idempotency_keys_store_once() {
 
     let (s, b, _) = post(app.port, path, &tok, &json!({"type": "a", "id": "k1"})).await;
     assert_eq!((s, b.clone()), (201, json!({"room": "m1", "seq": 1})));
-    let (s, b, _) = post(app.port, path, &tok, &json!({"type": "a", "id": "k1", "data": 2})).await;
-    assert_eq!((s, b), (200, json!({"room": "m1", "seq": 1, "duplicate": true})));
+    let (s, b, _) = post(
+        app.port,
+        path,
+        &tok,
+        &json!({"type": "a", "id": "k1", "data": 2}),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (200, json!({"room": "m1", "seq": 1, "duplicate": true}))
+    );
 
     // A batch mixing a known key, a new key and a key repeated inside it.
     let batch = json!({"events": [
@@ -86,14 +103,36 @@ async fn idempotency_keys_store_once() {
     ]});
     let (s, b, _) = post(app.port, path, &tok, &batch).await;
     assert_eq!((s, b), (201, json!({"room": "m1", "seqs": [1, 2, 2, 3]})));
-    let (s, b, _) = post(app.port, path, &tok, &json!({"events": [{"type": "a", "id": "k1"}, {"type": "b", "id": "k2"}]})).await;
-    assert_eq!((s, b), (200, json!({"room": "m1", "seqs": [1, 2], "duplicate": true})));
+    let (s, b, _) = post(
+        app.port,
+        path,
+        &tok,
+        &json!({"events": [{"type": "a", "id": "k1"}, {"type": "b", "id": "k2"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (
+            200,
+            json!({"room": "m1", "seqs": [1, 2], "duplicate": true})
+        )
+    );
 
     let c = db.client().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     // The same key in another room is another event.
-    let (s, b, _) = post(app.port, "/v1/rooms/m2/events", &tok, &json!({"type": "a", "id": "k1"})).await;
+    let (s, b, _) = post(
+        app.port,
+        "/v1/rooms/m2/events",
+        &tok,
+        &json!({"type": "a", "id": "k1"}),
+    )
+    .await;
     assert_eq!((s, b), (201, json!({"room": "m2", "seq": 1})));
 }
 
@@ -104,10 +143,22 @@ async fn batches_are_all_or_nothing_and_terminal_status_closes_the_room() {
     let tok = token("acme", "producer", true);
     let path = "/v1/rooms/job-1/events";
 
-    let (s, b, _) = post(app.port, path, &tok, &json!({"events": [{"type": "a"}, {"type": "B!"}]})).await;
+    let (s, b, _) = post(
+        app.port,
+        path,
+        &tok,
+        &json!({"events": [{"type": "a"}, {"type": "B!"}]}),
+    )
+    .await;
     assert_eq!(s, 400);
     assert_error(&b, "bad_request");
-    assert!(b["error"]["message"].as_str().unwrap().contains("events[1]"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("events[1]"),
+        "{b}"
+    );
 
     let (s, b, _) = post(
         app.port,
@@ -119,7 +170,11 @@ async fn batches_are_all_or_nothing_and_terminal_status_closes_the_room() {
     assert_eq!(s, 409);
     assert_error(&b, "room_closed");
     let c = db.client().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "a refused batch stores nothing");
 
     let (s, b, _) = post(
@@ -134,8 +189,17 @@ async fn batches_are_all_or_nothing_and_terminal_status_closes_the_room() {
     assert_eq!(s, 409);
     assert_error(&b, "room_closed");
     // Retrying the closing event with its key is still a duplicate, not a 409.
-    let (s, b, _) = post(app.port, path, &tok, &json!({"type": "done", "status": "failed", "id": "end"})).await;
-    assert_eq!((s, b), (200, json!({"room": "job-1", "seq": 2, "duplicate": true})));
+    let (s, b, _) = post(
+        app.port,
+        path,
+        &tok,
+        &json!({"type": "done", "status": "failed", "id": "end"}),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (200, json!({"room": "job-1", "seq": 2, "duplicate": true}))
+    );
     let row = c
         .query_one("SELECT head, status, state FROM rooms", &[])
         .await
@@ -155,10 +219,20 @@ async fn state_is_a_merge_patch_shown_on_subscribe() {
         json!({"stage": "upload", "progress": {"upload": 1.0}, "speakers": ["A"]}),
         json!({"stage": "transcribe", "progress": {"transcribe": 0.5}, "speakers": null}),
     ] {
-        let (s, _, _) = post(app.port, path, &tok, &json!({"type": "stage", "state": patch})).await;
+        let (s, _, _) = post(
+            app.port,
+            path,
+            &tok,
+            &json!({"type": "stage", "state": patch}),
+        )
+        .await;
         assert_eq!(s, 201);
     }
-    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={}", token("acme", "viewer", false))).await;
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/ws?token={}", token("acme", "viewer", false)),
+    )
+    .await;
     ws.expect_op("welcome").await;
     ws.send(json!({"op": "subscribe", "room": "meet"})).await;
     let sub = ws.expect_op("subscribed").await;
@@ -178,17 +252,83 @@ async fn refusals_use_the_error_shape_and_change_nothing() {
     publish(app.port, &pubtok, "r1", "first", json!(1)).await;
 
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
-        ("no token", String::new(), b"{\"type\":\"a\"}".to_vec(), 401, "unauthorized"),
-        ("garbage token", "x.y.z".into(), b"{\"type\":\"a\"}".to_vec(), 401, "unauthorized"),
-        ("expired token", token_with("acme", "p", true, None, -120), b"{\"type\":\"a\"}".to_vec(), 401, "unauthorized"),
-        ("no pub claim", token("acme", "viewer", false), b"{\"type\":\"a\"}".to_vec(), 403, "forbidden"),
-        ("rooms claim", token_with("acme", "p", true, Some(vec!["other-*"]), 60), b"{\"type\":\"a\"}".to_vec(), 403, "forbidden"),
-        ("not json", pubtok.clone(), b"{nope".to_vec(), 400, "bad_request"),
-        ("bad type", pubtok.clone(), b"{\"type\":\"Bad Type\"}".to_vec(), 400, "bad_request"),
-        ("unknown field", pubtok.clone(), b"{\"type\":\"a\",\"sneaky\":1}".to_vec(), 400, "bad_request"),
-        ("state not object", pubtok.clone(), b"{\"type\":\"a\",\"state\":3}".to_vec(), 400, "bad_request"),
-        ("bad status", pubtok.clone(), b"{\"type\":\"a\",\"status\":\"done\"}".to_vec(), 400, "bad_request"),
-        ("empty batch", pubtok.clone(), b"{\"events\":[]}".to_vec(), 400, "bad_request"),
+        (
+            "no token",
+            String::new(),
+            b"{\"type\":\"a\"}".to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "garbage token",
+            "x.y.z".into(),
+            b"{\"type\":\"a\"}".to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "expired token",
+            token_with("acme", "p", true, None, -120),
+            b"{\"type\":\"a\"}".to_vec(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "no pub claim",
+            token("acme", "viewer", false),
+            b"{\"type\":\"a\"}".to_vec(),
+            403,
+            "forbidden",
+        ),
+        (
+            "rooms claim",
+            token_with("acme", "p", true, Some(vec!["other-*"]), 60),
+            b"{\"type\":\"a\"}".to_vec(),
+            403,
+            "forbidden",
+        ),
+        (
+            "not json",
+            pubtok.clone(),
+            b"{nope".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "bad type",
+            pubtok.clone(),
+            b"{\"type\":\"Bad Type\"}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown field",
+            pubtok.clone(),
+            b"{\"type\":\"a\",\"sneaky\":1}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "state not object",
+            pubtok.clone(),
+            b"{\"type\":\"a\",\"state\":3}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "bad status",
+            pubtok.clone(),
+            b"{\"type\":\"a\",\"status\":\"done\"}".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "empty batch",
+            pubtok.clone(),
+            b"{\"events\":[]}".to_vec(),
+            400,
+            "bad_request",
+        ),
         (
             "data over 64 KiB",
             pubtok.clone(),
@@ -196,17 +336,35 @@ async fn refusals_use_the_error_shape_and_change_nothing() {
             413,
             "payload_too_large",
         ),
-        ("body over 1 MiB", pubtok.clone(), vec![b' '; 1024 * 1024 + 10], 413, "payload_too_large"),
+        (
+            "body over 1 MiB",
+            pubtok.clone(),
+            vec![b' '; 1024 * 1024 + 10],
+            413,
+            "payload_too_large",
+        ),
     ];
     for (what, tok, body, status, code) in cases {
         let (s, b, _) = post_raw(app.port, path, &tok, body).await;
         assert_eq!(s, status, "{what}: {b}");
         assert_error(&b, code);
     }
-    let (s, b, _) = post(app.port, "/v1/rooms/..%2Fetc/events", &pubtok, &json!({"type": "a"})).await;
+    let (s, b, _) = post(
+        app.port,
+        "/v1/rooms/..%2Fetc/events",
+        &pubtok,
+        &json!({"type": "a"}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_error(&b, "bad_request");
-    let (s, b, _) = post(app.port, "/v1/rooms/x'%3B%20drop%20table%20events/events", &pubtok, &json!({"type": "a"})).await;
+    let (s, b, _) = post(
+        app.port,
+        "/v1/rooms/x'%3B%20drop%20table%20events/events",
+        &pubtok,
+        &json!({"type": "a"}),
+    )
+    .await;
     assert_eq!(s, 400, "{b}");
     assert_error(&b, "bad_request");
     let (s, b, _) = post(app.port, "/v1/nothing-here", &pubtok, &json!({})).await;
@@ -214,10 +372,17 @@ async fn refusals_use_the_error_shape_and_change_nothing() {
     assert_error(&b, "not_found");
 
     let c = db.client().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1, "refusals stored nothing");
     // And the server still serves.
-    assert_eq!(publish(app.port, &pubtok, "r1", "second", json!(2)).await, 2);
+    assert_eq!(
+        publish(app.port, &pubtok, "r1", "second", json!(2)).await,
+        2
+    );
 }
 
 #[actix_web::test]
@@ -230,20 +395,25 @@ async fn orgs_are_isolated() {
         publish(app.port, &a, "shared", "secret", json!({"i": i})).await;
     }
     // Org B sees an empty, open room under the same id...
-    let mut wsb = WsClient::connect(app.port, &format!("/v1/rooms/shared/ws?since=0&token={b}")).await;
+    let mut wsb =
+        WsClient::connect(app.port, &format!("/v1/rooms/shared/ws?since=0&token={b}")).await;
     wsb.expect_op("welcome").await;
     let sub = wsb.expect_op("subscribed").await;
     assert_eq!(sub["head"], 0);
     assert_eq!(sub["state"], json!({}));
     // ...publishing there starts its own log...
-    assert_eq!(publish(app.port, &b, "shared", "mine", json!(null)).await, 1);
+    assert_eq!(
+        publish(app.port, &b, "shared", "mine", json!(null)).await,
+        1
+    );
     let evs = wsb.events_until("shared", 1, Duration::from_secs(10)).await;
     assert_eq!(evs[0]["type"], "mine");
     // ...and never gets org A's events.
     publish(app.port, &a, "shared", "secret", json!({"i": 3})).await;
     assert!(wsb.recv_within(Duration::from_millis(700)).await.is_none());
 
-    let mut wsa = WsClient::connect(app.port, &format!("/v1/rooms/shared/ws?since=0&token={a}")).await;
+    let mut wsa =
+        WsClient::connect(app.port, &format!("/v1/rooms/shared/ws?since=0&token={a}")).await;
     wsa.expect_op("welcome").await;
     assert_eq!(wsa.expect_op("subscribed").await["head"], 4);
     let evs = wsa.events_until("shared", 4, Duration::from_secs(10)).await;

@@ -20,7 +20,9 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(format!("the body is larger than {limit} bytes")));
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the body is larger than {limit} bytes"
+            )));
         }
         body.extend_from_slice(&chunk);
     }
@@ -37,10 +39,14 @@ pub async fn publish(
     let principal = state.auth.from_request(&req)?;
     let room = RoomId::parse(&path)?;
     if !principal.can_publish {
-        return Err(ApiError::Forbidden("this token may not publish (no \"pub\": true claim)".into()));
+        return Err(ApiError::Forbidden(
+            "this token may not publish (no \"pub\": true claim)".into(),
+        ));
     }
     if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden("the token's rooms claim does not cover this room".into()));
+        return Err(ApiError::Forbidden(
+            "the token's rooms claim does not cover this room".into(),
+        ));
     }
     let body = read_body(payload, MAX_BODY).await?;
     let parsed = PublishBody::parse(&body)?;

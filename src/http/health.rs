@@ -27,7 +27,9 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .await
         .map_err(|e| ApiError::Unavailable(format!("database not ready: {e}")))?;
     if !state.listener_up.load(Ordering::Acquire) {
-        return Err(ApiError::Unavailable("the notification listener is not connected".into()));
+        return Err(ApiError::Unavailable(
+            "the notification listener is not connected".into(),
+        ));
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

@@ -14,12 +14,14 @@ use error::ApiError;
 
 /// Every route of the server.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
-        ApiError::BadRequest(format!("bad query string: {e}")).into()
-    }))
-    .app_data(web::PathConfig::default().error_handler(|e, _| {
-        ApiError::BadRequest(format!("bad path: {e}")).into()
-    }))
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("bad query string: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("bad path: {e}")).into()),
+    )
     .route("/v1/rooms/{room}/events", web::post().to(events::publish))
     .route("/v1/ws", web::get().to(ws::connect))
     .route("/v1/rooms/{room}/ws", web::get().to(ws::connect_room))

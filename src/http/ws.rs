@@ -39,7 +39,9 @@ pub async fn connect_room(
         return Err(ApiError::BadRequest("since must be 0 or more".into()).into());
     }
     if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden("the token's rooms claim does not cover this room".into()).into());
+        return Err(
+            ApiError::Forbidden("the token's rooms claim does not cover this room".into()).into(),
+        );
     }
     session::start(&req, stream, state, principal, Some((room, query.since)))
 }

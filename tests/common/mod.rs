@@ -117,7 +117,9 @@ pub fn config(db: &TestDb) -> Config {
 
 /// Starts the server in-process on 127.0.0.1:0.
 pub async fn spawn_app(config: Config) -> TestApp {
-    let app = Application::build(config).await.expect("build the application");
+    let app = Application::build(config)
+        .await
+        .expect("build the application");
     let port = app.port();
     let metrics = app.state.metrics.clone();
     actix_web::rt::spawn(app.run(std::future::pending()));
@@ -131,7 +133,11 @@ impl TestApp {
 
     /// `roomcast_db_queries_total{kind}` as this server counts it.
     pub async fn queries(&self, kind: &str) -> u64 {
-        metric(self.port, &format!("roomcast_db_queries_total{{kind=\"{kind}\"}}")).await
+        metric(
+            self.port,
+            &format!("roomcast_db_queries_total{{kind=\"{kind}\"}}"),
+        )
+        .await
     }
 }
 
@@ -139,7 +145,10 @@ impl TestApp {
 pub async fn metric(port: u16, name: &str) -> u64 {
     let text = http_get_text(port, "/metrics").await;
     text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+        })
         .unwrap_or(0.0) as u64
 }
 
@@ -158,7 +167,13 @@ pub fn token(org: &str, sub: &str, publish: bool) -> String {
     token_with(org, sub, publish, None, 3600)
 }
 
-pub fn token_with(org: &str, sub: &str, publish: bool, rooms: Option<Vec<&str>>, ttl: i64) -> String {
+pub fn token_with(
+    org: &str,
+    sub: &str,
+    publish: bool,
+    rooms: Option<Vec<&str>>,
+    ttl: i64,
+) -> String {
     mint(
         SECRET,
         &Claims {
@@ -172,11 +187,21 @@ pub fn token_with(org: &str, sub: &str, publish: bool, rooms: Option<Vec<&str>>,
 }
 
 /// POSTs `body` as JSON; answers (status, body, headers).
-pub async fn post(port: u16, path: &str, token: &str, body: &Value) -> (u16, Value, HashMap<String, String>) {
+pub async fn post(
+    port: u16,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Value, HashMap<String, String>) {
     post_raw(port, path, token, serde_json::to_vec(body).expect("json")).await
 }
 
-pub async fn post_raw(port: u16, path: &str, token: &str, body: Vec<u8>) -> (u16, Value, HashMap<String, String>) {
+pub async fn post_raw(
+    port: u16,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> (u16, Value, HashMap<String, String>) {
     let mut req = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish()
@@ -198,7 +223,13 @@ pub async fn post_raw(port: u16, path: &str, token: &str, body: Vec<u8>) -> (u16
 
 /// Publishes one event and returns its seq (panics unless 201).
 pub async fn publish(port: u16, token: &str, room: &str, ty: &str, data: Value) -> i64 {
-    let (status, body, _) = post(port, &format!("/v1/rooms/{room}/events"), token, &json!({"type": ty, "data": data})).await;
+    let (status, body, _) = post(
+        port,
+        &format!("/v1/rooms/{room}/events"),
+        token,
+        &json!({"type": ty, "data": data}),
+    )
+    .await;
     assert_eq!(status, 201, "publish answered {status}: {body}");
     body["seq"].as_i64().expect("seq")
 }
@@ -212,7 +243,9 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `path` (with its query string); panics if refused.
     pub async fn connect(port: u16, path: &str) -> WsClient {
-        Self::try_connect(port, path).await.expect("WebSocket upgrade")
+        Self::try_connect(port, path)
+            .await
+            .expect("WebSocket upgrade")
     }
 
     pub async fn try_connect(port: u16, path: &str) -> Result<WsClient, awc::error::WsClientError> {
@@ -223,7 +256,10 @@ impl WsClient {
             .max_frame_size(1 << 20)
             .connect()
             .await?;
-        Ok(WsClient { framed, closed: None })
+        Ok(WsClient {
+            framed,
+            closed: None,
+        })
     }
 
     pub async fn send(&mut self, msg: Value) {
@@ -241,7 +277,9 @@ impl WsClient {
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.framed.next()).await.ok()??;
+            let frame = tokio::time::timeout_at(deadline, self.framed.next())
+                .await
+                .ok()??;
             match frame {
                 Ok(ws::Frame::Text(b)) => return serde_json::from_slice(&b).ok(),
                 Ok(ws::Frame::Ping(p)) => {
@@ -280,7 +318,10 @@ impl WsClient {
         let deadline = tokio::time::Instant::now() + wait;
         let mut got = Vec::new();
         loop {
-            if got.last().is_some_and(|e: &Value| e["seq"].as_i64() >= Some(until)) {
+            if got
+                .last()
+                .is_some_and(|e: &Value| e["seq"].as_i64() >= Some(until))
+            {
                 return got;
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -304,7 +345,10 @@ impl WsClient {
 
 /// Asserts that `events` are exactly seqs `from..=to`, in order, once each.
 pub fn assert_exactly(events: &[Value], from: i64, to: i64) {
-    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
+    let seqs: Vec<i64> = events
+        .iter()
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
     let want: Vec<i64> = (from..=to).collect();
     assert_eq!(seqs, want, "expected exactly {from}..={to} in order");
 }
@@ -341,7 +385,9 @@ impl ServerProcess {
         let mut child = cmd.spawn().expect("spawn roomcast serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the port line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the port line");
         let port = line
             .trim()
             .rsplit(' ')

@@ -439,3 +439,65 @@ async fn many_sessions_behind_on_one_room_share_catchup_queries() {
         "{SESSIONS} subscribes cost {head} snapshot/head queries"
     );
 }
+
+#[actix_web::test]
+async fn an_expired_token_closes_the_connection_with_4001() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.heartbeat_ms = 300;
+    let app = spawn_app(cfg).await;
+    // Valid for 2 s (5 s of leeway are allowed at the upgrade, none after).
+    let short = token_with("acme", "viewer", false, None, 2);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={short}")).await;
+    ws.expect_op("welcome").await;
+    let start = std::time::Instant::now();
+    while ws.recv_within(Duration::from_secs(10)).await.is_some() {}
+    let reason = ws.closed.clone().flatten().expect("a close frame");
+    assert_eq!(u16::from(reason.code), 4001);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        start.elapsed()
+    );
+
+    // A fresh token sent with op auth keeps the connection open past exp.
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={short}")).await;
+    ws.expect_op("welcome").await;
+    ws.send(json!({"op": "auth", "token": token("acme", "viewer", false)}))
+        .await;
+    // Wait past exp, answering the server's pings meanwhile.
+    assert!(ws.recv_within(Duration::from_secs(3)).await.is_none());
+    assert!(ws.closed.is_none(), "closed: {:?}", ws.closed);
+    ws.send(json!({"op": "ping", "id": "still-here"})).await;
+    let answer = ws.recv_within(Duration::from_secs(5)).await;
+    assert_eq!(
+        answer,
+        Some(json!({"op": "pong", "id": "still-here"})),
+        "closed: {:?}",
+        ws.closed
+    );
+}
+
+#[actix_web::test]
+async fn a_client_that_answers_nothing_is_dropped_after_two_heartbeats() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.heartbeat_ms = 200;
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let mut alive = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+    let mut silent = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+    alive.expect_op("welcome").await;
+    // `alive` answers pings while it waits; `silent` reads nothing for 1 s.
+    assert!(alive.recv_within(Duration::from_secs(1)).await.is_none());
+    assert!(alive.closed.is_none());
+    alive.send(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(alive.recv().await["op"], "pong");
+    silent.expect_op("welcome").await;
+    silent.send(json!({"op": "ping", "id": 1})).await;
+    let mut got_pong = false;
+    while let Some(m) = silent.recv_within(Duration::from_secs(2)).await {
+        got_pong |= m["op"] == "pong";
+    }
+    assert!(!got_pong, "the silent client was still served");
+}

@@ -5,7 +5,8 @@
 //! PostgreSQL: `ROOMCAST_TEST_ADMIN_URL` if set; else the server on
 //! 127.0.0.1:5432 if one answers; else a private cluster started here with
 //! initdb/pg_ctl under the target directory (so `cargo test` works wherever
-//! PostgreSQL is installed, running or not).
+//! PostgreSQL is installed, running or not). `ROOMCAST_TEST_PRIVATE_PG=1`
+//! forces the private cluster.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -34,7 +35,8 @@ pub fn admin_url() -> &'static str {
             return url;
         }
         let local = "127.0.0.1:5432".parse().expect("address");
-        if TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
+        let force_private = std::env::var_os("ROOMCAST_TEST_PRIVATE_PG").is_some();
+        if !force_private && TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
             return "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into();
         }
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-pg");

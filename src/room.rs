@@ -31,7 +31,8 @@ const MAX_HELD: usize = 10_000;
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Deliver {
-    pub key: RoomKey,
+    /// Shared, so handing the message to each session allocates nothing.
+    pub key: Arc<RoomKey>,
     pub frames: Arc<[Frame]>,
 }
 
@@ -77,11 +78,6 @@ pub struct Hint {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ListenerReconnected;
-
-/// Rooms followed and heads routed, for tests and health.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct RoomCount;
 
 struct RoomEntry {
     /// Highest seq routed to sessions in order; `None` until the head has
@@ -169,7 +165,7 @@ impl Broadcaster {
             entry.routed = Some(routed);
             entry.head.store(routed, Ordering::Release);
             let msg = Deliver {
-                key: key.clone(),
+                key: Arc::new(key.clone()),
                 frames: out.into(),
             };
             let metrics = &self.metrics;
@@ -393,13 +389,5 @@ impl Handler<CatchupDone> for Broadcaster {
         if got_any && (behind || msg.more) {
             self.fetch(&msg.key, Via::Push, ctx);
         }
-    }
-}
-
-impl Handler<RoomCount> for Broadcaster {
-    type Result = usize;
-
-    fn handle(&mut self, _: RoomCount, _ctx: &mut Context<Self>) -> usize {
-        self.rooms.len()
     }
 }

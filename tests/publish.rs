@@ -118,12 +118,7 @@ async fn idempotency_keys_store_once() {
         )
     );
 
-    let c = db.client().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = db.event_count().await;
     assert_eq!(n, 3);
     // The same key in another room is another event.
     let (s, b, _) = post(
@@ -169,12 +164,7 @@ async fn batches_are_all_or_nothing_and_terminal_status_closes_the_room() {
     .await;
     assert_eq!(s, 409);
     assert_error(&b, "room_closed");
-    let c = db.client().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = db.event_count().await;
     assert_eq!(n, 0, "a refused batch stores nothing");
 
     let (s, b, _) = post(
@@ -200,7 +190,9 @@ async fn batches_are_all_or_nothing_and_terminal_status_closes_the_room() {
         (s, b),
         (200, json!({"room": "job-1", "seq": 2, "duplicate": true}))
     );
-    let row = c
+    let row = db
+        .client()
+        .await
         .query_one("SELECT head, status, state FROM rooms", &[])
         .await
         .unwrap();
@@ -371,12 +363,7 @@ async fn refusals_use_the_error_shape_and_change_nothing() {
     assert_eq!(s, 404);
     assert_error(&b, "not_found");
 
-    let c = db.client().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = db.event_count().await;
     assert_eq!(n, 1, "refusals stored nothing");
     // And the server still serves.
     assert_eq!(

@@ -83,6 +83,18 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// How many events are stored, in every room.
+    pub async fn event_count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .expect("count events")
+            .get(0)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();

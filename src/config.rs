@@ -48,6 +48,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
 
+    /// Unsent bytes a WebSocket or SSE session may have queued before it stops
+    /// taking pushes and reads its catch-up from the database as it drains.
+    #[arg(long, env = "ROOMCAST_BACKLOG_BYTES", default_value_t = 256 * 1024)]
+    pub backlog_bytes: usize,
+
+    /// Unsent bytes past which a session is closed (WebSocket 4008; SSE ends
+    /// the stream); the client resumes with its cursor.
+    #[arg(long, env = "ROOMCAST_BACKLOG_CLOSE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub backlog_close_bytes: usize,
+
     /// Worker threads of the HTTP server (0: one per core).
     #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -67,6 +77,8 @@ impl Config {
             db_pool: 16,
             catchup_page: 500,
             max_subscriptions: 100,
+            backlog_bytes: 256 * 1024,
+            backlog_close_bytes: 4 * 1024 * 1024,
             workers: 0,
         }
     }

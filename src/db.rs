@@ -18,9 +18,14 @@ use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, QueryKind};
-use crate::protocol::{Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
+use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
 use crate::room::Committed;
-use crate::store::{self, Published, RoomRow, StoreError};
+use crate::store::{self, Page, PollFrom, Published, RoomFilter, RoomRow, StoreError};
+
+/// The NOTIFY channel that carries ephemeral events to other instances.
+pub const EPHEMERAL_CHANNEL: &str = "roomcast_ephemeral";
+/// NOTIFY payloads are capped at 8000 bytes by PostgreSQL.
+const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
 /// Publish events into one room (all or nothing); routed to subscribers once
 /// committed.
@@ -36,6 +41,38 @@ pub struct Publish {
 #[rtype(result = "Result<Option<RoomRow>, StoreError>")]
 pub struct Snapshot {
     pub key: RoomKey,
+}
+
+/// A page of a room's log for a poller. Pollers asking for the same page
+/// while it is read share the read (a commit wakes every long-poll of a room
+/// at once; they cost one query).
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Page>, StoreError>")]
+pub struct PollPage {
+    pub key: RoomKey,
+    pub from: PollFrom,
+    pub limit: i64,
+}
+
+/// Rooms of an org, newest activity first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
+pub struct ListRooms {
+    pub org: String,
+    pub status: Option<RoomStatus>,
+    /// A `rooms` claim limiting what may be listed.
+    pub claim: Option<Vec<String>>,
+    pub limit: i64,
+}
+
+/// Sends an ephemeral event to the other instances (a NOTIFY; nothing is
+/// stored). Best effort, like ephemeral events themselves.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Announce {
+    pub instance: Arc<str>,
+    pub key: RoomKey,
+    pub frame: Arc<EphemeralFrame>,
 }
 
 /// Heads of many rooms in one statement.
@@ -91,6 +128,8 @@ pub struct Db {
     queues: HashMap<(RoomKey, Via), Queue>,
     /// Snapshot reads running, with everyone waiting for each.
     snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<Option<RoomRow>, StoreError>>>>,
+    /// Poll pages being read, with everyone waiting for each.
+    pages: HashMap<(RoomKey, PollFrom, i64), Vec<oneshot::Sender<Result<Arc<Page>, StoreError>>>>,
 }
 
 impl Db {
@@ -102,6 +141,7 @@ impl Db {
             page: page.max(1),
             queues: HashMap::new(),
             snapshots: HashMap::new(),
+            pages: HashMap::new(),
         }
     }
 
@@ -281,5 +321,91 @@ impl Handler<Catchup> for Db {
                 reply: msg.reply,
             });
         self.run_round(qkey, ctx);
+    }
+}
+
+impl Handler<PollPage> for Db {
+    type Result = ResponseFuture<Result<Arc<Page>, StoreError>>;
+
+    fn handle(&mut self, msg: PollPage, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let id = (msg.key, msg.from, msg.limit);
+        match self.pages.entry(id.clone()) {
+            Entry::Occupied(mut e) => e.get_mut().push(tx),
+            Entry::Vacant(e) => {
+                e.insert(vec![tx]);
+                self.metrics.queries(QueryKind::Poll, 1);
+                let pool = self.pool.clone();
+                let (key, from, limit) = id.clone();
+                let read = async move {
+                    let client = pool.get().await?;
+                    store::page(&client, &key, from, limit).await.map(Arc::new)
+                };
+                ctx.spawn(read.into_actor(self).map(move |res, act, _| {
+                    for waiter in act.pages.remove(&id).unwrap_or_default() {
+                        let _ = waiter.send(res.clone());
+                    }
+                }));
+            }
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("poll read dropped".into())))
+        })
+    }
+}
+
+impl Handler<ListRooms> for Db {
+    type Result = ResponseFuture<Result<Vec<(String, RoomRow)>, StoreError>>;
+
+    fn handle(&mut self, msg: ListRooms, _ctx: &mut Context<Self>) -> Self::Result {
+        let pool = self.pool.clone();
+        self.metrics.queries(QueryKind::Other, 1);
+        Box::pin(async move {
+            let client = pool.get().await?;
+            let filter = match &msg.claim {
+                None => RoomFilter::All,
+                Some(claim) => RoomFilter::Claim(claim),
+            };
+            store::list_rooms(&client, &msg.org, msg.status, filter, msg.limit).await
+        })
+    }
+}
+
+impl Handler<Announce> for Db {
+    type Result = ();
+
+    fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
+        let payload = serde_json::json!([
+            &*msg.instance,
+            msg.key.org,
+            msg.key.room,
+            &*msg.frame.text
+        ])
+        .to_string();
+        if payload.len() > MAX_NOTIFY_PAYLOAD {
+            log::warn!(
+                "ephemeral event for {} too large for other instances ({} bytes)",
+                msg.key,
+                payload.len()
+            );
+            return;
+        }
+        self.metrics.queries(QueryKind::Publish, 1);
+        let pool = self.pool.clone();
+        ctx.spawn(
+            async move {
+                let sent = async {
+                    let client = pool.get().await?;
+                    let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+                    client.execute(&stmt, &[&EPHEMERAL_CHANNEL, &payload]).await?;
+                    Ok::<_, StoreError>(())
+                };
+                if let Err(e) = sent.await {
+                    log::debug!("ephemeral event not sent to other instances: {e}");
+                }
+            }
+            .into_actor(self),
+        );
     }
 }

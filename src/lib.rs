@@ -18,10 +18,19 @@
 //! - [`session`]: the **WsSession** actor, one per WebSocket connection: its
 //!   subscriptions, the `room -> last seq sent` map, the delivery rule, its
 //!   poll timer and heartbeat. All WebSocket code is here.
+//! - [`sse`]: the **SseSession** actor, one per Server-Sent Events stream:
+//!   the same cursor and outbox as a WebSocket session, for one room.
+//! - [`cursor`]: a subscription's cursor and the delivery rule, shared by
+//!   both session actors.
+//! - [`outbox`]: a session's outbound budget (unsent bytes, soft and hard
+//!   bounds).
 //! - [`room`]: the **Broadcaster** actor: which sessions follow which room,
 //!   each room's routed head, in-order routing of committed events, the
-//!   per-room head check that backs up lost notifications.
-//! - [`db`]: the **Db** actor: publishes, and coalesced catch-up reads.
+//!   per-room head check that backs up lost notifications; what pollers need
+//!   in memory (known head, the row at that head, a channel that wakes
+//!   long-polls) and ephemeral events.
+//! - [`db`]: the **Db** actor: publishes, and coalesced catch-up, snapshot
+//!   and poll reads.
 //! - [`listener`]: the dedicated LISTEN connection for commits of other
 //!   instances and SQL producers; reconnects by itself.
 //! - [`store`]: every SQL statement the server sends.
@@ -32,14 +41,17 @@
 
 pub mod auth;
 pub mod config;
+pub mod cursor;
 pub mod db;
 pub mod demo;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 pub mod pgcluster;
 pub mod protocol;
 pub mod room;
 pub mod session;
+pub mod sse;
 pub mod startup;
 pub mod store;

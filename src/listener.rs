@@ -17,9 +17,10 @@ use actix::Addr;
 use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
-use crate::protocol::{RoomId, RoomKey};
-use crate::room::{Broadcaster, Hint, ListenerReconnected};
+use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
+use crate::room::{Broadcaster, Ephemeral, Hint, ListenerReconnected};
 
 /// The `application_name` of the listener's connection (operators and tests
 /// find it in `pg_stat_activity` by this name).
@@ -28,18 +29,23 @@ pub const APPLICATION_NAME: &str = "roomcast-listener";
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Runs the listener for ever on the current (actix) runtime.
+///
+/// It also LISTENs on `roomcast_ephemeral`, where instances announce
+/// ephemeral events to each other (`instance` tells this instance's own
+/// announcements apart: they were delivered locally already).
 pub fn spawn(
     mut config: tokio_postgres::Config,
     router: Addr<Broadcaster>,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
+    instance: Arc<str>,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(&config, &router, &metrics, &connected).await {
+            match listen(&config, &router, &metrics, &connected, &instance).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => log::warn!("listener: {e}; reconnecting in {backoff:?}"),
             }
@@ -55,6 +61,7 @@ async fn listen(
     router: &Addr<Broadcaster>,
     metrics: &Metrics,
     connected: &AtomicBool,
+    instance: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -77,7 +84,9 @@ async fn listen(
     });
     metrics.queries(QueryKind::Other, 1);
     let result = async {
-        client.batch_execute("LISTEN roomcast").await?;
+        client
+            .batch_execute(&format!("LISTEN roomcast; LISTEN {EPHEMERAL_CHANNEL}"))
+            .await?;
         connected.store(true, Ordering::Release);
         log::info!("listener connected");
         // Whatever was committed while we were not listening is found now.
@@ -87,6 +96,11 @@ async fn listen(
         loop {
             tokio::select! {
                 n = rx.recv() => match n {
+                    Some(n) if n.channel() == EPHEMERAL_CHANNEL => {
+                        if let Some(e) = parse_ephemeral(n.payload(), instance) {
+                            router.do_send(e);
+                        }
+                    }
                     Some(n) => {
                         metrics.notifications.inc();
                         if let Some(hint) = parse_hint(n.payload()) {
@@ -114,6 +128,22 @@ fn parse_hint(payload: &str) -> Option<Hint> {
     Some(Hint {
         key: RoomKey { org, room },
         seq,
+    })
+}
+
+/// An ephemeral announcement is `[instance, org, room, frame]`; `None` for
+/// this instance's own (or a malformed one).
+fn parse_ephemeral(payload: &str, me: &str) -> Option<Ephemeral> {
+    let (from, org, room, text): (String, String, String, String) =
+        serde_json::from_str(payload).ok()?;
+    if from == me {
+        return None;
+    }
+    let room = RoomId::parse(&room).ok()?;
+    let frame = EphemeralFrame::decode(&room, &text)?;
+    Some(Ephemeral {
+        key: RoomKey { org, room },
+        frame: Arc::new(frame),
     })
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Largest serialized `data` of one event (64 KiB).
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
@@ -25,8 +26,9 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 }
 
 /// A room id: `^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(transparent)]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 pub struct RoomId(String);
 
 impl RoomId {
@@ -95,7 +97,7 @@ impl fmt::Display for RoomKey {
 }
 
 /// Life cycle of a room. A terminal status is set by the room's last event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomStatus {
     InProgress,
@@ -150,19 +152,29 @@ struct RawEvent {
     state: Option<Value>,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    ephemeral: bool,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+fn check_data(data: &Value, limit: usize) -> Result<(), Invalid> {
+    let size = serde_json::to_vec(data).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > limit {
+        return Err(Invalid(format!(
+            "data is {size} bytes serialized; the limit is {limit}"
+        )));
+    }
+    Ok(())
 }
 
 impl NewEvent {
     fn from_raw(raw: RawEvent) -> Result<Self, Invalid> {
         let ty = EventType::parse(&raw.ty)?;
-        let size = serde_json::to_vec(&raw.data)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > MAX_DATA_BYTES {
-            return Err(Invalid(format!(
-                "data is {size} bytes serialized; the limit is {MAX_DATA_BYTES}"
-            )));
+        if raw.key.is_some() {
+            return Err(invalid("key is only for ephemeral events (\"ephemeral\": true)"));
         }
+        check_data(&raw.data, MAX_DATA_BYTES)?;
         if let Some(id) = &raw.id {
             if id.is_empty() || id.len() > MAX_IDEM_KEY {
                 return Err(invalid(format!(
@@ -186,11 +198,51 @@ impl NewEvent {
     }
 }
 
-/// A publish request: one event, or a batch stored all-or-nothing.
+/// Largest serialized `data` of an ephemeral event: it travels to other
+/// instances inside a NOTIFY payload (at most 8000 bytes).
+pub const MAX_EPHEMERAL_DATA: usize = 7 * 1024;
+/// Largest coalescing key of an ephemeral event, in bytes.
+pub const MAX_EPHEMERAL_KEY: usize = 128;
+
+/// An interim event (`"ephemeral": true`): pushed to current subscribers,
+/// never stored, no seq. A slow client sees only the latest event of each
+/// coalescing `key`.
+#[derive(Debug, Clone)]
+pub struct EphemeralEvent {
+    pub ty: EventType,
+    pub data: Value,
+    pub key: Option<String>,
+}
+
+impl EphemeralEvent {
+    fn from_raw(raw: RawEvent) -> Result<Self, Invalid> {
+        let ty = EventType::parse(&raw.ty)?;
+        if raw.id.is_some() || raw.state.is_some() || raw.status.is_some() {
+            return Err(invalid(
+                "an ephemeral event carries no id, state or status (it is not stored)",
+            ));
+        }
+        if let Some(k) = &raw.key {
+            if k.is_empty() || k.len() > MAX_EPHEMERAL_KEY {
+                return Err(invalid(format!("key must be 1 to {MAX_EPHEMERAL_KEY} bytes")));
+            }
+        }
+        check_data(&raw.data, MAX_EPHEMERAL_DATA)?;
+        Ok(EphemeralEvent {
+            ty,
+            data: raw.data,
+            key: raw.key,
+        })
+    }
+}
+
+/// A publish request: one event, a batch stored all-or-nothing, or one
+/// ephemeral event.
 #[derive(Debug)]
 pub enum PublishBody {
     Single(NewEvent),
     Batch(Vec<NewEvent>),
+    Ephemeral(EphemeralEvent),
 }
 
 /// What made a publish body unacceptable.
@@ -215,6 +267,12 @@ impl PublishBody {
             let where_ = at.map(|i| format!("events[{i}]: ")).unwrap_or_default();
             let raw: RawEvent =
                 serde_json::from_value(v).map_err(|e| Invalid(format!("{where_}{e}")))?;
+            if raw.ephemeral {
+                return Err(Invalid(format!(
+                    "{where_}ephemeral events are published one at a time, not in a batch"
+                ))
+                .into());
+            }
             NewEvent::from_raw(raw).map_err(|e| {
                 if e.0.starts_with("data is") {
                     PublishBodyError::TooLarge(format!("{where_}{}", e.0))
@@ -239,6 +297,16 @@ impl PublishBody {
                 .map(|(i, v)| one(v, Some(i)))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(PublishBody::Batch(events))
+        } else if obj.get("ephemeral") == Some(&Value::Bool(true)) {
+            let raw: RawEvent = serde_json::from_value(Value::Object(obj))
+                .map_err(|e| Invalid(e.to_string()))?;
+            EphemeralEvent::from_raw(raw).map(PublishBody::Ephemeral).map_err(|e| {
+                if e.0.starts_with("data is") {
+                    PublishBodyError::TooLarge(e.0)
+                } else {
+                    e.into()
+                }
+            })
         } else {
             Ok(PublishBody::Single(one(Value::Object(obj), None)?))
         }
@@ -246,13 +314,47 @@ impl PublishBody {
 }
 
 /// A stored event, as read back from PostgreSQL.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub seq: i64,
     #[serde(rename = "type")]
     pub ty: String,
+    #[schema(value_type = Object)]
     pub data: Value,
+    /// RFC 3339 UTC with milliseconds, set at commit.
     pub ts: String,
+}
+
+/// `GET /v1/rooms/{room}`: a room's snapshot.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RoomSnapshot {
+    pub room: RoomId,
+    pub status: RoomStatus,
+    /// Highest committed seq.
+    pub head: i64,
+    #[schema(value_type = Object)]
+    pub state: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `GET /v1/rooms`: rooms of the caller's org, newest activity first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomList {
+    pub rooms: Vec<RoomSnapshot>,
+}
+
+/// `GET /v1/rooms/{room}/events`: a page of the log after the cursor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PollAnswer<'a> {
+    #[schema(value_type = String)]
+    pub room: &'a RoomId,
+    pub head: i64,
+    pub status: RoomStatus,
+    #[schema(value_type = Object)]
+    pub state: &'a Value,
+    #[schema(value_type = Vec<Event>)]
+    pub events: &'a [Event],
 }
 
 /// How a frame reached the client: the live path or a read from the log.
@@ -278,6 +380,8 @@ impl Via {
 pub struct Frame {
     pub seq: i64,
     pub via: Via,
+    /// The event type (the `event:` line of SSE).
+    pub ty: ByteString,
     pub text: ByteString,
 }
 
@@ -309,9 +413,91 @@ impl Frame {
         Frame {
             seq: event.seq,
             via,
+            ty: ByteString::from(event.ty.as_str()),
             text: text.into(),
         }
     }
+}
+
+/// An ephemeral event turned into its frame once: `"seq": null`,
+/// `"ephemeral": true`, and the coalescing key if any.
+#[derive(Debug, Clone)]
+pub struct EphemeralFrame {
+    pub ty: ByteString,
+    pub key: Option<ByteString>,
+    pub text: ByteString,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EphemeralWire<'a> {
+    op: &'a str,
+    room: &'a str,
+    seq: Option<i64>,
+    #[serde(rename = "type")]
+    ty: &'a str,
+    data: &'a serde_json::value::RawValue,
+    ts: &'a str,
+    via: &'a str,
+    ephemeral: bool,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    key: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl EphemeralFrame {
+    /// Encodes an ephemeral event received now.
+    pub fn encode(room: &RoomId, ev: &EphemeralEvent) -> EphemeralFrame {
+        let data = serde_json::value::to_raw_value(&ev.data).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("valid JSON")
+        });
+        let wire = EphemeralWire {
+            op: "event",
+            room: room.as_str(),
+            seq: None,
+            ty: ev.ty.as_str(),
+            data: &data,
+            ts: &now_ts(),
+            via: "push",
+            ephemeral: true,
+            key: ev.key.as_deref().map(std::borrow::Cow::Borrowed),
+        };
+        EphemeralFrame {
+            ty: ByteString::from(ev.ty.as_str()),
+            key: ev.key.as_deref().map(ByteString::from),
+            text: serde_json::to_string(&wire).unwrap_or_default().into(),
+        }
+    }
+
+    /// Reads back a frame another instance encoded (sent in a NOTIFY
+    /// payload); `None` unless it is a well-formed ephemeral frame of `room`.
+    pub fn decode(room: &RoomId, text: &str) -> Option<EphemeralFrame> {
+        let wire: EphemeralWire<'_> = serde_json::from_str(text).ok()?;
+        if wire.room != room.as_str() || !wire.ephemeral || wire.seq.is_some() {
+            return None;
+        }
+        let ty = EventType::parse(wire.ty).ok()?;
+        Some(EphemeralFrame {
+            ty: ByteString::from(ty.as_str()),
+            key: wire.key.map(|k| ByteString::from(k.as_ref())),
+            text: text.into(),
+        })
+    }
+}
+
+/// Now, written as the contract writes `ts` (`2026-11-21T22:00:00.123Z`).
+pub fn now_ts() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time (any offset), as `since_time` is given.
+pub fn parse_time(s: &str) -> Result<std::time::SystemTime, Invalid> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(std::time::SystemTime::from)
+        .map_err(|e| Invalid(format!("not an RFC 3339 time ({e}): {s}")))
 }
 
 /// Messages a WebSocket client sends.
@@ -433,6 +619,12 @@ mod tests {
         assert!(PublishBody::parse(br#"{"type":"x","state":[1]}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","status":"done"}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","bogus":1}"#).is_err());
+        let b = PublishBody::parse(br#"{"type":"t.partial","data":"hel","ephemeral":true,"key":"s1"}"#)
+            .unwrap();
+        assert!(matches!(b, PublishBody::Ephemeral(EphemeralEvent { key: Some(_), .. })));
+        assert!(PublishBody::parse(br#"{"type":"x","key":"s1"}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","ephemeral":true,"id":"a"}"#).is_err());
+        assert!(PublishBody::parse(br#"{"events":[{"type":"x","ephemeral":true}]}"#).is_err());
         let big = format!(r#"{{"type":"x","data":"{}"}}"#, "a".repeat(MAX_DATA_BYTES));
         assert!(matches!(
             PublishBody::parse(big.as_bytes()),
@@ -455,6 +647,21 @@ mod tests {
         assert_eq!(v["seq"], 3);
         assert_eq!(v["via"], "push");
         assert_eq!(v["type"], "t");
+        let e = EphemeralEvent {
+            ty: EventType::parse("t.partial").unwrap(),
+            data: serde_json::json!({"text": "hel"}),
+            key: Some("s1".into()),
+        };
+        let f = EphemeralFrame::encode(&room, &e);
+        let v: Value = serde_json::from_str(&f.text).unwrap();
+        assert_eq!(v["seq"], Value::Null);
+        assert_eq!(v["ephemeral"], true);
+        assert_eq!(v["key"], "s1");
+        assert_eq!(v["ts"].as_str().unwrap().len(), 24);
+        assert!(EphemeralFrame::decode(&room, &f.text).is_some());
+        assert!(EphemeralFrame::decode(&RoomId::parse("other").unwrap(), &f.text).is_none());
+        assert!(parse_time("2026-11-21T22:00:00.123+02:00").is_ok());
+        assert!(parse_time("yesterday").is_err());
         let m = ClientMsg::parse(r#"{"op":"subscribe","room":"r","since":4}"#).unwrap();
         assert!(matches!(m, ClientMsg::Subscribe { since: Some(4), .. }));
         assert!(ClientMsg::parse(r#"{"op":"nope"}"#).is_err());

@@ -12,13 +12,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::watch;
 
 use crate::db::{Catchup, CatchupDone, Db, Heads};
 use crate::metrics::Metrics;
-use crate::protocol::{Frame, RoomKey, Via};
+use crate::protocol::{EphemeralFrame, Frame, RoomKey, Via};
+use crate::store::RoomRow;
 
 /// How long an out-of-order commit waits for the missing ones before the gap
 /// is read from the database.
@@ -27,13 +29,63 @@ const GAP_WAIT: Duration = Duration::from_millis(50);
 /// read back from the database.
 const MAX_HELD: usize = 10_000;
 
-/// Events delivered to a session: contiguous, ascending, encoded once.
+/// A room followed only by pollers is forgotten this long after its last
+/// poll (while followed, up-to-date polls are answered from memory).
+const POLL_TTL: Duration = Duration::from_secs(60);
+/// How often rooms nobody follows any more are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What the router hands a session.
+#[derive(Clone)]
+pub enum Push {
+    /// Durable events: contiguous, ascending, encoded once.
+    Events(Arc<[Frame]>),
+    /// An ephemeral event (no seq, never stored).
+    Ephemeral(Arc<EphemeralFrame>),
+}
+
+/// A push to a session.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Deliver {
     /// Shared, so handing the message to each session allocates nothing.
     pub key: Arc<RoomKey>,
-    pub frames: Arc<[Frame]>,
+    pub push: Push,
+}
+
+/// A poller looks at a room: answers what is known in memory and a channel
+/// that changes whenever the room's known head moves (one commit wakes every
+/// long-poll waiting on it).
+#[derive(Message)]
+#[rtype(result = "Watched")]
+pub struct Watch {
+    pub key: RoomKey,
+}
+
+pub struct Watched {
+    /// The highest seq known to exist in the room (`-1`: not known yet).
+    pub known: i64,
+    /// The room's row as last read, if its head is `known`.
+    pub snapshot: Option<Arc<RoomRow>>,
+    /// Carries `known` as it moves.
+    pub changes: watch::Receiver<i64>,
+}
+
+/// A poller read the room's row from the database: kept, so that the next
+/// up-to-date poll is answered from memory.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observed {
+    pub key: RoomKey,
+    pub row: Arc<RoomRow>,
+}
+
+/// An ephemeral event for the current subscribers of a room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ephemeral {
+    pub key: RoomKey,
+    pub frame: Arc<EphemeralFrame>,
 }
 
 /// A session starts following a room. Answers the room's routed head, shared
@@ -95,6 +147,12 @@ struct RoomEntry {
     /// Highest seq known to exist (from hints and head checks).
     want: i64,
     gap_timer: bool,
+    /// `known()` for pollers, changed whenever it moves.
+    known: watch::Sender<i64>,
+    /// The room's row as a poller last read it.
+    snapshot: Option<Arc<RoomRow>>,
+    /// Last time a poller looked at the room.
+    polled: Option<Instant>,
 }
 
 impl RoomEntry {
@@ -108,7 +166,36 @@ impl RoomEntry {
             fetching: false,
             want: 0,
             gap_timer: false,
+            known: watch::channel(-1).0,
+            snapshot: None,
+            polled: None,
         }
+    }
+
+    /// The highest seq known to exist (`-1` until the head has been read).
+    fn known(&self) -> i64 {
+        match self.routed {
+            None => -1,
+            Some(r) => r.max(self.want),
+        }
+    }
+
+    /// Wakes the pollers waiting on this room if what is known moved.
+    fn publish_known(&self) {
+        let known = self.known();
+        self.known.send_if_modified(|k| {
+            let moved = *k != known;
+            *k = known;
+            moved
+        });
+    }
+
+    /// Nobody follows the room any more: no session, no waiting poller, no
+    /// recent poll.
+    fn is_unused(&self) -> bool {
+        self.sessions.is_empty()
+            && self.known.receiver_count() == 0
+            && self.polled.is_none_or(|t| t.elapsed() > POLL_TTL)
     }
 }
 
@@ -164,9 +251,10 @@ impl Broadcaster {
         if !out.is_empty() {
             entry.routed = Some(routed);
             entry.head.store(routed, Ordering::Release);
+            entry.publish_known();
             let msg = Deliver {
                 key: Arc::new(key.clone()),
-                frames: out.into(),
+                push: Push::Events(out.into()),
             };
             let metrics = &self.metrics;
             entry.sessions.retain(|_, s| match s.try_send(msg.clone()) {
@@ -263,9 +351,13 @@ impl Broadcaster {
                 entry.routed = Some(head);
                 entry.head.store(head, Ordering::Release);
                 entry.held.retain(|&s, _| s > head);
+                entry.publish_known();
                 self.accept(key, std::iter::empty(), ctx);
             }
-            Some(r) if head > r => self.fetch(key, via, ctx),
+            Some(r) if head > r => {
+                entry.publish_known();
+                self.fetch(key, via, ctx)
+            }
             Some(_) => {}
         }
     }
@@ -279,6 +371,9 @@ impl Actor for Broadcaster {
         if let Some(every) = self.poll {
             ctx.run_interval(every, |act, ctx| act.check_heads(ctx));
         }
+        ctx.run_interval(SWEEP_EVERY, |act, _| {
+            act.rooms.retain(|_, e| !e.is_unused());
+        });
     }
 }
 
@@ -294,27 +389,98 @@ impl Handler<Join> for Broadcaster {
         entry.sessions.insert(msg.session, msg.deliver);
         let head = entry.head.clone();
         if is_new {
-            // Learn where the room stands before routing anything in it.
-            let key = msg.key;
-            self.db
-                .send(Heads {
-                    keys: vec![key.clone()],
-                })
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(Ok(rows)) => {
-                        let (head, closed) = rows
-                            .first()
-                            .map(|(_, h, s)| (*h, s.is_terminal()))
-                            .unwrap_or((0, false));
-                        act.saw_head(&key, head, closed, Via::Catchup, ctx);
-                    }
-                    // The poll timer tries again.
-                    _ => log::warn!("could not read the head of {key}"),
-                })
-                .spawn(ctx);
+            self.learn_head(msg.key, ctx);
         }
         MessageResult(head)
+    }
+}
+
+impl Broadcaster {
+    /// Learns where a newly followed room stands before routing anything in
+    /// it.
+    fn learn_head(&mut self, key: RoomKey, ctx: &mut Context<Self>) {
+        self.db
+            .send(Heads {
+                keys: vec![key.clone()],
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(rows)) => {
+                    let (head, closed) = rows
+                        .first()
+                        .map(|(_, h, s)| (*h, s.is_terminal()))
+                        .unwrap_or((0, false));
+                    act.saw_head(&key, head, closed, Via::Catchup, ctx);
+                }
+                // The poll timer tries again.
+                _ => log::warn!("could not read the head of {key}"),
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Handler<Watch> for Broadcaster {
+    type Result = MessageResult<Watch>;
+
+    fn handle(&mut self, msg: Watch, ctx: &mut Context<Self>) -> Self::Result {
+        let is_new = !self.rooms.contains_key(&msg.key);
+        let entry = self
+            .rooms
+            .entry(msg.key.clone())
+            .or_insert_with(RoomEntry::new);
+        entry.polled = Some(Instant::now());
+        let known = entry.known();
+        let watched = Watched {
+            known,
+            snapshot: entry.snapshot.clone().filter(|s| s.head == known),
+            changes: entry.known.subscribe(),
+        };
+        if is_new {
+            self.learn_head(msg.key, ctx);
+        }
+        MessageResult(watched)
+    }
+}
+
+impl Handler<Observed> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(&msg.key) else {
+            return;
+        };
+        if entry.snapshot.as_ref().is_none_or(|s| msg.row.head > s.head) {
+            entry.snapshot = Some(msg.row.clone());
+        }
+        // A poller saw further than the router: route it to the sessions too.
+        if entry.routed.is_some() {
+            let closed = msg.row.status.is_terminal();
+            self.saw_head(&msg.key, msg.row.head, closed, Via::Push, ctx);
+        }
+    }
+}
+
+impl Handler<Ephemeral> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ephemeral, _ctx: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(&msg.key) else {
+            return;
+        };
+        let deliver = Deliver {
+            key: Arc::new(msg.key),
+            push: Push::Ephemeral(msg.frame),
+        };
+        let metrics = &self.metrics;
+        entry.sessions.retain(|_, s| match s.try_send(deliver.clone()) {
+            Ok(()) => true,
+            // Interim events are best effort: a full mailbox skips one.
+            Err(SendError::Full(_)) => {
+                metrics.pushes_dropped.inc();
+                true
+            }
+            Err(SendError::Closed(_)) => false,
+        });
     }
 }
 
@@ -324,7 +490,7 @@ impl Handler<Leave> for Broadcaster {
     fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
         if let Some(entry) = self.rooms.get_mut(&msg.key) {
             entry.sessions.remove(&msg.session);
-            if entry.sessions.is_empty() {
+            if entry.is_unused() {
                 self.rooms.remove(&msg.key);
             }
         }
@@ -350,6 +516,7 @@ impl Handler<Hint> for Broadcaster {
             return;
         };
         entry.want = entry.want.max(msg.seq);
+        entry.publish_known();
         if entry.routed.is_some_and(|r| msg.seq > r) && !entry.held.contains_key(&msg.seq) {
             self.fetch(&msg.key, Via::Push, ctx);
         }

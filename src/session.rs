@@ -1,37 +1,38 @@
 //! The WsSession actor, one per WebSocket connection, and all of roomcast's
 //! WebSocket code (so a later move to actix-ws touches one file).
 //!
-//! Each session keeps, per subscribed room, the last seq it sent and applies
-//! the delivery rule of DESIGN.md to everything it is handed, pushed or read
-//! back: `seq <= last` is dropped (no duplicates), `seq == last + 1` is sent,
-//! `seq > last + 1` is held and the gap is read from the database through the
-//! Db actor's coalesced catch-up (no gaps). Its own poll timer compares each
-//! cursor with the room's routed head, shared by the Broadcaster, and reads
-//! back whatever it is missing: in memory, no query unless it is behind.
+//! Each session keeps a `Cursor` per subscribed room (the last seq it sent,
+//! and the delivery rule of DESIGN.md, shared with SSE), its own poll timer
+//! (in memory: it compares each cursor with the room's routed head and reads
+//! back only when behind), a heartbeat, and an outbound budget (`Outbox`):
+//! past `backlog_bytes` unsent it stops taking pushes and pulls its catch-up
+//! from the database as it drains; past `backlog_close_bytes` it is closed
+//! with 4008. Ephemeral events are coalesced by key while it is behind.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
-use serde_json::json;
+use bytestring::ByteString;
 
 use crate::auth::Principal;
-use crate::db::{Catchup, CatchupDone, Snapshot};
-use crate::protocol::{ClientMsg, Frame, RoomId, RoomKey, RoomStatus, ServerMsg, Via};
-use crate::room::{Deliver, Join, Leave};
+use crate::cursor::{self, Cursor};
+use crate::db::{Catchup, CatchupDone};
+use crate::outbox::{ws_frame_len, Counted, Outbox};
+use crate::protocol::{ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, ServerMsg, Via};
+use crate::room::{Deliver, Leave, Push};
 use crate::startup::AppState;
 
 /// Largest client frame (bytes); larger ones close the connection with 1009.
 pub const MAX_FRAME: usize = 64 * 1024;
-/// Frames held per subscription while a gap is read back.
-const MAX_HELD: usize = 4096;
 /// Router messages a session's mailbox takes before pushes are refused (the
 /// session then reads the missed events back itself).
 const MAILBOX: usize = 1024;
+/// How often a session that stopped taking pushes checks its backlog.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
 /// Starts a session on an upgraded request.
 pub fn start(
@@ -41,23 +42,12 @@ pub fn start(
     principal: Principal,
     initial: Option<(RoomId, Option<i64>)>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let mut res = ws::handshake(req)?;
     let session = WsSession::new(state, principal, initial);
-    ws::WsResponseBuilder::new(session, req, stream)
-        .frame_size(MAX_FRAME)
-        .start()
-}
-
-struct Sub {
-    key: RoomKey,
-    /// Last seq sent to the client; `None` until the subscription's snapshot
-    /// is read (pushes are held until then).
-    last: Option<i64>,
-    /// The room's routed head, shared by the Broadcaster.
-    head: Option<Arc<AtomicI64>>,
-    /// Frames ahead of a gap.
-    held: BTreeMap<i64, Frame>,
-    /// A catch-up read is running for this subscription.
-    fetching: bool,
+    let sent = session.out.counter();
+    let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
+    let body = ws::WebsocketContext::with_codec(session, stream, codec);
+    Ok(res.streaming(Counted::new(body, sent)))
 }
 
 pub struct WsSession {
@@ -67,12 +57,17 @@ pub struct WsSession {
     name: String,
     state: web::Data<AppState>,
     principal: Principal,
-    subs: HashMap<RoomId, Sub>,
+    subs: HashMap<RoomId, Cursor>,
     /// Last time the client sent anything; silent for twice the heartbeat
     /// interval means dead.
     heard: Instant,
     /// Subscription requested by the URL (`/v1/rooms/{room}/ws?since=N`).
     initial: Option<(RoomId, Option<i64>)>,
+    out: Outbox,
+    /// The outbox filled up: pushes are not taken until it drains.
+    pulling: bool,
+    /// Ephemeral events held while the outbox is full, the latest per key.
+    pending: HashMap<(RoomId, ByteString), Arc<EphemeralFrame>>,
 }
 
 impl WsSession {
@@ -81,6 +76,7 @@ impl WsSession {
         principal: Principal,
         initial: Option<(RoomId, Option<i64>)>,
     ) -> Self {
+        let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
         WsSession {
             id: state.next_session_id(),
             name: uuid::Uuid::new_v4().simple().to_string(),
@@ -89,15 +85,27 @@ impl WsSession {
             subs: HashMap::new(),
             heard: Instant::now(),
             initial,
+            out,
+            pulling: false,
+            pending: HashMap::new(),
         }
     }
 
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, msg: ServerMsg<'_>) {
-        ctx.text(msg.to_text());
+    /// Every text frame goes out here, counted against the backlog.
+    fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: ByteString) {
+        self.out.wrote(ws_frame_len(text.len()));
+        ctx.text(text);
+        if self.out.overflowed() {
+            self.close(ctx, CloseCode::Other(4008), "slow consumer; resume with since");
+        }
+    }
+
+    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, msg: ServerMsg<'_>) {
+        self.write(ctx, msg.to_text().into());
     }
 
     fn error(
-        &self,
+        &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         code: &str,
         message: &str,
@@ -186,87 +194,60 @@ impl WsSession {
             org: self.principal.org.clone(),
             room: id.clone(),
         };
-        self.subs.insert(
-            id.clone(),
-            Sub {
-                key: key.clone(),
-                last: None,
-                head: None,
-                held: BTreeMap::new(),
-                fetching: false,
-            },
-        );
+        self.subs.insert(id.clone(), Cursor::new(key.clone()));
         self.state.metrics.subscriptions.inc();
-        let router = self.state.broadcaster.clone();
-        let db = self.state.db.clone();
-        let join = Join {
-            key: key.clone(),
-            session: self.id,
-            deliver: ctx.address().recipient(),
-        };
-        let fut = async move {
-            // Join before reading the snapshot: nothing committed after the
-            // snapshot can slip past unseen.
-            let head = router.send(join).await.ok();
-            let snap = db.send(Snapshot { key }).await;
-            (head, snap)
-        };
-        ctx.spawn(fut.into_actor(self).map(move |(head, snap), act, ctx| {
+        let opening = cursor::open(
+            self.state.broadcaster.clone(),
+            self.state.db.clone(),
+            key,
+            self.id,
+            ctx.address().recipient(),
+        );
+        ctx.spawn(opening.into_actor(self).map(move |opened, act, ctx| {
             if !act.subs.get(&id).is_some_and(|s| s.last.is_none()) {
                 return; // unsubscribed meanwhile
             }
-            let row = match snap {
-                Ok(Ok(row)) => row,
-                Ok(Err(e)) => {
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
                     log::warn!("session={} subscribe room={id}: {e}", act.name);
                     act.unsubscribe(&id);
                     let msg = "the database is unavailable; subscribe again shortly";
                     return act.error(ctx, "unavailable", msg, Some(id.as_str()));
                 }
-                Err(_) => {
-                    act.unsubscribe(&id);
-                    return act.error(ctx, "unavailable", "server is busy", Some(id.as_str()));
-                }
-            };
-            let (head_now, status, state) = match row {
-                Some(r) => (r.head, r.status, r.state),
-                None => (0, RoomStatus::InProgress, json!({})),
             };
             act.send(
                 ctx,
                 ServerMsg::Subscribed {
                     room: id.as_str(),
-                    head: head_now,
-                    status,
-                    state: &state,
+                    head: opened.head,
+                    status: opened.status,
+                    state: &opened.state,
                 },
             );
-            let last = match since {
-                None => head_now,
-                Some(s) if s > head_now => {
-                    act.send(
-                        ctx,
-                        ServerMsg::Reset {
-                            room: id.as_str(),
-                            head: head_now,
-                            state: &state,
-                        },
-                    );
-                    head_now
-                }
-                Some(s) => s,
-            };
+            let (last, reset) = cursor::start_at(since, opened.head);
+            if reset {
+                act.send(
+                    ctx,
+                    ServerMsg::Reset {
+                        room: id.as_str(),
+                        head: opened.head,
+                        state: &opened.state,
+                    },
+                );
+            }
             if let Some(sub) = act.subs.get_mut(&id) {
                 sub.last = Some(last);
-                sub.head = head;
+                sub.head = opened.routed;
             }
-            act.advance(&id, &[], head_now, ctx);
+            act.advance(&id, &[], opened.head, ctx);
         }));
     }
 
     fn unsubscribe(&mut self, id: &RoomId) {
         if let Some(sub) = self.subs.remove(id) {
             self.state.metrics.subscriptions.dec();
+            self.pending.retain(|(room, _), _| room != id);
             self.state.broadcaster.do_send(Leave {
                 key: sub.key,
                 session: self.id,
@@ -274,9 +255,9 @@ impl WsSession {
         }
     }
 
-    /// The delivery rule. Takes frames (pushed or read back, any order) and
-    /// sends exactly those that extend the client's cursor, in order; asks
-    /// for a read-back when there is a gap or the room is known to be ahead.
+    /// The delivery rule (`Cursor::advance`) with this session's outbox:
+    /// frames go out while there is room; a full outbox switches the session
+    /// to pulling; a gap or a head ahead asks the Db actor for a read-back.
     fn advance(
         &mut self,
         id: &RoomId,
@@ -284,73 +265,82 @@ impl WsSession {
         known_head: i64,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let Some(sub) = self.subs.get_mut(id) else {
+        let WsSession {
+            subs, out, state, ..
+        } = self;
+        let Some(sub) = subs.get_mut(id) else {
             return;
         };
-        let metrics = &self.state.metrics;
-        // Frames that extend the cursor go straight out (the common case: no
-        // copy into the map); the rest are held until the gap is filled.
-        for f in frames {
-            match sub.last {
-                Some(l) if f.seq <= l => {}
-                Some(l) if f.seq == l + 1 && sub.held.is_empty() => {
-                    metrics
-                        .events_delivered
-                        .with_label_values(&[f.via.as_str()])
-                        .inc();
-                    ctx.text(f.text.clone());
-                    sub.last = Some(f.seq);
-                }
-                _ if sub.held.len() < MAX_HELD => {
-                    sub.held.insert(f.seq, f.clone());
-                }
-                _ => {}
+        let delivered = &state.metrics.events_delivered;
+        let ask = sub.advance(frames, known_head, |f| {
+            if !out.has_room() {
+                return false;
             }
-        }
-        let Some(mut last) = sub.last else {
-            return;
-        };
-        while let Some(first) = sub.held.first_entry() {
-            let seq = *first.key();
-            if seq <= last {
-                first.remove();
-            } else if seq == last + 1 {
-                let f = first.remove();
-                metrics
-                    .events_delivered
-                    .with_label_values(&[f.via.as_str()])
-                    .inc();
-                ctx.text(f.text);
-                last = seq;
-            } else {
-                break;
-            }
-        }
-        sub.last = Some(last);
-        let routed = sub.head.as_ref().map_or(-1, |h| h.load(Ordering::Acquire));
-        let behind = !sub.held.is_empty() || known_head.max(routed) > last;
-        if behind && !sub.fetching {
-            sub.fetching = true;
+            out.wrote(ws_frame_len(f.text.len()));
+            ctx.text(f.text.clone());
+            delivered.with_label_values(&[f.via.as_str()]).inc();
+            true
+        });
+        if let Some(after) = ask {
             self.state.db.do_send(Catchup {
                 key: sub.key.clone(),
-                after: last,
+                after,
                 via: Via::Catchup,
                 reply: ctx.address().recipient(),
             });
+        }
+        if !self.out.has_room() {
+            self.start_pulling(ctx);
+        }
+    }
+
+    /// The outbox is full: stop taking pushes until it drains.
+    fn start_pulling(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.pulling {
+            self.pulling = true;
+            ctx.run_later(DRAIN_CHECK, |act, ctx| act.check_drain(ctx));
+        }
+    }
+
+    /// While pulling: once drained, send the latest ephemeral events and read
+    /// back everything missed.
+    fn check_drain(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.out.drained() {
+            ctx.run_later(DRAIN_CHECK, |act, ctx| act.check_drain(ctx));
+            return;
+        }
+        self.pulling = false;
+        for (_, frame) in std::mem::take(&mut self.pending) {
+            self.write(ctx, frame.text.clone());
+        }
+        let ids: Vec<RoomId> = self.subs.keys().cloned().collect();
+        for id in ids {
+            self.advance(&id, &[], -1, ctx);
+        }
+    }
+
+    fn ephemeral(&mut self, id: &RoomId, frame: Arc<EphemeralFrame>, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.subs.get(id).is_some_and(|s| s.last.is_some()) {
+            return;
+        }
+        if self.out.has_room() && !self.pulling {
+            self.write(ctx, frame.text.clone());
+        } else if let Some(k) = frame.key.clone() {
+            // Behind: only the latest interim event of each key is kept.
+            self.pending.insert((id.clone(), k), frame);
         }
     }
 
     /// The per-session poll timer: in memory, a read-back only when behind.
     fn poll(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.pulling {
+            return;
+        }
         let behind: Vec<RoomId> = self
             .subs
             .iter()
-            .filter(|(_, s)| !s.fetching)
-            .filter_map(|(id, s)| {
-                let last = s.last?;
-                let routed = s.head.as_ref()?.load(Ordering::Acquire);
-                (routed > last || !s.held.is_empty()).then(|| id.clone())
-            })
+            .filter(|(_, s)| !s.fetching && s.is_behind())
+            .map(|(id, _)| id.clone())
             .collect();
         for id in behind {
             self.advance(&id, &[], -1, ctx);
@@ -370,6 +360,7 @@ impl WsSession {
             );
             return ctx.stop();
         }
+        self.out.wrote(ws_frame_len(0));
         ctx.ping(b"");
     }
 }
@@ -379,7 +370,7 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
-        let cfg = &self.state.config;
+        let (heartbeat_ms, poll_ms) = (self.state.config.heartbeat_ms, self.state.config.poll_ms);
         self.state
             .metrics
             .connections
@@ -391,21 +382,20 @@ impl Actor for WsSession {
             self.principal.org,
             self.principal.sub
         );
-        self.send(
-            ctx,
-            ServerMsg::Welcome {
-                session: &self.name,
-                heartbeat_ms: cfg.heartbeat_ms,
-                poll_ms: cfg.poll_ms,
-            },
-        );
-        if cfg.heartbeat_ms > 0 {
-            ctx.run_interval(Duration::from_millis(cfg.heartbeat_ms), |act, ctx| {
+        let welcome = ServerMsg::Welcome {
+            session: &self.name,
+            heartbeat_ms,
+            poll_ms,
+        }
+        .to_text();
+        self.write(ctx, welcome.into());
+        if heartbeat_ms > 0 {
+            ctx.run_interval(Duration::from_millis(heartbeat_ms), |act, ctx| {
                 act.heartbeat(ctx)
             });
         }
-        if cfg.poll_ms > 0 {
-            ctx.run_interval(Duration::from_millis(cfg.poll_ms), |act, ctx| act.poll(ctx));
+        if poll_ms > 0 {
+            ctx.run_interval(Duration::from_millis(poll_ms), |act, ctx| act.poll(ctx));
         }
         // Close with 1001 when the server shuts down.
         let mut shutdown = self.state.shutdown.clone();
@@ -465,8 +455,13 @@ impl Handler<Deliver> for WsSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        let id = msg.key.room.clone();
-        self.advance(&id, &msg.frames, -1, ctx);
+        let id = &msg.key.room;
+        match msg.push {
+            Push::Events(frames) if !self.pulling => self.advance(id, &frames, -1, ctx),
+            // Pulling: the events are read back once the outbox drains.
+            Push::Events(_) => {}
+            Push::Ephemeral(frame) => self.ephemeral(id, frame, ctx),
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct AppState {
     pub listener_up: Arc<AtomicBool>,
     /// Flips to true on shutdown: every session closes with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// This process among the instances sharing the database.
+    pub instance: Arc<str>,
     next_session: AtomicU64,
 }
 
@@ -177,11 +179,13 @@ impl Application {
         });
         let db = db_addr.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
         let listener_up = Arc::new(AtomicBool::new(false));
+        let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         listener::spawn(
             pg,
             broadcaster.clone(),
             metrics.clone(),
             listener_up.clone(),
+            instance.clone(),
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -201,6 +205,7 @@ impl Application {
             metrics,
             listener_up,
             shutdown: shutdown_rx,
+            instance,
             next_session: AtomicU64::new(1),
         });
         let data = state.clone();

@@ -207,3 +207,140 @@ pub async fn heads(
         })
         .collect())
 }
+
+/// Where a poll reads from: after a seq, or after a time (`since_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PollFrom {
+    Seq(i64),
+    Time(std::time::SystemTime),
+}
+
+/// A page of a room's log with the room's row, read in one statement (one
+/// snapshot: `head` is never below the last event of the page).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// `None`: the room was never published to.
+    pub row: Option<RoomRow>,
+    pub events: Vec<Event>,
+}
+
+/// Up to `limit` events after `from`, ascending, with the room's row.
+pub async fn page(
+    client: &impl GenericClient,
+    key: &RoomKey,
+    from: PollFrom,
+    limit: i64,
+) -> Result<Page, StoreError> {
+    const HEAD: &str =
+        "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
+           (SELECT coalesce(json_agg(json_build_object('seq', e.seq, 'type', e.type,
+                       'data', e.data, 'ts', roomcast_ts(e.ts)) ORDER BY e.seq), '[]'::json)
+              FROM (SELECT seq, type, data, ts FROM events
+                     WHERE org = r.org AND room = r.room AND ";
+    const TAIL: &str = " ORDER BY seq LIMIT $4) e)
+           FROM rooms r WHERE r.org = $1 AND r.room = $2";
+    let row = match from {
+        PollFrom::Seq(after) => {
+            let stmt = client
+                .prepare_cached(&format!("{HEAD}seq > $3{TAIL}"))
+                .await?;
+            client
+                .query_opt(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+                .await?
+        }
+        PollFrom::Time(after) => {
+            let stmt = client
+                .prepare_cached(&format!("{HEAD}ts > $3{TAIL}"))
+                .await?;
+            client
+                .query_opt(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+                .await?
+        }
+    };
+    let Some(r) = row else {
+        return Ok(Page {
+            row: None,
+            events: Vec::new(),
+        });
+    };
+    let events: Vec<Event> = serde_json::from_value(r.get(5))
+        .map_err(|e| StoreError::Internal(format!("reading a page of events: {e}")))?;
+    Ok(Page {
+        row: Some(RoomRow {
+            head: r.get(0),
+            status: status_of(r.get(1)),
+            state: r.get(2),
+            created_at: r.get(3),
+            updated_at: r.get(4),
+        }),
+        events,
+    })
+}
+
+/// Which rooms of its org a caller may see: all, or those a `rooms` claim
+/// names (exact ids and `prefix*` patterns).
+pub enum RoomFilter<'a> {
+    All,
+    Claim(&'a [String]),
+}
+
+/// Rooms of `org`, newest activity first.
+pub async fn list_rooms(
+    client: &impl GenericClient,
+    org: &str,
+    status: Option<RoomStatus>,
+    filter: RoomFilter<'_>,
+    limit: i64,
+) -> Result<Vec<(String, RoomRow)>, StoreError> {
+    let (exact, patterns): (Option<Vec<&str>>, Vec<String>) = match filter {
+        RoomFilter::All => (None, Vec::new()),
+        RoomFilter::Claim(claim) => {
+            let exact = claim
+                .iter()
+                .filter(|p| !p.ends_with('*'))
+                .map(String::as_str)
+                .collect();
+            let patterns = claim
+                .iter()
+                .filter_map(|p| p.strip_suffix('*'))
+                .map(|prefix| {
+                    let escaped = prefix
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_");
+                    format!("{escaped}%")
+                })
+                .collect();
+            (Some(exact), patterns)
+        }
+    };
+    let stmt = client
+        .prepare_cached(
+            "SELECT room, head, status, state, roomcast_ts(created_at), roomcast_ts(updated_at)
+               FROM rooms
+              WHERE org = $1 AND ($2::text IS NULL OR status = $2)
+                AND ($3::text[] IS NULL OR room = ANY($3) OR room LIKE ANY($4::text[]))
+              ORDER BY updated_at DESC, room
+              LIMIT $5",
+        )
+        .await?;
+    let status = status.map(RoomStatus::as_str);
+    let rows = client
+        .query(&stmt, &[&org, &status, &exact, &patterns, &limit])
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                RoomRow {
+                    head: r.get(1),
+                    status: status_of(r.get(2)),
+                    state: r.get(3),
+                    created_at: r.get(4),
+                    updated_at: r.get(5),
+                },
+            )
+        })
+        .collect())
+}

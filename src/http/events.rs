@@ -1,15 +1,37 @@
-//! `/v1/rooms/{room}/events`: publish (POST).
+//! `/v1/rooms/{room}/events`: publish (POST) and poll / long-poll (GET).
+//!
+//! A poll is answered from memory when its `since` is the head the
+//! Broadcaster knows and the room's row was read at that head; otherwise one
+//! statement reads the page and the row (pollers asking for the same page at
+//! once share it). A long-poll with nothing newer waits on the room's known
+//! head, which moves on a commit of this instance, a NOTIFY from another one
+//! or the poll fallback: waiting costs no query, and one commit wakes every
+//! long-poll of the room.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::Publish;
-use crate::protocol::{PublishBody, RoomId, RoomKey};
+use crate::db::{Announce, PollPage, Publish};
+use crate::protocol::{
+    parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomId, RoomKey, RoomStatus,
+};
+use crate::room::{Ephemeral, Observed, Watch};
 use crate::startup::AppState;
+use crate::store::{PollFrom, RoomRow};
+
+/// Default and largest `limit` of a poll.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// Longest `wait` of a long-poll, in seconds.
+const MAX_WAIT: u64 = 30;
 
 /// Largest publish body (1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -29,7 +51,26 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
     Ok(body.freeze())
 }
 
-/// `POST /v1/rooms/{room}/events` with a token that has `pub: true`.
+/// Publish one event, a batch (all or nothing) or an ephemeral event.
+#[utoipa::path(
+    post,
+    path = "/v1/rooms/{room}/events",
+    tag = "events",
+    params(("room" = String, Path, description = "room id")),
+    request_body(content = Object, description = "`{type, data, id?, state?, status?}`, `{events: [...]}` (at most 1000, 1 MiB), or `{type, data, ephemeral: true, key?}`"),
+    responses(
+        (status = 201, description = "committed: `{room, seq}` or `{room, seqs}`"),
+        (status = 200, description = "repeated idempotency key: the original seq, `duplicate: true`"),
+        (status = 202, description = "ephemeral event pushed: `{room, seq: null, ephemeral: true}`"),
+        (status = 400, description = "bad_request"),
+        (status = 401, description = "unauthorized"),
+        (status = 403, description = "forbidden"),
+        (status = 409, description = "room_closed"),
+        (status = 413, description = "payload_too_large"),
+        (status = 503, description = "unavailable, with Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn publish(
     req: HttpRequest,
     path: web::Path<String>,
@@ -50,13 +91,27 @@ pub async fn publish(
     }
     let body = read_body(payload, MAX_BODY).await?;
     let parsed = PublishBody::parse(&body)?;
-    let (events, single) = match parsed {
-        PublishBody::Single(e) => (vec![e], true),
-        PublishBody::Batch(v) => (v, false),
-    };
     let key = RoomKey {
         org: principal.org,
         room,
+    };
+    let (events, single) = match parsed {
+        PublishBody::Single(e) => (vec![e], true),
+        PublishBody::Batch(v) => (v, false),
+        PublishBody::Ephemeral(e) => {
+            let frame = Arc::new(EphemeralFrame::encode(&key.room, &e));
+            state.broadcaster.do_send(Ephemeral {
+                key: key.clone(),
+                frame: frame.clone(),
+            });
+            state.db.do_send(Announce {
+                instance: state.instance.clone(),
+                key: key.clone(),
+                frame,
+            });
+            return Ok(HttpResponse::Accepted()
+                .json(json!({"room": key.room, "seq": null, "ephemeral": true})));
+        }
     };
     let started = Instant::now();
     let published = state
@@ -92,4 +147,229 @@ pub async fn publish(
         }
     };
     Ok(res.json(body))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PollQuery {
+    /// Events with seq greater than this (default 0).
+    #[param(minimum = 0)]
+    since: Option<i64>,
+    /// Instead of `since`: events with `ts` after this RFC 3339 time.
+    since_time: Option<String>,
+    /// At most this many events (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// Seconds to hold the request while there is nothing newer (at most 30).
+    #[param(minimum = 0, maximum = 30)]
+    wait: Option<u64>,
+}
+
+/// What a poll answers with.
+enum Answer {
+    /// Nothing newer than `since`, answered from memory.
+    Memory { head: i64, row: Option<Arc<RoomRow>> },
+    Page(Arc<crate::store::Page>),
+}
+
+impl Answer {
+    fn head(&self) -> i64 {
+        match self {
+            Answer::Memory { head, .. } => *head,
+            Answer::Page(p) => p.row.as_ref().map_or(0, |r| r.head),
+        }
+    }
+    fn events(&self) -> &[Event] {
+        match self {
+            Answer::Memory { .. } => &[],
+            Answer::Page(p) => &p.events,
+        }
+    }
+}
+
+/// `If-None-Match` holds `head` (as `"7"`, `W/"7"` or `7`, or `*`).
+fn matches_etag(req: &HttpRequest, head: i64) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    v.split(',').any(|tag| {
+        let tag = tag.trim();
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        tag == "*" || tag.trim_matches('"').parse::<i64>() == Ok(head)
+    })
+}
+
+/// Counts the requests held by long-polls (`roomcast_connections{transport="poll"}`).
+struct Waiting<'a>(&'a AppState);
+
+impl<'a> Waiting<'a> {
+    fn new(state: &'a AppState) -> Self {
+        state.metrics.connections.with_label_values(&["poll"]).inc();
+        Waiting(state)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections.with_label_values(&["poll"]).dec();
+    }
+}
+
+/// Read a room's events after a cursor; optionally wait for them.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/events",
+    tag = "events",
+    params(("room" = String, Path, description = "room id"), PollQuery,
+           ("If-None-Match" = Option<String>, Header, description = "a head seen before: 304 while it is still the head")),
+    responses(
+        (status = 200, description = "events after the cursor, ascending; `ETag` is the head", body = PollAnswer),
+        (status = 304, description = "the head is the one given in If-None-Match"),
+        (status = 400, description = "bad_request"),
+        (status = 401, description = "unauthorized"),
+        (status = 403, description = "forbidden"),
+        (status = 503, description = "unavailable, with Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn poll(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<PollQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let room = RoomId::parse(&path)?;
+    if !principal.may_access(room.as_str()) {
+        return Err(ApiError::Forbidden(
+            "the token's rooms claim does not cover this room".into(),
+        ));
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
+    }
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT {
+        return Err(ApiError::BadRequest(format!(
+            "wait must be 0 to {MAX_WAIT} seconds"
+        )));
+    }
+    let from = match (query.since, &query.since_time) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give since or since_time, not both".into(),
+            ))
+        }
+        (None, Some(t)) => PollFrom::Time(parse_time(t)?),
+        (Some(s), None) if s < 0 => {
+            return Err(ApiError::BadRequest("since must be 0 or more".into()))
+        }
+        (s, None) => PollFrom::Seq(s.unwrap_or(0)),
+    };
+    let key = RoomKey {
+        org: principal.org,
+        room,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let busy = |_| ApiError::Unavailable("server is busy".into());
+    let watched = state
+        .broadcaster
+        .send(Watch { key: key.clone() })
+        .await
+        .map_err(busy)?;
+    let mut changes = watched.changes;
+    let (mut known, mut snapshot) = (watched.known, watched.snapshot);
+    let mut _waiting = None;
+    loop {
+        let answer = match from {
+            // Nothing newer than `since`, and the room's row at that head is
+            // in memory (or the room was never published to).
+            PollFrom::Seq(since) if since == known && (known == 0 || snapshot.is_some()) => {
+                Answer::Memory {
+                    head: known,
+                    row: snapshot.clone(),
+                }
+            }
+            _ => {
+                let page = state
+                    .db
+                    .send(PollPage {
+                        key: key.clone(),
+                        from,
+                        limit,
+                    })
+                    .await
+                    .map_err(busy)??;
+                if let Some(row) = &page.row {
+                    state.broadcaster.do_send(Observed {
+                        key: key.clone(),
+                        row: Arc::new(row.clone()),
+                    });
+                }
+                Answer::Page(page)
+            }
+        };
+        let head = answer.head();
+        let not_modified = matches_etag(&req, head);
+        let fresh = !answer.events().is_empty() && !not_modified;
+        let stopping = *state.shutdown.borrow();
+        if fresh || stopping || tokio::time::Instant::now() >= deadline {
+            return Ok(respond(&state, &key, &answer, not_modified));
+        }
+        // Hold the request until the room's known head passes what was seen.
+        _waiting.get_or_insert_with(|| Waiting::new(&state));
+        let mut shutdown = state.shutdown.clone();
+        let woke = tokio::select! {
+            r = tokio::time::timeout_at(deadline, changes.wait_for(|k| *k > head)) => {
+                matches!(r, Ok(Ok(_)))
+            }
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !woke {
+            // Nothing came (or the server is stopping): answer what was seen.
+            return Ok(respond(&state, &key, &answer, not_modified));
+        }
+        known = *changes.borrow();
+        snapshot = None;
+    }
+}
+
+fn respond(state: &AppState, key: &RoomKey, answer: &Answer, not_modified: bool) -> HttpResponse {
+    let head = answer.head();
+    let etag = (header::ETAG, format!("\"{head}\""));
+    if not_modified {
+        return HttpResponse::NotModified().insert_header(etag).finish();
+    }
+    let empty = json!({});
+    let (status, room_state) = match answer {
+        Answer::Memory { row: Some(r), .. } => (r.status, &r.state),
+        Answer::Page(p) => match &p.row {
+            Some(r) => (r.status, &r.state),
+            None => (RoomStatus::InProgress, &empty),
+        },
+        Answer::Memory { row: None, .. } => (RoomStatus::InProgress, &empty),
+    };
+    let events = answer.events();
+    state
+        .metrics
+        .events_delivered
+        .with_label_values(&["poll"])
+        .inc_by(events.len() as u64);
+    HttpResponse::Ok()
+        .insert_header(etag)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(PollAnswer {
+            room: &key.room,
+            head,
+            status,
+            state: room_state,
+            events,
+        })
 }

@@ -6,6 +6,9 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
+pub mod rooms;
+pub mod sse;
 pub mod ws;
 
 use actix_web::web;
@@ -23,6 +26,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| ApiError::BadRequest(format!("bad path: {e}")).into()),
     )
     .route("/v1/rooms/{room}/events", web::post().to(events::publish))
+    .route("/v1/rooms/{room}/events", web::get().to(events::poll))
+    .route("/v1/rooms/{room}/sse", web::get().to(sse::stream))
+    .route("/v1/rooms/{room}", web::get().to(rooms::get))
+    .route("/v1/rooms", web::get().to(rooms::list))
+    .route("/openapi.json", web::get().to(openapi::openapi))
     .route("/v1/ws", web::get().to(ws::connect))
     .route("/v1/rooms/{room}/ws", web::get().to(ws::connect_room))
     .route("/healthz", web::get().to(health::healthz))

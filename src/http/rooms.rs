@@ -1,0 +1,133 @@
+//! `/v1/rooms` (list) and `/v1/rooms/{room}` (snapshot), scoped to the
+//! caller's org: another org's room answers exactly like a room that does not
+//! exist (404).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use crate::db::{ListRooms, Snapshot};
+use crate::protocol::{RoomId, RoomKey, RoomList, RoomSnapshot, RoomStatus};
+use crate::startup::AppState;
+use crate::store::RoomRow;
+
+/// Default and largest `limit` of a list.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
+    RoomSnapshot {
+        room,
+        status: row.status,
+        head: row.head,
+        state: row.state,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+/// A room's snapshot.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}",
+    tag = "rooms",
+    params(("room" = String, Path, description = "room id")),
+    responses(
+        (status = 200, description = "the room", body = RoomSnapshot),
+        (status = 401, description = "unauthorized"),
+        (status = 403, description = "forbidden"),
+        (status = 404, description = "never published to (or another org's)"),
+        (status = 503, description = "unavailable, with Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let room = RoomId::parse(&path)?;
+    if !principal.may_access(room.as_str()) {
+        return Err(ApiError::Forbidden(
+            "the token's rooms claim does not cover this room".into(),
+        ));
+    }
+    let key = RoomKey {
+        org: principal.org,
+        room,
+    };
+    let row = state
+        .db
+        .send(Snapshot { key: key.clone() })
+        .await
+        .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
+    match row {
+        Some(row) => Ok(HttpResponse::Ok().json(snapshot(key.room, row))),
+        None => Err(ApiError::NotFound(format!("no room {}", key.room))),
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only rooms with this status (`in_progress`, `completed`, `failed`).
+    status: Option<String>,
+    /// At most this many rooms (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// Rooms of the caller's org, newest activity first.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms",
+    tag = "rooms",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "rooms the token may read", body = RoomList),
+        (status = 400, description = "bad_request"),
+        (status = 401, description = "unauthorized"),
+        (status = 503, description = "unavailable, with Retry-After"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(RoomStatus::parse)
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
+    }
+    let rows = state
+        .db
+        .send(ListRooms {
+            org: principal.org.clone(),
+            status,
+            claim: principal.rooms.clone(),
+            limit,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
+    let rooms = rows
+        .into_iter()
+        .filter_map(|(room, row)| {
+            let room = RoomId::parse(&room).ok()?;
+            principal
+                .may_access(room.as_str())
+                .then(|| snapshot(room, row))
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RoomList { rooms }))
+}

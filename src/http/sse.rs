@@ -1,0 +1,79 @@
+//! `/v1/rooms/{room}/sse?since=N`: a Server-Sent Events stream of one room.
+//! `Last-Event-ID` (sent by EventSource when it reconnects) takes precedence
+//! over `since`; the token may be given as `?token=` (EventSource cannot set
+//! headers). The session itself lives in `crate::sse`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use crate::protocol::{RoomId, RoomKey};
+use crate::sse;
+use crate::startup::AppState;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SseQuery {
+    /// Events with seq greater than this; absent: from now.
+    #[param(minimum = 0)]
+    since: Option<i64>,
+    /// The token, for browsers' EventSource (read by `Authenticator`; named
+    /// here for the OpenAPI document).
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// A Server-Sent Events stream of a room.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/{room}/sse",
+    tag = "events",
+    params(("room" = String, Path, description = "room id"), SseQuery,
+           ("Last-Event-ID" = Option<i64>, Header, description = "resume after this seq (wins over since)")),
+    responses(
+        (status = 200, description = "`text/event-stream`: `subscribed`, then events (`id: <seq>`, `event: <type>`, `data: <event frame>`), `reset` and `error` messages, comment heartbeats", content_type = "text/event-stream"),
+        (status = 400, description = "bad_request"),
+        (status = 401, description = "unauthorized"),
+        (status = 403, description = "forbidden"),
+    ),
+    security(("bearer" = []), ("token" = []))
+)]
+pub async fn stream(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<SseQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let room = RoomId::parse(&path)?;
+    if !principal.may_access(room.as_str()) {
+        return Err(ApiError::Forbidden(
+            "the token's rooms claim does not cover this room".into(),
+        ));
+    }
+    let last_event_id = match req.headers().get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be a seq".into()))?,
+        ),
+    };
+    let since = last_event_id.or(query.since);
+    if since.is_some_and(|s| s < 0) {
+        return Err(ApiError::BadRequest("since must be 0 or more".into()));
+    }
+    let key = RoomKey {
+        org: principal.org.clone(),
+        room,
+    };
+    let body = sse::start(state, principal, key, since);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}

@@ -1,0 +1,323 @@
+//! The SseSession actor: one per Server-Sent Events stream
+//! (`GET /v1/rooms/{room}/sse`). The same cursor, delivery rule, poll timer
+//! and outbound budget as a WebSocket session, for one room, written as SSE:
+//! `id: <seq>`, `event: <type>`, `data: <the WebSocket event frame>`;
+//! ephemeral events carry no `id`. Comment lines keep proxies from closing an
+//! idle stream. A stream whose token expires gets an `error` event and ends;
+//! past the backlog's hard bound it ends too, and the browser's EventSource
+//! resumes with `Last-Event-ID`.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::web;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use crate::auth::Principal;
+use crate::cursor::{self, Cursor};
+use crate::db::{Catchup, CatchupDone};
+use crate::outbox::{Counted, Outbox};
+use crate::protocol::{EphemeralFrame, Frame, RoomKey, ServerMsg, Via};
+use crate::room::{Deliver, Leave, Push};
+use crate::startup::AppState;
+
+/// How often a stream that stopped taking pushes checks its backlog.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
+/// Router messages the mailbox takes before pushes are refused.
+const MAILBOX: usize = 1024;
+/// The EventSource reconnect delay the server asks for, in ms.
+const RETRY_MS: u64 = 1000;
+
+/// The response body of an SSE stream: what the session writes, counted as
+/// the HTTP layer takes it.
+pub type Body = Counted<Receiver>;
+
+/// Starts a session streaming `key` from `since` (`None`: from now).
+pub fn start(
+    state: web::Data<AppState>,
+    principal: Principal,
+    key: RoomKey,
+    since: Option<i64>,
+) -> Body {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
+    let body = Counted::new(Receiver(rx), out.counter());
+    SseSession {
+        id: state.next_session_id(),
+        cursor: Cursor::new(key),
+        state,
+        principal,
+        since,
+        tx,
+        out,
+        pulling: false,
+        pending: HashMap::new(),
+    }
+    .start();
+    body
+}
+
+/// The receiving end of a session's stream.
+pub struct Receiver(mpsc::UnboundedReceiver<Bytes>);
+
+impl Stream for Receiver {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|b| b.map(Ok))
+    }
+}
+
+pub struct SseSession {
+    id: u64,
+    state: web::Data<AppState>,
+    principal: Principal,
+    cursor: Cursor,
+    since: Option<i64>,
+    tx: mpsc::UnboundedSender<Bytes>,
+    out: Outbox,
+    pulling: bool,
+    pending: HashMap<ByteString, Arc<EphemeralFrame>>,
+}
+
+/// One SSE message: optional id, event name, one data line (the frames are
+/// single-line JSON).
+fn message(id: Option<i64>, event: &str, data: &str) -> Bytes {
+    let mut s = String::with_capacity(data.len() + event.len() + 32);
+    if let Some(id) = id {
+        s.push_str("id: ");
+        s.push_str(&id.to_string());
+        s.push('\n');
+    }
+    s.push_str("event: ");
+    s.push_str(event);
+    s.push_str("\ndata: ");
+    s.push_str(data);
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+impl SseSession {
+    fn write(&mut self, ctx: &mut Context<Self>, bytes: Bytes) {
+        self.out.wrote(bytes.len());
+        if self.tx.send(bytes).is_err() {
+            return ctx.stop(); // the client went away
+        }
+        if self.out.overflowed() {
+            log::info!("sse session={} slow consumer, ending the stream", self.id);
+            ctx.stop();
+        }
+    }
+
+    fn send(&mut self, ctx: &mut Context<Self>, event: &str, msg: ServerMsg<'_>) {
+        self.write(ctx, message(None, event, &msg.to_text()));
+    }
+
+    fn advance(&mut self, frames: &[Frame], known_head: i64, ctx: &mut Context<Self>) {
+        let SseSession {
+            cursor, out, tx, ..
+        } = self;
+        let delivered = self.state.metrics.events_delivered.with_label_values(&["sse"]);
+        let mut gone = false;
+        let ask = cursor.advance(frames, known_head, |f| {
+            if !out.has_room() || gone {
+                return false;
+            }
+            let bytes = message(Some(f.seq), &f.ty, &f.text);
+            out.wrote(bytes.len());
+            if tx.send(bytes).is_err() {
+                gone = true;
+                return false;
+            }
+            delivered.inc();
+            true
+        });
+        if gone {
+            return ctx.stop();
+        }
+        if let Some(after) = ask {
+            self.state.db.do_send(Catchup {
+                key: self.cursor.key.clone(),
+                after,
+                via: Via::Catchup,
+                reply: ctx.address().recipient(),
+            });
+        }
+        if !self.out.has_room() && !self.pulling {
+            self.pulling = true;
+            ctx.run_later(DRAIN_CHECK, |act, ctx| act.check_drain(ctx));
+        }
+    }
+
+    fn check_drain(&mut self, ctx: &mut Context<Self>) {
+        if !self.out.drained() {
+            ctx.run_later(DRAIN_CHECK, |act, ctx| act.check_drain(ctx));
+            return;
+        }
+        self.pulling = false;
+        for (_, frame) in std::mem::take(&mut self.pending) {
+            self.write(ctx, message(None, &frame.ty, &frame.text));
+        }
+        self.advance(&[], -1, ctx);
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.principal.is_expired() {
+            let room = self.cursor.key.room.clone();
+            let msg = ServerMsg::Error {
+                code: "unauthorized",
+                message: "token expired; reconnect with a fresh token",
+                room: Some(room.as_str()),
+            };
+            self.send(ctx, "error", msg);
+            return ctx.stop();
+        }
+        self.write(ctx, Bytes::from_static(b": ping\n\n"));
+    }
+
+    fn open(&mut self, ctx: &mut Context<Self>) {
+        let opening = cursor::open(
+            self.state.broadcaster.clone(),
+            self.state.db.clone(),
+            self.cursor.key.clone(),
+            self.id,
+            ctx.address().recipient(),
+        );
+        ctx.spawn(opening.into_actor(self).map(|opened, act, ctx| {
+            let room = act.cursor.key.room.clone();
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    log::warn!("sse session={} room={room}: {e}", act.id);
+                    let msg = ServerMsg::Error {
+                        code: "unavailable",
+                        message: "the database is unavailable; reconnect shortly",
+                        room: Some(room.as_str()),
+                    };
+                    act.send(ctx, "error", msg);
+                    return ctx.stop();
+                }
+            };
+            let subscribed = ServerMsg::Subscribed {
+                room: room.as_str(),
+                head: opened.head,
+                status: opened.status,
+                state: &opened.state,
+            };
+            act.send(ctx, "subscribed", subscribed);
+            let (last, reset) = cursor::start_at(act.since, opened.head);
+            if reset {
+                let msg = ServerMsg::Reset {
+                    room: room.as_str(),
+                    head: opened.head,
+                    state: &opened.state,
+                };
+                act.send(ctx, "reset", msg);
+            }
+            act.cursor.last = Some(last);
+            act.cursor.head = opened.routed;
+            act.advance(&[], opened.head, ctx);
+        }));
+    }
+}
+
+impl Actor for SseSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        let m = &self.state.metrics;
+        m.connections.with_label_values(&["sse"]).inc();
+        m.subscriptions.inc();
+        self.write(ctx, Bytes::from(format!("retry: {RETRY_MS}\n\n")));
+        let (hb, poll) = (self.state.config.heartbeat_ms, self.state.config.poll_ms);
+        if hb > 0 {
+            ctx.run_interval(Duration::from_millis(hb), |act, ctx| act.heartbeat(ctx));
+        }
+        if poll > 0 {
+            ctx.run_interval(Duration::from_millis(poll), |act, ctx| {
+                if !act.pulling && !act.cursor.fetching && act.cursor.is_behind() {
+                    act.advance(&[], -1, ctx);
+                }
+            });
+        }
+        // End the stream when the server shuts down (the client reconnects
+        // elsewhere with Last-Event-ID).
+        let mut shutdown = self.state.shutdown.clone();
+        ctx.spawn(
+            async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        );
+        self.open(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let m = &self.state.metrics;
+        m.connections.with_label_values(&["sse"]).dec();
+        m.subscriptions.dec();
+        self.state.broadcaster.do_send(Leave {
+            key: self.cursor.key.clone(),
+            session: self.id,
+        });
+    }
+}
+
+impl Handler<Deliver> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        match msg.push {
+            Push::Events(frames) if !self.pulling => self.advance(&frames, -1, ctx),
+            Push::Events(_) => {}
+            Push::Ephemeral(frame) => {
+                if self.cursor.last.is_none() {
+                    return;
+                }
+                if self.out.has_room() && !self.pulling {
+                    self.write(ctx, message(None, &frame.ty, &frame.text));
+                } else if let Some(k) = frame.key.clone() {
+                    self.pending.insert(k, frame);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<CatchupDone> for SseSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CatchupDone, ctx: &mut Context<Self>) {
+        self.cursor.fetching = false;
+        match msg.frames {
+            Ok(frames) => {
+                let before = self.cursor.last;
+                self.advance(&frames, -1, ctx);
+                if msg.more && self.cursor.last != before {
+                    self.advance(&[], i64::MAX, ctx);
+                }
+            }
+            Err(e) => log::warn!("sse session={} catch-up failed: {e}", self.id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages() {
+        let m = super::message(Some(7), "transcript", r#"{"op":"event"}"#);
+        assert_eq!(&m[..], b"id: 7\nevent: transcript\ndata: {\"op\":\"event\"}\n\n");
+        let m = super::message(None, "partial", "{}");
+        assert_eq!(&m[..], b"event: partial\ndata: {}\n\n");
+    }
+}

@@ -46,9 +46,7 @@ impl Cursor {
 
     /// The Broadcaster's routed head of the room (`-1` while unknown).
     pub fn routed(&self) -> i64 {
-        self.head
-            .as_ref()
-            .map_or(-1, |h| h.load(Ordering::Acquire))
+        self.head.as_ref().map_or(-1, |h| h.load(Ordering::Acquire))
     }
 
     /// The room is known to hold events this subscription has not sent.
@@ -59,12 +57,13 @@ impl Cursor {
 
     /// The delivery rule. Takes frames (pushed or read back, any order) and
     /// hands `send` exactly those that extend the cursor, in order. `send`
-    /// answers false when the session's outbox is full: the cursor stops there
-    /// and nothing past it is kept (it is read back once the outbox drains).
+    /// answers false when the session's outbox is full: the cursor stops
+    /// there and the rest is held (bounded) for when the outbox drains.
     ///
     /// Returns the cursor to read back from when the subscription is behind
-    /// (a gap, or `known_head` or the routed head ahead of it) and no read is
-    /// running; the caller sends that read and it is marked running.
+    /// (a gap, or `known_head` or the routed head ahead of it), the outbox
+    /// has room and no read is running; the caller sends that read and it is
+    /// marked running.
     pub fn advance(
         &mut self,
         frames: &[Frame],
@@ -76,18 +75,18 @@ impl Cursor {
         // copy into the map); the rest are held until the gap is filled.
         for f in frames {
             match self.last {
-                Some(l) if f.seq <= l => {}
+                Some(l) if f.seq <= l => continue,
                 Some(l) if open && f.seq == l + 1 && self.held.is_empty() => {
                     if send(f) {
                         self.last = Some(f.seq);
-                    } else {
-                        open = false;
+                        continue;
                     }
-                }
-                _ if open && self.held.len() < MAX_HELD => {
-                    self.held.insert(f.seq, f.clone());
+                    open = false;
                 }
                 _ => {}
+            }
+            if self.held.len() < MAX_HELD {
+                self.held.insert(f.seq, f.clone());
             }
         }
         let mut last = self.last?;
@@ -111,8 +110,7 @@ impl Cursor {
         }
         self.last = Some(last);
         if !open {
-            // The outbox is full: the session reads back when it drains.
-            self.held.clear();
+            // The outbox is full: the session goes on when it drains.
             return None;
         }
         let behind = !self.held.is_empty() || known_head.max(self.routed()) > last;
@@ -234,7 +232,7 @@ mod tests {
     }
 
     #[test]
-    fn full_outbox_stops_and_forgets() {
+    fn full_outbox_stops_and_holds_the_rest() {
         let mut c = cursor(0);
         let mut budget = 2;
         let mut sent = vec![];
@@ -247,9 +245,16 @@ mod tests {
             true
         });
         assert_eq!(sent, vec![1, 2]);
-        assert_eq!(ask, None);
+        assert_eq!(ask, None, "no read-back while the outbox is full");
         assert_eq!(c.last, Some(2));
-        // Drained: the rest is read back.
-        assert_eq!(c.advance(&[], 4, |_| true), Some(2));
+        // Drained: the held frames go out; nothing is read back.
+        let ask = c.advance(&[], 4, |f| {
+            sent.push(f.seq);
+            true
+        });
+        assert_eq!(sent, vec![1, 2, 3, 4]);
+        assert_eq!(ask, None);
+        // Behind the head with nothing held: read back.
+        assert_eq!(c.advance(&[], 6, |_| true), Some(4));
     }
 }

@@ -376,13 +376,9 @@ impl Handler<Announce> for Db {
     type Result = ();
 
     fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
-        let payload = serde_json::json!([
-            &*msg.instance,
-            msg.key.org,
-            msg.key.room,
-            &*msg.frame.text
-        ])
-        .to_string();
+        let payload =
+            serde_json::json!([&*msg.instance, msg.key.org, msg.key.room, &*msg.frame.text])
+                .to_string();
         if payload.len() > MAX_NOTIFY_PAYLOAD {
             log::warn!(
                 "ephemeral event for {} too large for other instances ({} bytes)",
@@ -398,7 +394,9 @@ impl Handler<Announce> for Db {
                 let sent = async {
                     let client = pool.get().await?;
                     let stmt = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
-                    client.execute(&stmt, &[&EPHEMERAL_CHANNEL, &payload]).await?;
+                    client
+                        .execute(&stmt, &[&EPHEMERAL_CHANNEL, &payload])
+                        .await?;
                     Ok::<_, StoreError>(())
                 };
                 if let Err(e) = sent.await {

@@ -159,7 +159,9 @@ struct RawEvent {
 }
 
 fn check_data(data: &Value, limit: usize) -> Result<(), Invalid> {
-    let size = serde_json::to_vec(data).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > limit {
         return Err(Invalid(format!(
             "data is {size} bytes serialized; the limit is {limit}"
@@ -172,7 +174,9 @@ impl NewEvent {
     fn from_raw(raw: RawEvent) -> Result<Self, Invalid> {
         let ty = EventType::parse(&raw.ty)?;
         if raw.key.is_some() {
-            return Err(invalid("key is only for ephemeral events (\"ephemeral\": true)"));
+            return Err(invalid(
+                "key is only for ephemeral events (\"ephemeral\": true)",
+            ));
         }
         check_data(&raw.data, MAX_DATA_BYTES)?;
         if let Some(id) = &raw.id {
@@ -224,7 +228,9 @@ impl EphemeralEvent {
         }
         if let Some(k) = &raw.key {
             if k.is_empty() || k.len() > MAX_EPHEMERAL_KEY {
-                return Err(invalid(format!("key must be 1 to {MAX_EPHEMERAL_KEY} bytes")));
+                return Err(invalid(format!(
+                    "key must be 1 to {MAX_EPHEMERAL_KEY} bytes"
+                )));
             }
         }
         check_data(&raw.data, MAX_EPHEMERAL_DATA)?;
@@ -298,15 +304,17 @@ impl PublishBody {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(PublishBody::Batch(events))
         } else if obj.get("ephemeral") == Some(&Value::Bool(true)) {
-            let raw: RawEvent = serde_json::from_value(Value::Object(obj))
-                .map_err(|e| Invalid(e.to_string()))?;
-            EphemeralEvent::from_raw(raw).map(PublishBody::Ephemeral).map_err(|e| {
-                if e.0.starts_with("data is") {
-                    PublishBodyError::TooLarge(e.0)
-                } else {
-                    e.into()
-                }
-            })
+            let raw: RawEvent =
+                serde_json::from_value(Value::Object(obj)).map_err(|e| Invalid(e.to_string()))?;
+            EphemeralEvent::from_raw(raw)
+                .map(PublishBody::Ephemeral)
+                .map_err(|e| {
+                    if e.0.starts_with("data is") {
+                        PublishBodyError::TooLarge(e.0)
+                    } else {
+                        e.into()
+                    }
+                })
         } else {
             Ok(PublishBody::Single(one(Value::Object(obj), None)?))
         }
@@ -619,9 +627,13 @@ mod tests {
         assert!(PublishBody::parse(br#"{"type":"x","state":[1]}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","status":"done"}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","bogus":1}"#).is_err());
-        let b = PublishBody::parse(br#"{"type":"t.partial","data":"hel","ephemeral":true,"key":"s1"}"#)
-            .unwrap();
-        assert!(matches!(b, PublishBody::Ephemeral(EphemeralEvent { key: Some(_), .. })));
+        let b =
+            PublishBody::parse(br#"{"type":"t.partial","data":"hel","ephemeral":true,"key":"s1"}"#)
+                .unwrap();
+        assert!(matches!(
+            b,
+            PublishBody::Ephemeral(EphemeralEvent { key: Some(_), .. })
+        ));
         assert!(PublishBody::parse(br#"{"type":"x","key":"s1"}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","ephemeral":true,"id":"a"}"#).is_err());
         assert!(PublishBody::parse(br#"{"events":[{"type":"x","ephemeral":true}]}"#).is_err());

@@ -449,7 +449,11 @@ impl Handler<Observed> for Broadcaster {
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
             return;
         };
-        if entry.snapshot.as_ref().is_none_or(|s| msg.row.head > s.head) {
+        if entry
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| msg.row.head > s.head)
+        {
             entry.snapshot = Some(msg.row.clone());
         }
         // A poller saw further than the router: route it to the sessions too.
@@ -472,15 +476,17 @@ impl Handler<Ephemeral> for Broadcaster {
             push: Push::Ephemeral(msg.frame),
         };
         let metrics = &self.metrics;
-        entry.sessions.retain(|_, s| match s.try_send(deliver.clone()) {
-            Ok(()) => true,
-            // Interim events are best effort: a full mailbox skips one.
-            Err(SendError::Full(_)) => {
-                metrics.pushes_dropped.inc();
-                true
-            }
-            Err(SendError::Closed(_)) => false,
-        });
+        entry
+            .sessions
+            .retain(|_, s| match s.try_send(deliver.clone()) {
+                Ok(()) => true,
+                // Interim events are best effort: a full mailbox skips one.
+                Err(SendError::Full(_)) => {
+                    metrics.pushes_dropped.inc();
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
+            });
     }
 }
 

@@ -96,7 +96,11 @@ impl WsSession {
         self.out.wrote(ws_frame_len(text.len()));
         ctx.text(text);
         if self.out.overflowed() {
-            self.close(ctx, CloseCode::Other(4008), "slow consumer; resume with since");
+            self.close(
+                ctx,
+                CloseCode::Other(4008),
+                "slow consumer; resume with since",
+            );
         }
     }
 
@@ -319,7 +323,12 @@ impl WsSession {
         }
     }
 
-    fn ephemeral(&mut self, id: &RoomId, frame: Arc<EphemeralFrame>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn ephemeral(
+        &mut self,
+        id: &RoomId,
+        frame: Arc<EphemeralFrame>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         if !self.subs.get(id).is_some_and(|s| s.last.is_some()) {
             return;
         }

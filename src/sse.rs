@@ -124,7 +124,11 @@ impl SseSession {
         let SseSession {
             cursor, out, tx, ..
         } = self;
-        let delivered = self.state.metrics.events_delivered.with_label_values(&["sse"]);
+        let delivered = self
+            .state
+            .metrics
+            .events_delivered
+            .with_label_values(&["sse"]);
         let mut gone = false;
         let ask = cursor.advance(frames, known_head, |f| {
             if !out.has_room() || gone {
@@ -316,7 +320,10 @@ mod tests {
     #[test]
     fn messages() {
         let m = super::message(Some(7), "transcript", r#"{"op":"event"}"#);
-        assert_eq!(&m[..], b"id: 7\nevent: transcript\ndata: {\"op\":\"event\"}\n\n");
+        assert_eq!(
+            &m[..],
+            b"id: 7\nevent: transcript\ndata: {\"op\":\"event\"}\n\n"
+        );
         let m = super::message(None, "partial", "{}");
         assert_eq!(&m[..], b"event: partial\ndata: {}\n\n");
     }

@@ -168,7 +168,10 @@ pub struct PollQuery {
 /// What a poll answers with.
 enum Answer {
     /// Nothing newer than `since`, answered from memory.
-    Memory { head: i64, row: Option<Arc<RoomRow>> },
+    Memory {
+        head: i64,
+        row: Option<Arc<RoomRow>>,
+    },
     Page(Arc<crate::store::Page>),
 }
 
@@ -215,7 +218,11 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.metrics.connections.with_label_values(&["poll"]).dec();
+        self.0
+            .metrics
+            .connections
+            .with_label_values(&["poll"])
+            .dec();
     }
 }
 

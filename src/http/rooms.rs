@@ -99,11 +99,7 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = state.auth.from_request(&req)?;
-    let status = query
-        .status
-        .as_deref()
-        .map(RoomStatus::parse)
-        .transpose()?;
+    let status = query.status.as_deref().map(RoomStatus::parse).transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!(

@@ -432,3 +432,169 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// GETs `path` with a bearer `token` (if any) and extra headers; answers
+/// (status, JSON body or Null, headers).
+pub async fn get(
+    port: u16,
+    path: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value, HashMap<String, String>) {
+    let mut req = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
+        .get(format!("http://127.0.0.1:{port}{path}"));
+    if !token.is_empty() {
+        req = req.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    for (k, v) in headers {
+        req = req.insert_header((*k, *v));
+    }
+    let mut res = req.send().await.expect("GET");
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let bytes = res.body().limit(64 << 20).await.expect("body");
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (res.status().as_u16(), value, headers)
+}
+
+/// Polls `room` from `since` until the answer is empty; answers every event
+/// seen, in the order received.
+pub async fn poll_all(port: u16, token: &str, room: &str, since: i64, limit: i64) -> Vec<Value> {
+    let mut cursor = since;
+    let mut out = Vec::new();
+    loop {
+        let (status, body, _) = get(
+            port,
+            &format!("/v1/rooms/{room}/events?since={cursor}&limit={limit}"),
+            token,
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "poll: {body}");
+        let events = body["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            return out;
+        }
+        cursor = events.last().unwrap()["seq"].as_i64().unwrap();
+        out.extend(events);
+    }
+}
+
+/// One Server-Sent Events message.
+#[derive(Debug, Clone)]
+pub struct SseMsg {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A Server-Sent Events client.
+pub struct SseClient {
+    res: awc::ClientResponse,
+    buf: Vec<u8>,
+    pub status: u16,
+    pub content_type: String,
+    /// Comment lines seen (heartbeats).
+    pub comments: usize,
+    /// The stream ended.
+    pub ended: bool,
+}
+
+impl SseClient {
+    /// Opens `path` (with its query string) with extra headers.
+    pub async fn connect(port: u16, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        let mut req = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .insert_header(("accept", "text/event-stream"));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let res = req.send().await.expect("SSE GET");
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        SseClient {
+            res,
+            buf: Vec::new(),
+            status,
+            content_type,
+            comments: 0,
+            ended: false,
+        }
+    }
+
+    /// The next message (comments and `retry:` lines are counted and
+    /// skipped), or None when the stream ends or after `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<SseMsg> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block).into_owned();
+                let (mut id, mut event, mut data) = (None, String::from("message"), None);
+                for line in text.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    }
+                }
+                if let Some(data) = data {
+                    return Some(SseMsg { id, event, data });
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.res.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                Ok(Some(Err(_))) | Ok(None) => {
+                    self.ended = true;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Collects events of the stream until seq `until`; panics after `wait`.
+    pub async fn events_until(&mut self, until: i64, wait: Duration) -> Vec<SseMsg> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got: Vec<SseMsg> = Vec::new();
+        while got.last().and_then(|m| m.id) < Some(until) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Some(m) if m.data["op"] == "event" && m.id.is_some() => got.push(m),
+                Some(_) => {}
+                None => panic!(
+                    "SSE: wanted seq {until}, got {} events (last {:?}), ended={}",
+                    got.len(),
+                    got.last().map(|m| m.id),
+                    self.ended
+                ),
+            }
+        }
+        got
+    }
+
+    /// The `data` of each message, as the WebSocket frames they are.
+    pub fn frames(msgs: &[SseMsg]) -> Vec<Value> {
+        msgs.iter().map(|m| m.data.clone()).collect()
+    }
+}

@@ -362,7 +362,9 @@ async fn sse_streams_and_resumes_with_last_event_id() {
     .await;
     let got = sse.events_until(6, WAIT).await;
     assert_exactly(&SseClient::frames(&got), 6, 6);
-    assert_eq!(got[0].data["via"], "push");
+    // Usually "push"; "catchup" when the router's periodic head check found
+    // it before the commit was routed.
+    assert!(["push", "catchup"].contains(&got[0].data["via"].as_str().unwrap()));
     // The stream drops; events keep coming; EventSource reconnects to the same
     // URL (since=0) with Last-Event-ID, which wins.
     drop(sse);

@@ -326,6 +326,57 @@ async fn a_commit_on_another_instance_wakes_every_long_poll() {
     );
 }
 
+/// A commit whose notification is lost (here: published from SQL without
+/// NOTIFY) still wakes long-polls, by the poll fallback's head check.
+#[actix_web::test]
+async fn a_lost_notification_still_wakes_long_polls_within_a_poll_interval() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.poll_ms = 300;
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let (status, _, _) = get(app.port, "/v1/rooms/quiet-sql/events?since=0", &viewer, &[]).await;
+    assert_eq!(status, 200);
+    let waits = (0..20).map(|_| {
+        let viewer = viewer.clone();
+        let port = app.port;
+        async move {
+            get(
+                port,
+                "/v1/rooms/quiet-sql/events?since=0&wait=20",
+                &viewer,
+                &[],
+            )
+            .await
+        }
+    });
+    let producer = async {
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        let client = db.client().await;
+        client
+            .query_one(
+                "SELECT o_seq FROM roomcast_publish_ex('acme', 'quiet-sql', 'segment', '{}'::jsonb, NULL, NULL, NULL, false)",
+                &[],
+            )
+            .await
+            .expect("publish without NOTIFY");
+        Instant::now()
+    };
+    let started = Instant::now();
+    let (answers, committed) = tokio::join!(join_all(waits), producer);
+    for (status, body, _) in answers {
+        assert_eq!(status, 200);
+        assert_exactly(body["events"].as_array().unwrap(), 1, 1);
+    }
+    let woke = committed.elapsed();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "long-polls waited {:?}",
+        started.elapsed()
+    );
+    eprintln!("lost notification: long-polls answered {woke:?} after the commit");
+}
+
 #[actix_web::test]
 async fn sse_streams_and_resumes_with_last_event_id() {
     let db = TestDb::new().await;

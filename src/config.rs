@@ -3,7 +3,14 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
 
 /// Settings of a roomcast server.
 #[derive(Debug, Clone, Args)]
@@ -24,7 +31,9 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
 
-    /// HMAC secret of signed webhooks.
+    /// HMAC secrets of signed webhooks, comma separated: every one listed is
+    /// accepted, so a secret is rotated by listing new and old, moving the
+    /// producers, then dropping the old.
     #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 
@@ -58,6 +67,36 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_BACKLOG_CLOSE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub backlog_close_bytes: usize,
 
+    /// `off` turns every rate limit off (for benchmarks); size limits stay.
+    #[arg(long, env = "ROOMCAST_RATE_LIMITS", value_enum, default_value_t = Switch::On)]
+    pub rate_limits: Switch,
+
+    /// Publish requests per second per org (REST and webhooks).
+    #[arg(long, env = "ROOMCAST_PUBLISH_RATE", default_value_t = 200)]
+    pub publish_rate: u32,
+
+    /// Publish requests an org may send at once above the rate.
+    #[arg(long, env = "ROOMCAST_PUBLISH_BURST", default_value_t = 1000)]
+    pub publish_burst: u32,
+
+    /// Messages per second one WebSocket client may send.
+    #[arg(long, env = "ROOMCAST_CLIENT_MSG_RATE", default_value_t = 20)]
+    pub client_msg_rate: u32,
+
+    /// Messages a WebSocket client may send at once above the rate.
+    #[arg(long, env = "ROOMCAST_CLIENT_MSG_BURST", default_value_t = 50)]
+    pub client_msg_burst: u32,
+
+    /// Open WebSocket and SSE connections per token `sub` (per org).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_SUB", default_value_t = 100)]
+    pub max_connections_per_sub: usize,
+
+    /// Browser origins allowed to open WebSocket and SSE connections, comma
+    /// separated (`https://app.example.com`); `*` allows any. Same-origin
+    /// pages and clients that send no Origin are always allowed.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
     /// Worker threads of the HTTP server (0: one per core).
     #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -79,6 +118,13 @@ impl Config {
             max_subscriptions: 100,
             backlog_bytes: 256 * 1024,
             backlog_close_bytes: 4 * 1024 * 1024,
+            rate_limits: Switch::On,
+            publish_rate: 200,
+            publish_burst: 1000,
+            client_msg_rate: 20,
+            client_msg_burst: 50,
+            max_connections_per_sub: 100,
+            allowed_origins: None,
             workers: 0,
         }
     }

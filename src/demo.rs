@@ -121,6 +121,9 @@ async fn run(args: DemoArgs) -> Result<(), DemoError> {
     config.data_dir = args.data_dir;
     config.bind = args.bind.clone();
     config.poll_ms = 1000;
+    // The demo is opened from any local page; a real server keeps the
+    // allow-list (ROOMCAST_ALLOWED_ORIGINS).
+    config.allowed_origins = Some("*".into());
     if config.database_url.is_none() {
         println!(
             "starting a private PostgreSQL cluster in {} ...",

@@ -36,6 +36,10 @@
 //! - [`store`]: every SQL statement the server sends.
 //! - [`http`]: the REST surface, one file per resource, one error type.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`limits`]: rate and connection limits (governor) and the publish-rate
+//!   middleware.
+//! - [`webhook`]: signature checks of signed webhooks (several secrets at
+//!   once, for rotation).
 //! - [`pgcluster`]: a private PostgreSQL cluster when no `DATABASE_URL` is set.
 //! - [`demo`]: `roomcast demo`, a meeting room fed by a simulated pipeline.
 
@@ -45,6 +49,7 @@ pub mod cursor;
 pub mod db;
 pub mod demo;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
@@ -55,3 +60,4 @@ pub mod session;
 pub mod sse;
 pub mod startup;
 pub mod store;
+pub mod webhook;

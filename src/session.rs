@@ -18,9 +18,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
-use crate::auth::Principal;
+use crate::auth::{now_secs, Principal};
 use crate::cursor::{self, Cursor};
 use crate::db::{Catchup, CatchupDone};
+use crate::limits::ConnectionSlot;
 use crate::outbox::{ws_frame_len, Counted, Outbox};
 use crate::protocol::{ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, ServerMsg, Via};
 use crate::room::{Deliver, Leave, Push};
@@ -33,6 +34,12 @@ pub const MAX_FRAME: usize = 64 * 1024;
 const MAILBOX: usize = 1024;
 /// How often a session that stopped taking pushes checks its backlog.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
+/// Messages refused in a row (over the client message rate) before the
+/// connection is closed with 4029; the first one gets an `error`.
+const FLOOD_CLOSE: u32 = 50;
+/// A connection whose token was accepted already expired (within the
+/// clock-skew leeway) has this long to renew it with `op: auth`.
+const AUTH_GRACE: Duration = Duration::from_secs(1);
 
 /// Starts a session on an upgraded request.
 pub fn start(
@@ -40,10 +47,11 @@ pub fn start(
     stream: web::Payload,
     state: web::Data<AppState>,
     principal: Principal,
+    slot: ConnectionSlot,
     initial: Option<(RoomId, Option<i64>)>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
-    let session = WsSession::new(state, principal, initial);
+    let session = WsSession::new(state, principal, slot, initial);
     let sent = session.out.counter();
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
     let body = ws::WebsocketContext::with_codec(session, stream, codec);
@@ -68,16 +76,26 @@ pub struct WsSession {
     pulling: bool,
     /// Ephemeral events held while the outbox is full, the latest per key.
     pending: HashMap<(RoomId, ByteString), Arc<EphemeralFrame>>,
+    /// The client's message rate (`None`: rate limits off).
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Messages refused in a row by the limiter.
+    refused: u32,
+    /// Counted against the token's `sub` while open.
+    _slot: ConnectionSlot,
 }
 
 impl WsSession {
     fn new(
         state: web::Data<AppState>,
         principal: Principal,
+        slot: ConnectionSlot,
         initial: Option<(RoomId, Option<i64>)>,
     ) -> Self {
         let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
         WsSession {
+            limiter: state.limits.client_limiter(),
+            refused: 0,
+            _slot: slot,
             id: state.next_session_id(),
             name: uuid::Uuid::new_v4().simple().to_string(),
             state,
@@ -133,7 +151,34 @@ impl WsSession {
         ctx.stop();
     }
 
+    /// Counts one client message against its rate: false when refused (an
+    /// `error` for the first, close 4029 when the flood goes on).
+    fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if limiter.check().is_ok() {
+            self.refused = 0;
+            return true;
+        }
+        self.refused += 1;
+        if self.refused == 1 {
+            self.error(
+                ctx,
+                "rate_limited",
+                "too many messages; slow down or the connection is closed",
+                None,
+            );
+        } else if self.refused >= FLOOD_CLOSE {
+            self.close(ctx, CloseCode::Other(4029), "rate limited");
+        }
+        false
+    }
+
     fn on_message(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.admit(ctx) {
+            return;
+        }
         let msg = match ClientMsg::parse(text) {
             Ok(m) => m,
             Err(e) => return self.error(ctx, "bad_request", &e.0, None),
@@ -150,6 +195,19 @@ impl WsSession {
             ClientMsg::Auth { token } => match self.state.auth.verify(&token) {
                 Ok(p) if p.sub == self.principal.sub && p.org == self.principal.org => {
                     self.principal = p;
+                    // A narrower `rooms` claim ends the subscriptions it no
+                    // longer covers.
+                    let lost: Vec<RoomId> = self
+                        .subs
+                        .keys()
+                        .filter(|id| !self.principal.may_access(id.as_str()))
+                        .cloned()
+                        .collect();
+                    for id in lost {
+                        self.unsubscribe(&id);
+                        let msg = "the new token's rooms claim does not cover this room";
+                        self.error(ctx, "forbidden", msg, Some(id.as_str()));
+                    }
                 }
                 Ok(_) => self.error(
                     ctx,
@@ -356,10 +414,18 @@ impl WsSession {
         }
     }
 
-    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Closes with 4001 when the credential expires, unless `op: auth`
+    /// renewed it meanwhile (then it checks again at the new expiry).
+    fn check_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         if self.principal.is_expired() {
             return self.close(ctx, CloseCode::Other(4001), "token expired");
         }
+        let left = self.principal.exp.saturating_sub(now_secs());
+        let wait = Duration::from_secs(left).max(Duration::from_millis(100));
+        ctx.run_later(wait, |act, ctx| act.check_expiry(ctx));
+    }
+
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let hb = Duration::from_millis(self.state.config.heartbeat_ms);
         if self.heard.elapsed() > hb * 2 {
             log::info!(
@@ -415,6 +481,12 @@ impl Actor for WsSession {
             .into_actor(self)
             .map(|_, act, ctx| act.close(ctx, CloseCode::Away, "server going away")),
         );
+        if self.principal.is_expired() {
+            // Accepted within the clock-skew leeway: a moment to send `auth`.
+            ctx.run_later(AUTH_GRACE, |act, ctx| act.check_expiry(ctx));
+        } else {
+            self.check_expiry(ctx);
+        }
         if let Some((room, since)) = self.initial.take() {
             self.subscribe(room.as_str(), since, ctx);
         }
@@ -442,7 +514,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) => {}
             Ok(ws::Message::Binary(_)) => {
-                self.error(ctx, "bad_request", "send text frames holding JSON", None)
+                if self.admit(ctx) {
+                    self.error(ctx, "bad_request", "send text frames holding JSON", None)
+                }
             }
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);

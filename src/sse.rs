@@ -3,7 +3,8 @@
 //! and outbound budget as a WebSocket session, for one room, written as SSE:
 //! `id: <seq>`, `event: <type>`, `data: <the WebSocket event frame>`;
 //! ephemeral events carry no `id`. Comment lines keep proxies from closing an
-//! idle stream. A stream whose token expires gets an `error` event and ends;
+//! idle stream. A stream whose token expires gets an `error` event and ends
+//! (at the expiry, not at the next heartbeat);
 //! past the backlog's hard bound it ends too, and the browser's EventSource
 //! resumes with `Last-Event-ID`.
 
@@ -20,9 +21,10 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-use crate::auth::Principal;
+use crate::auth::{now_secs, Principal};
 use crate::cursor::{self, Cursor};
 use crate::db::{Catchup, CatchupDone};
+use crate::limits::ConnectionSlot;
 use crate::outbox::{Counted, Outbox};
 use crate::protocol::{EphemeralFrame, Frame, RoomKey, ServerMsg, Via};
 use crate::room::{Deliver, Leave, Push};
@@ -43,6 +45,7 @@ pub type Body = Counted<Receiver>;
 pub fn start(
     state: web::Data<AppState>,
     principal: Principal,
+    slot: ConnectionSlot,
     key: RoomKey,
     since: Option<i64>,
 ) -> Body {
@@ -59,6 +62,7 @@ pub fn start(
         out,
         pulling: false,
         pending: HashMap::new(),
+        _slot: slot,
     }
     .start();
     body
@@ -85,6 +89,8 @@ pub struct SseSession {
     out: Outbox,
     pulling: bool,
     pending: HashMap<ByteString, Arc<EphemeralFrame>>,
+    /// Counted against the token's `sub` while open.
+    _slot: ConnectionSlot,
 }
 
 /// One SSE message: optional id, event name, one data line (the frames are
@@ -173,17 +179,26 @@ impl SseSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        if self.principal.is_expired() {
-            let room = self.cursor.key.room.clone();
-            let msg = ServerMsg::Error {
-                code: "unauthorized",
-                message: "token expired; reconnect with a fresh token",
-                room: Some(room.as_str()),
-            };
-            self.send(ctx, "error", msg);
-            return ctx.stop();
-        }
         self.write(ctx, Bytes::from_static(b": ping\n\n"));
+    }
+
+    /// Ends the stream when the token expires (SSE cannot renew it): an
+    /// `error` event, then the end.
+    fn check_expiry(&mut self, ctx: &mut Context<Self>) {
+        if !self.principal.is_expired() {
+            let left = self.principal.exp.saturating_sub(now_secs());
+            let wait = Duration::from_secs(left).max(Duration::from_millis(100));
+            ctx.run_later(wait, |act, ctx| act.check_expiry(ctx));
+            return;
+        }
+        let room = self.cursor.key.room.clone();
+        let msg = ServerMsg::Error {
+            code: "unauthorized",
+            message: "token expired; reconnect with a fresh token",
+            room: Some(room.as_str()),
+        };
+        self.send(ctx, "error", msg);
+        ctx.stop();
     }
 
     fn open(&mut self, ctx: &mut Context<Self>) {
@@ -262,6 +277,7 @@ impl Actor for SseSession {
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),
         );
+        self.check_expiry(ctx);
         self.open(ctx);
     }
 

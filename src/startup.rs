@@ -19,9 +19,12 @@ use tokio_postgres::NoTls;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::Db;
+use crate::http::origin::Origins;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pgcluster::PrivateCluster;
 use crate::room::Broadcaster;
+use crate::webhook::Secrets;
 use crate::{http, listener};
 
 mod embedded {
@@ -45,6 +48,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// This process among the instances sharing the database.
     pub instance: Arc<str>,
+    pub limits: Arc<Limits>,
+    pub webhook_secrets: Secrets,
+    pub origins: Origins,
     next_session: AtomicU64,
 }
 
@@ -196,8 +202,20 @@ impl Application {
         } else {
             config.workers
         };
+        let limits = Arc::new(Limits::new(&config));
+        let sweep = limits.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                sweep.sweep();
+            }
+        });
         let state = web::Data::new(AppState {
             auth: Authenticator::new(&config.jwt_secret),
+            limits,
+            webhook_secrets: Secrets::parse(config.webhook_secret.as_deref()),
+            origins: Origins::parse(config.allowed_origins.as_deref()),
             config,
             pool,
             db,

@@ -90,11 +90,21 @@ pub async fn publish(
         ));
     }
     let body = read_body(payload, MAX_BODY).await?;
-    let parsed = PublishBody::parse(&body)?;
     let key = RoomKey {
         org: principal.org,
         room,
     };
+    publish_body(&state, key, &body).await
+}
+
+/// Publishes a raw publish body into `key`, the caller being allowed to: the
+/// REST and webhook paths share everything from here on.
+pub async fn publish_body(
+    state: &AppState,
+    key: RoomKey,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let parsed = PublishBody::parse(body)?;
     let (events, single) = match parsed {
         PublishBody::Single(e) => (vec![e], true),
         PublishBody::Batch(v) => (v, false),

@@ -5,12 +5,15 @@
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod hooks;
 pub mod metrics;
 pub mod openapi;
+pub mod origin;
 pub mod rooms;
 pub mod sse;
 pub mod ws;
 
+use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use error::ApiError;
@@ -25,7 +28,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::BadRequest(format!("bad path: {e}")).into()),
     )
-    .route("/v1/rooms/{room}/events", web::post().to(events::publish))
+    .route(
+        "/v1/rooms/{room}/events",
+        web::post()
+            .to(events::publish)
+            .wrap(from_fn(crate::limits::publish_limit)),
+    )
+    .route(
+        "/v1/hooks/{org}/rooms/{room}/events",
+        web::post()
+            .to(hooks::publish)
+            .wrap(from_fn(crate::limits::publish_limit)),
+    )
     .route("/v1/rooms/{room}/events", web::get().to(events::poll))
     .route("/v1/rooms/{room}/sse", web::get().to(sse::stream))
     .route("/v1/rooms/{room}", web::get().to(rooms::get))

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{events, rooms, sse};
+use super::{events, hooks, rooms, sse};
 use crate::protocol::{Event, PollAnswer, RoomList, RoomSnapshot, RoomStatus};
 
 #[derive(OpenApi)]
@@ -17,7 +17,7 @@ use crate::protocol::{Event, PollAnswer, RoomList, RoomSnapshot, RoomStatus};
         title = "roomcast",
         description = "Real-time event delivery: rooms of events stored in PostgreSQL with a per-room seq, read by WebSocket, SSE, poll and long-poll with one cursor. The WebSocket protocol is described in docs/PROTOCOL.md."
     ),
-    paths(events::publish, events::poll, rooms::get, rooms::list, sse::stream),
+    paths(events::publish, hooks::publish, events::poll, rooms::get, rooms::list, sse::stream),
     components(schemas(Event, RoomSnapshot, RoomList, PollAnswer, RoomStatus, ErrorBody, ErrorDetail)),
     modifiers(&Security),
     tags(

@@ -36,7 +36,8 @@ pub struct SseQuery {
         (status = 200, description = "`text/event-stream`: `subscribed`, then events (`id: <seq>`, `event: <type>`, `data: <event frame>`), `reset` and `error` messages, comment heartbeats", content_type = "text/event-stream"),
         (status = 400, description = "bad_request"),
         (status = 401, description = "unauthorized"),
-        (status = 403, description = "forbidden"),
+        (status = 403, description = "forbidden (rooms claim, or an Origin not allowed)"),
+        (status = 429, description = "rate_limited: too many connections for this sub"),
     ),
     security(("bearer" = []), ("token" = []))
 )]
@@ -66,11 +67,13 @@ pub async fn stream(
     if since.is_some_and(|s| s < 0) {
         return Err(ApiError::BadRequest("since must be 0 or more".into()));
     }
+    state.origins.check(&req)?;
+    let slot = state.limits.connect(&principal.org, &principal.sub)?;
     let key = RoomKey {
         org: principal.org.clone(),
         room,
     };
-    let body = sse::start(state, principal, key, since);
+    let body = sse::start(state, principal, slot, key, since);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -22,7 +22,9 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
-    session::start(&req, stream, state, principal, None)
+    state.origins.check(&req)?;
+    let slot = state.limits.connect(&principal.org, &principal.sub)?;
+    session::start(&req, stream, state, principal, slot, None)
 }
 
 /// `GET /v1/rooms/{room}/ws?since=N`: a connection subscribed to one room.
@@ -43,5 +45,14 @@ pub async fn connect_room(
             ApiError::Forbidden("the token's rooms claim does not cover this room".into()).into(),
         );
     }
-    session::start(&req, stream, state, principal, Some((room, query.since)))
+    state.origins.check(&req)?;
+    let slot = state.limits.connect(&principal.org, &principal.sub)?;
+    session::start(
+        &req,
+        stream,
+        state,
+        principal,
+        slot,
+        Some((room, query.since)),
+    )
 }

@@ -263,13 +263,24 @@ impl WsClient {
     }
 
     pub async fn try_connect(port: u16, path: &str) -> Result<WsClient, awc::error::WsClientError> {
-        let (_res, framed) = awc::Client::builder()
+        Self::try_connect_with(port, path, &[]).await
+    }
+
+    /// Connects with extra request headers (an `Origin`, say).
+    pub async fn try_connect_with(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, awc::error::WsClientError> {
+        let mut req = awc::Client::builder()
             .timeout(Duration::from_secs(30))
             .finish()
             .ws(format!("ws://127.0.0.1:{port}{path}"))
-            .max_frame_size(1 << 20)
-            .connect()
-            .await?;
+            .max_frame_size(1 << 20);
+        for (k, v) in headers {
+            req = req.set_header(*k, *v);
+        }
+        let (_res, framed) = req.connect().await?;
         Ok(WsClient {
             framed,
             closed: None,
@@ -384,6 +395,16 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(db_url: &str, port: u16, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_with_stderr(db_url, port, env, Stdio::inherit())
+    }
+
+    /// As `start`, with the server's stderr (its log) sent to `stderr`.
+    pub fn start_with_stderr(
+        db_url: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> ServerProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
@@ -392,7 +413,7 @@ impl ServerProcess {
             .env("ROOMCAST_WORKERS", "1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -596,5 +617,15 @@ impl SseClient {
     /// The `data` of each message, as the WebSocket frames they are.
     pub fn frames(msgs: &[SseMsg]) -> Vec<Value> {
         msgs.iter().map(|m| m.data.clone()).collect()
+    }
+}
+
+/// The HTTP status a refused WebSocket upgrade answered (panics if it was
+/// accepted or failed otherwise).
+pub fn refused_status(result: Result<WsClient, awc::error::WsClientError>) -> u16 {
+    match result {
+        Err(awc::error::WsClientError::InvalidResponseStatus(s)) => s.as_u16(),
+        Err(e) => panic!("upgrade failed otherwise: {e}"),
+        Ok(_) => panic!("upgrade accepted"),
     }
 }

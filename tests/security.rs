@@ -1,0 +1,602 @@
+//! Security and bad input: signed webhooks, token life on long connections,
+//! isolation on every endpoint, hostile room ids, limits and floods, browser
+//! origins, no tokens in logs. Every refusal has the contract's error shape
+//! and changes nothing stored.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomcast::auth::now_secs;
+use roomcast::config::Switch;
+use roomcast::webhook::sign;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// POSTs a webhook with an explicit signature header (None: no header).
+async fn hook(port: u16, org: &str, room: &str, body: &[u8], sig: Option<&str>) -> (u16, Value) {
+    let mut req = awc::Client::default()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/hooks/{org}/rooms/{room}/events"
+        ))
+        .insert_header(("content-type", "application/json"));
+    if let Some(sig) = sig {
+        req = req.insert_header(("roomcast-signature", sig));
+    }
+    let mut res = req.send_body(body.to_vec()).await.expect("POST");
+    let bytes = res.body().await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (res.status().as_u16(), value)
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn signed_webhooks_publish_and_refuse_bad_signatures() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.webhook_secret = Some("new-secret,old-secret".into());
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/call-1/ws?since=0&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+
+    let now = now_secs();
+    let body = br#"{"type": "call.transcript", "data": {"text": "hi"}}"#;
+    // Both active secrets are accepted (rotation without downtime).
+    for secret in ["new-secret", "old-secret"] {
+        let (status, res) = hook(
+            app.port,
+            "acme",
+            "call-1",
+            body,
+            Some(&sign(secret, now, body)),
+        )
+        .await;
+        assert_eq!(status, 201, "{res}");
+    }
+    let got = ws.events_until("call-1", 2, WAIT).await;
+    assert_exactly(&got, 1, 2);
+    assert_eq!(got[0]["type"], "call.transcript");
+    // A batch and an idempotent retry work as on the REST path.
+    let batch = br#"{"events": [{"type": "a", "id": "k1"}, {"type": "b"}]}"#;
+    let (status, res) = hook(
+        app.port,
+        "acme",
+        "call-1",
+        batch,
+        Some(&sign("new-secret", now, batch)),
+    )
+    .await;
+    assert_eq!((status, res["seqs"].clone()), (201, json!([3, 4])));
+    let retry = br#"{"type": "a", "id": "k1"}"#;
+    let (status, res) = hook(
+        app.port,
+        "acme",
+        "call-1",
+        retry,
+        Some(&sign("new-secret", now, retry)),
+    )
+    .await;
+    assert_eq!((status, res["duplicate"].clone()), (200, json!(true)));
+
+    assert_exactly(&ws.events_until("call-1", 4, WAIT).await, 3, 4);
+    let stored = db.event_count().await;
+    let tampered = br#"{"type": "call.transcript", "data": {"text": "HI"}}"#;
+    let refusals: Vec<(&str, &[u8], Option<String>)> = vec![
+        ("wrong secret", body, Some(sign("guessed", now, body))),
+        (
+            "tampered body",
+            tampered,
+            Some(sign("new-secret", now, body)),
+        ),
+        (
+            "replayed outside the window",
+            body,
+            Some(sign("new-secret", now - 301, body)),
+        ),
+        (
+            "from the future",
+            body,
+            Some(sign("new-secret", now + 301, body)),
+        ),
+        ("no header", body, None),
+        ("malformed", body, Some("sha256=abc".into())),
+        ("no v1", body, Some(format!("t={now}"))),
+        ("short v1", body, Some(format!("t={now},v1=abcd"))),
+    ];
+    for (what, b, sig) in refusals {
+        let (status, res) = hook(app.port, "acme", "call-1", b, sig.as_deref()).await;
+        assert_error(status, &res, 401, "unauthorized");
+        eprintln!("{what}: {}", res["error"]["message"]);
+    }
+    assert_eq!(
+        db.event_count().await,
+        stored,
+        "refused webhooks stored nothing"
+    );
+    // Bad input behind a good signature: the usual refusals.
+    let bad = br#"{"type": "Bad Type"}"#;
+    let (status, res) = hook(
+        app.port,
+        "acme",
+        "call-1",
+        bad,
+        Some(&sign("new-secret", now, bad)),
+    )
+    .await;
+    assert_error(status, &res, 400, "bad_request");
+    let (status, res) = hook(
+        app.port,
+        "bad%20org",
+        "call-1",
+        body,
+        Some(&sign("new-secret", now, body)),
+    )
+    .await;
+    assert_error(status, &res, 400, "bad_request");
+    // A webhook into another org's room of the same name stays in that org.
+    let (status, _) = hook(
+        app.port,
+        "globex",
+        "call-1",
+        body,
+        Some(&sign("new-secret", now, body)),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(
+        ws.recv_within(Duration::from_millis(500)).await.is_none(),
+        "acme saw globex's event"
+    );
+    let (_, page, _) = get(app.port, "/v1/rooms/call-1/events?since=0", &viewer, &[]).await;
+    assert_eq!(page["head"], 4);
+
+    // A server without webhook secrets refuses every webhook.
+    let plain = spawn_app(config(&db)).await;
+    let (status, res) = hook(
+        plain.port,
+        "acme",
+        "call-1",
+        body,
+        Some(&sign("new-secret", now, body)),
+    )
+    .await;
+    assert_error(status, &res, 401, "unauthorized");
+}
+
+#[actix_web::test]
+async fn another_orgs_room_answers_like_a_room_that_does_not_exist_everywhere() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let acme = token("acme", "producer", true);
+    let (status, _, _) = post(
+        app.port,
+        "/v1/rooms/secret/events",
+        &acme,
+        &json!({"type": "plan", "data": {"launch": "tuesday"}, "state": {"stage": "private"}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let globex = token("globex", "spy", true);
+
+    // Poll: exactly the answer of a room never published to.
+    let (_, theirs, h1) = get(app.port, "/v1/rooms/secret/events?since=0", &globex, &[]).await;
+    let (_, nothing, h2) = get(
+        app.port,
+        "/v1/rooms/no-such-room/events?since=0",
+        &globex,
+        &[],
+    )
+    .await;
+    assert_eq!(theirs["events"], json!([]));
+    assert_eq!(theirs["head"], 0);
+    assert_eq!(theirs["state"], json!({}));
+    assert_eq!(theirs["head"], nothing["head"]);
+    assert_eq!(h1["etag"], h2["etag"]);
+    // Long-poll: times out empty.
+    let (_, waited, _) = get(
+        app.port,
+        "/v1/rooms/secret/events?since=0&wait=1",
+        &globex,
+        &[],
+    )
+    .await;
+    assert_eq!(waited["events"], json!([]));
+    // Snapshot: the same 404.
+    let (s1, b1, _) = get(app.port, "/v1/rooms/secret", &globex, &[]).await;
+    let (s2, b2, _) = get(app.port, "/v1/rooms/no-such-room", &globex, &[]).await;
+    assert_eq!((s1, s2), (404, 404));
+    assert_eq!(b1["error"]["code"], b2["error"]["code"]);
+    // List: nothing of acme.
+    let (_, list, _) = get(app.port, "/v1/rooms", &globex, &[]).await;
+    assert_eq!(list["rooms"], json!([]));
+    // SSE and WebSocket: an empty open room.
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/secret/sse?since=0&token={globex}"),
+        &[],
+    )
+    .await;
+    let first = sse.recv_within(WAIT).await.unwrap();
+    assert_eq!(
+        (first.data["head"].clone(), first.data["state"].clone()),
+        (json!(0), json!({}))
+    );
+    assert!(sse.recv_within(Duration::from_millis(300)).await.is_none());
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={globex}")).await;
+    ws.send(json!({"op": "subscribe", "room": "secret", "since": 0}))
+        .await;
+    let sub = ws.expect_op("subscribed").await;
+    assert_eq!(
+        (sub["head"].clone(), sub["state"].clone()),
+        (json!(0), json!({}))
+    );
+    assert!(ws.recv_within(Duration::from_millis(300)).await.is_none());
+    // Publishing to the same id makes globex's own room; acme's is untouched.
+    let seq = publish(app.port, &globex, "secret", "x", json!({})).await;
+    assert_eq!(seq, 1);
+    let (_, mine, _) = get(app.port, "/v1/rooms/secret/events?since=0", &acme, &[]).await;
+    assert_eq!(mine["head"], 1);
+    assert_eq!(mine["events"][0]["type"], "plan");
+    assert_eq!(mine["state"], json!({"stage": "private"}));
+
+    // A rooms claim is enforced on every path.
+    let narrow = token_with("acme", "guest", true, Some(vec!["public-*"]), 3600);
+    for path in [
+        "/v1/rooms/secret/events?since=0",
+        "/v1/rooms/secret",
+        "/v1/rooms/secret/sse",
+    ] {
+        let (status, body, _) = get(app.port, path, &narrow, &[]).await;
+        assert_error(status, &body, 403, "forbidden");
+    }
+    let (status, body, _) = post(
+        app.port,
+        "/v1/rooms/secret/events",
+        &narrow,
+        &json!({"type": "x"}),
+    )
+    .await;
+    assert_error(status, &body, 403, "forbidden");
+    let status = refused_status(
+        WsClient::try_connect(app.port, &format!("/v1/rooms/secret/ws?token={narrow}")).await,
+    );
+    assert_eq!(status, 403);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={narrow}")).await;
+    ws.send(json!({"op": "subscribe", "room": "secret"})).await;
+    let err = ws.expect_op("error").await;
+    assert_eq!(
+        (err["code"].clone(), err["room"].clone()),
+        (json!("forbidden"), json!("secret"))
+    );
+    let (_, list, _) = get(app.port, "/v1/rooms", &narrow, &[]).await;
+    assert_eq!(list["rooms"], json!([]));
+    assert_eq!(db.event_count().await, 2);
+}
+
+#[actix_web::test]
+async fn sql_looking_and_path_looking_room_ids_are_refused_everywhere() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let producer = token("acme", "producer", true);
+    publish(app.port, &producer, "real", "x", json!({})).await;
+    let hostile = [
+        "x'%3B%20DROP%20TABLE%20events%3B--",
+        "r%22%20OR%201%3D1",
+        "..",
+        "%2E%2E",
+        "..%2F..%2Fetc%2Fpasswd",
+        "a%00b",
+        "%C3%A9t%C3%A9",
+        "-leading-dash",
+        &"a".repeat(129),
+    ];
+    for room in hostile {
+        for (method, path) in [
+            ("GET", format!("/v1/rooms/{room}/events")),
+            ("GET", format!("/v1/rooms/{room}")),
+            ("GET", format!("/v1/rooms/{room}/sse")),
+            ("POST", format!("/v1/rooms/{room}/events")),
+        ] {
+            let (status, body) = if method == "GET" {
+                let (s, b, _) = get(app.port, &path, &producer, &[]).await;
+                (s, b)
+            } else {
+                let (s, b, _) = post(app.port, &path, &producer, &json!({"type": "x"})).await;
+                (s, b)
+            };
+            // 400 for a bad id; 404 where the path no longer names a room.
+            assert!(
+                status == 400 || status == 404,
+                "{method} {path}: {status} {body}"
+            );
+            assert!(body["error"]["code"].is_string(), "{method} {path}: {body}");
+        }
+        let status = refused_status(
+            WsClient::try_connect(app.port, &format!("/v1/rooms/{room}/ws?token={producer}")).await,
+        );
+        assert!(status == 400 || status == 404, "ws {room}: {status}");
+    }
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={producer}")).await;
+    for room in ["x'; DROP TABLE events;--", "../../etc/passwd", "a b", ""] {
+        ws.send(json!({"op": "subscribe", "room": room, "since": 0}))
+            .await;
+        let err = ws.expect_op("error").await;
+        assert_eq!(err["code"], "bad_request", "{room}");
+    }
+    // Nothing changed, and the server still serves.
+    assert_eq!(db.event_count().await, 1);
+    assert_eq!(
+        publish(app.port, &producer, "real", "x", json!({})).await,
+        2
+    );
+}
+
+#[actix_web::test]
+async fn tokens_expire_on_long_connections_unless_renewed_for_the_same_sub_and_org() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await; // heartbeat 15 s: expiry has its own timer
+    let short = token_with("acme", "alice", false, None, 2);
+    // Not renewed: closed with 4001 at the expiry.
+    let started = Instant::now();
+    let mut idle = WsClient::connect(app.port, &format!("/v1/rooms/a/ws?token={short}")).await;
+    idle.expect_op("subscribed").await;
+    while idle.recv_within(Duration::from_secs(10)).await.is_some() {}
+    let code = idle.closed.clone().flatten().map(|r| u16::from(r.code));
+    assert_eq!(code, Some(4001));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        started.elapsed()
+    );
+
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!(
+            "/v1/ws?token={}",
+            token_with("acme", "alice", false, None, 2)
+        ),
+    )
+    .await;
+    for room in ["public-1", "private-1"] {
+        ws.send(json!({"op": "subscribe", "room": room})).await;
+        ws.expect_op("subscribed").await;
+    }
+    // Another org's or another sub's token is refused; the old one stays.
+    for other in [
+        token("globex", "alice", false),
+        token("acme", "mallory", false),
+    ] {
+        ws.send(json!({"op": "auth", "token": other})).await;
+        assert_eq!(ws.expect_op("error").await["code"], "forbidden");
+    }
+    ws.send(json!({"op": "auth", "token": "garbage"})).await;
+    assert_eq!(ws.expect_op("error").await["code"], "unauthorized");
+    // A fresh token for the same sub with a narrower rooms claim: renewed,
+    // and the subscription it no longer covers ends.
+    let renewed = token_with("acme", "alice", false, Some(vec!["public-*"]), 3600);
+    ws.send(json!({"op": "auth", "token": renewed})).await;
+    let err = ws.expect_op("error").await;
+    assert_eq!(
+        (err["code"].clone(), err["room"].clone()),
+        (json!("forbidden"), json!("private-1"))
+    );
+    // Past the first token's expiry the connection is alive and delivering.
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    let producer = token("acme", "producer", true);
+    publish(app.port, &producer, "private-1", "x", json!({})).await;
+    publish(app.port, &producer, "public-1", "x", json!({})).await;
+    let got = ws.events_until("public-1", 1, WAIT).await;
+    assert_exactly(&got, 1, 1);
+    assert!(ws.closed.is_none());
+}
+
+#[actix_web::test]
+async fn floods_are_refused_with_clear_errors_and_others_keep_being_served() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.webhook_secret = Some("s".into());
+    cfg.publish_rate = 2;
+    cfg.publish_burst = 3;
+    cfg.client_msg_rate = 5;
+    cfg.client_msg_burst = 5;
+    cfg.max_connections_per_sub = 2;
+    let app = spawn_app(cfg).await;
+    let acme = token("acme", "producer", true);
+    let globex = token("globex", "producer", true);
+
+    // Publishes per org: 429 with Retry-After past the burst.
+    let mut limited = None;
+    for _ in 0..6 {
+        let (status, body, headers) =
+            post(app.port, "/v1/rooms/r/events", &acme, &json!({"type": "x"})).await;
+        if status == 429 {
+            limited = Some((body, headers));
+            break;
+        }
+        assert_eq!(status, 201);
+    }
+    let (body, headers) = limited.expect("a 429 within 6 rapid publishes");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(headers["retry-after"].parse::<u64>().unwrap() >= 1);
+    let now = now_secs();
+    let b = br#"{"type": "x"}"#;
+    let (status, res) = hook(app.port, "acme", "r", b, Some(&sign("s", now, b))).await;
+    assert_error(status, &res, 429, "rate_limited");
+    // Another org is not affected.
+    assert_eq!(publish(app.port, &globex, "r", "x", json!({})).await, 1);
+
+    // Client messages per connection: an error, then close 4029.
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+    ws.expect_op("welcome").await;
+    for i in 0..200 {
+        ws.send(json!({"op": "ping", "id": i})).await;
+    }
+    let mut pongs = 0;
+    let mut errors = Vec::new();
+    while let Some(m) = ws.recv_within(Duration::from_secs(5)).await {
+        match m["op"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => errors.push(m),
+            _ => {}
+        }
+    }
+    assert!(pongs >= 5 && pongs < 200, "pongs {pongs}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "rate_limited");
+    let code = ws.closed.clone().flatten().map(|r| u16::from(r.code));
+    assert_eq!(code, Some(4029));
+
+    // Connections per sub: 429 before the upgrade, other subs unaffected.
+    let alice = token("acme", "alice", false);
+    let a1 = WsClient::connect(app.port, &format!("/v1/ws?token={alice}")).await;
+    let _a2 = SseClient::connect(app.port, &format!("/v1/rooms/r/sse?token={alice}"), &[]).await;
+    let status =
+        refused_status(WsClient::try_connect(app.port, &format!("/v1/ws?token={alice}")).await);
+    assert_eq!(status, 429);
+    let (status, body, headers) =
+        get(app.port, &format!("/v1/rooms/r/sse?token={alice}"), "", &[]).await;
+    assert_error(status, &body, 429, "rate_limited");
+    assert!(headers.contains_key("retry-after"));
+    let _b1 = WsClient::connect(
+        app.port,
+        &format!("/v1/ws?token={}", token("acme", "bob", false)),
+    )
+    .await;
+    // A closed connection gives its slot back.
+    a1.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match WsClient::try_connect(app.port, &format!("/v1/ws?token={alice}")).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                actix_web::rt::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("slot not given back: {e}"),
+        }
+    }
+
+    // ROOMCAST_RATE_LIMITS=off: the same flood passes (size limits stay).
+    let mut cfg = config(&db);
+    cfg.rate_limits = Switch::Off;
+    cfg.publish_rate = 1;
+    cfg.publish_burst = 1;
+    let open = spawn_app(cfg).await;
+    for _ in 0..10 {
+        let (status, body, _) = post(
+            open.port,
+            "/v1/rooms/r2/events",
+            &acme,
+            &json!({"type": "x"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let big = json!({"type": "x", "data": "x".repeat(70_000)});
+    let (status, body, _) = post(open.port, "/v1/rooms/r2/events", &acme, &big).await;
+    assert_error(status, &body, 413, "payload_too_large");
+}
+
+#[actix_web::test]
+async fn only_allowed_origins_open_websockets_and_streams() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.allowed_origins = Some("https://app.example.com".into());
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let path = format!("/v1/ws?token={viewer}");
+    let status = refused_status(
+        WsClient::try_connect_with(app.port, &path, &[("origin", "https://evil.example")]).await,
+    );
+    assert_eq!(status, 403);
+    let (status, body, _) = get(
+        app.port,
+        &format!("/v1/rooms/r/sse?token={viewer}"),
+        "",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_error(status, &body, 403, "forbidden");
+    let own = format!("http://127.0.0.1:{}", app.port);
+    for origin in [Some("https://app.example.com"), Some(own.as_str()), None] {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        let mut ws = WsClient::try_connect_with(app.port, &path, &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?} refused: {e}"));
+        ws.expect_op("welcome").await;
+    }
+}
+
+#[actix_web::test]
+async fn tokens_never_reach_the_log() {
+    let db = TestDb::new().await;
+    let log_path = std::env::temp_dir().join(format!("roomcast-log-{}.txt", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server =
+        ServerProcess::start_with_stderr(&db.url, 0, &[("RUST_LOG", "trace")], Stdio::from(log));
+    let port = server.port;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let expired = token_with("acme", "old", false, None, -10);
+    let mut ws = WsClient::connect(port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    ws.send(json!({"op": "auth", "token": expired})).await;
+    ws.expect_op("error").await;
+    publish(port, &producer, "r", "x", json!({})).await;
+    ws.events_until("r", 1, WAIT).await;
+    get(
+        port,
+        &format!("/v1/rooms/r/events?token={expired}"),
+        "",
+        &[],
+    )
+    .await;
+    let mut sse = SseClient::connect(
+        port,
+        &format!("/v1/rooms/r/sse?since=0&token={viewer}"),
+        &[],
+    )
+    .await;
+    sse.events_until(1, WAIT).await;
+    drop(sse);
+    ws.close().await;
+    assert!(server.terminate().success());
+    let mut text = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    std::fs::remove_file(&log_path).ok();
+    assert!(
+        text.len() > 1000,
+        "the trace log is written ({} bytes)",
+        text.len()
+    );
+    for (name, tok) in [
+        ("viewer", &viewer),
+        ("producer", &producer),
+        ("expired", &expired),
+    ] {
+        let signature = tok.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "the {name} token is in the log");
+    }
+}

@@ -158,6 +158,26 @@ struct RawEvent {
     key: Option<String>,
 }
 
+/// A string or key holding U+0000 somewhere in `v` (PostgreSQL's jsonb and
+/// text cannot store it).
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn check_stored(what: &str, v: &Value) -> Result<(), Invalid> {
+    if has_nul(v) {
+        return Err(Invalid(format!(
+            "{what} holds the character U+0000, which cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
 fn check_data(data: &Value, limit: usize) -> Result<(), Invalid> {
     let size = serde_json::to_vec(data)
         .map(|v| v.len())
@@ -179,8 +199,12 @@ impl NewEvent {
             ));
         }
         check_data(&raw.data, MAX_DATA_BYTES)?;
+        check_stored("data", &raw.data)?;
+        if let Some(state) = &raw.state {
+            check_stored("state", state)?;
+        }
         if let Some(id) = &raw.id {
-            if id.is_empty() || id.len() > MAX_IDEM_KEY {
+            if id.is_empty() || id.len() > MAX_IDEM_KEY || id.contains('\0') {
                 return Err(invalid(format!(
                     "id (idempotency key) must be 1 to {MAX_IDEM_KEY} bytes"
                 )));
@@ -327,7 +351,7 @@ pub struct Event {
     pub seq: i64,
     #[serde(rename = "type")]
     pub ty: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub data: Value,
     /// RFC 3339 UTC with milliseconds, set at commit.
     pub ts: String,
@@ -627,6 +651,10 @@ mod tests {
         assert!(PublishBody::parse(br#"{"type":"x","state":[1]}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","status":"done"}"#).is_err());
         assert!(PublishBody::parse(br#"{"type":"x","bogus":1}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","data":{"a\u0000":1}}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","data":["\u0000"]}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","state":{"s":"\u0000"}}"#).is_err());
+        assert!(PublishBody::parse(br#"{"type":"x","id":"a\u0000"}"#).is_err());
         let b =
             PublishBody::parse(br#"{"type":"t.partial","data":"hel","ephemeral":true,"key":"s1"}"#)
                 .unwrap();

@@ -6,7 +6,6 @@
 use deadpool_postgres::{GenericClient, Pool};
 use futures_util::future::try_join_all;
 use serde_json::Value;
-use tokio_postgres::error::SqlState;
 
 use crate::protocol::{Event, NewEvent, RoomKey, RoomStatus};
 
@@ -30,7 +29,8 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) if db.code().code() == "RC409" => StoreError::RoomClosed(db.message().into()),
-            Some(db) if db.code() == &SqlState::INVALID_PARAMETER_VALUE => {
+            // 22xxx: data exceptions (bad input the edge did not catch).
+            Some(db) if db.code().code().starts_with("22") => {
                 StoreError::Invalid(db.message().into())
             }
             Some(db)

@@ -32,13 +32,14 @@ fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
     get,
     path = "/v1/rooms/{room}",
     tag = "rooms",
-    params(("room" = String, Path, description = "room id")),
+    params(super::openapi::RoomPath),
     responses(
         (status = 200, description = "the room", body = RoomSnapshot),
-        (status = 401, description = "unauthorized"),
-        (status = 403, description = "forbidden"),
-        (status = 404, description = "never published to (or another org's)"),
-        (status = 503, description = "unavailable, with Retry-After"),
+        (status = 400, description = "bad_request", body = super::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 403, description = "forbidden", body = super::error::ErrorBody),
+        (status = 404, description = "never published to (or another org's)", body = super::error::ErrorBody),
+        (status = 503, description = "unavailable, with Retry-After", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -72,7 +73,8 @@ pub async fn get(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only rooms with this status (`in_progress`, `completed`, `failed`).
+    /// Only rooms with this status.
+    #[param(value_type = Option<RoomStatus>)]
     status: Option<String>,
     /// At most this many rooms (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
@@ -87,9 +89,9 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "rooms the token may read", body = RoomList),
-        (status = 400, description = "bad_request"),
-        (status = 401, description = "unauthorized"),
-        (status = 503, description = "unavailable, with Retry-After"),
+        (status = 400, description = "bad_request", body = super::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 503, description = "unavailable, with Retry-After", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]

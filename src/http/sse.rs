@@ -30,14 +30,14 @@ pub struct SseQuery {
     get,
     path = "/v1/rooms/{room}/sse",
     tag = "events",
-    params(("room" = String, Path, description = "room id"), SseQuery,
+    params(super::openapi::RoomPath, SseQuery,
            ("Last-Event-ID" = Option<i64>, Header, description = "resume after this seq (wins over since)")),
     responses(
         (status = 200, description = "`text/event-stream`: `subscribed`, then events (`id: <seq>`, `event: <type>`, `data: <event frame>`), `reset` and `error` messages, comment heartbeats", content_type = "text/event-stream"),
-        (status = 400, description = "bad_request"),
-        (status = 401, description = "unauthorized"),
-        (status = 403, description = "forbidden (rooms claim, or an Origin not allowed)"),
-        (status = 429, description = "rate_limited: too many connections for this sub"),
+        (status = 400, description = "bad_request", body = super::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 403, description = "forbidden (rooms claim, or an Origin not allowed)", body = super::error::ErrorBody),
+        (status = 429, description = "rate_limited: too many connections for this sub", body = super::error::ErrorBody),
     ),
     security(("bearer" = []), ("token" = []))
 )]

@@ -294,6 +294,13 @@ async fn refusals_use_the_error_shape_and_change_nothing() {
             "bad_request",
         ),
         (
+            "U+0000 in data (found by schemathesis: PostgreSQL cannot store it)",
+            pubtok.clone(),
+            br#"{"type":"a","data":{"k\u0000":"v"}}"#.to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
             "unknown field",
             pubtok.clone(),
             b"{\"type\":\"a\",\"sneaky\":1}".to_vec(),

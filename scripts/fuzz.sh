@@ -15,8 +15,16 @@ if ! cargo +nightly --version >/dev/null 2>&1 || ! cargo fuzz --version >/dev/nu
   echo "== cargo-fuzz skipped: needs a nightly toolchain and 'cargo install cargo-fuzz'"
   exit 0
 fi
+status=0
 for target in client_frame publish_body webhook_header; do
   echo "== cargo fuzz run $target for ${secs}s"
-  (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=4096 2>&1 |
-    grep -E "^#[0-9]+.*(DONE|pulse)|Done [0-9]+ runs|ERROR|panicked|SUMMARY" | tail -n 3)
+  log=$(mktemp)
+  if (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=4096) >"$log" 2>&1; then
+    grep -E "Done [0-9]+ runs|cov: [0-9]+" "$log" | tail -n 2 || true
+  else
+    status=1
+    grep -E "ERROR|panicked|SUMMARY|Test unit written|error" "$log" | head -n 20 || tail -n 40 "$log"
+  fi
+  rm -f "$log"
 done
+exit $status

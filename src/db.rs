@@ -15,12 +15,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
 use crate::room::Committed;
-use crate::store::{self, Page, PollFrom, Published, RoomFilter, RoomRow, StoreError};
+use crate::store::{self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, StoreError};
 
 /// The NOTIFY channel that carries ephemeral events to other instances.
 pub const EPHEMERAL_CHANNEL: &str = "roomcast_ephemeral";
@@ -63,6 +63,14 @@ pub struct ListRooms {
     /// A `rooms` claim limiting what may be listed.
     pub claim: Option<Vec<String>>,
     pub limit: i64,
+}
+
+/// An org's rooms at a glance, for `/v1/health`.
+#[derive(Message)]
+#[rtype(result = "Result<OrgHealth, StoreError>")]
+pub struct Health {
+    pub org: String,
+    pub stalled_after_s: f64,
 }
 
 /// Sends an ephemeral event to the other instances (a NOTIFY; nothing is
@@ -117,8 +125,34 @@ struct Queue {
     running: bool,
 }
 
+/// Admission control for reads: at most this many run at once, the rest
+/// wait their turn in order (a reconnect storm queues here instead of
+/// timing out on the pool), and the pool keeps connections free for
+/// publishes.
+#[derive(Clone)]
+struct Reads {
+    pool: Pool,
+    permits: Arc<Semaphore>,
+}
+
+impl Reads {
+    async fn get(&self) -> Result<(OwnedSemaphorePermit, deadpool_postgres::Object), StoreError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("shutting down".into()))?;
+        Ok((permit, self.pool.get().await?))
+    }
+}
+
+/// Pool connections kept for publishes whatever the reads do.
+const RESERVED_FOR_PUBLISH: usize = 4;
+
 pub struct Db {
     pool: Pool,
+    reads: Reads,
     metrics: Arc<Metrics>,
     /// Where committed events go (the Broadcaster).
     router: Recipient<Committed>,
@@ -134,7 +168,12 @@ pub struct Db {
 
 impl Db {
     pub fn new(pool: Pool, metrics: Arc<Metrics>, router: Recipient<Committed>, page: i64) -> Self {
+        let readers = (pool.status().max_size.saturating_sub(RESERVED_FOR_PUBLISH)).max(2);
         Db {
+            reads: Reads {
+                pool: pool.clone(),
+                permits: Arc::new(Semaphore::new(readers)),
+            },
             pool,
             metrics,
             router,
@@ -171,15 +210,15 @@ impl Db {
         }
         self.metrics
             .queries(QueryKind::Catchup, clusters.len() as u64);
-        let pool = self.pool.clone();
+        let reads = self.reads.clone();
         let key = qkey.0.clone();
         let starts: Vec<i64> = clusters.iter().map(|(s, _)| *s).collect();
         let fut = async move {
             join_all(starts.into_iter().map(|after| {
-                let pool = pool.clone();
+                let reads = reads.clone();
                 let key = key.clone();
                 async move {
-                    let client = pool.get().await?;
+                    let (_permit, client) = reads.get().await?;
                     store::events_after(&client, &key, after, page).await
                 }
             }))
@@ -273,11 +312,11 @@ impl Handler<Snapshot> for Db {
             Entry::Vacant(e) => {
                 e.insert(vec![tx]);
                 self.metrics.queries(QueryKind::Head, 1);
-                let pool = self.pool.clone();
+                let reads = self.reads.clone();
                 let key = msg.key;
                 let read_key = key.clone();
                 let read = async move {
-                    let client = pool.get().await?;
+                    let (_permit, client) = reads.get().await?;
                     store::room(&client, &read_key).await
                 };
                 ctx.spawn(read.into_actor(self).map(move |res, act, _| {
@@ -298,10 +337,10 @@ impl Handler<Heads> for Db {
     type Result = ResponseFuture<Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError>>;
 
     fn handle(&mut self, msg: Heads, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
+        let reads = self.reads.clone();
         self.metrics.queries(QueryKind::Head, 1);
         Box::pin(async move {
-            let client = pool.get().await?;
+            let (_permit, client) = reads.get().await?;
             store::heads(&client, &msg.keys).await
         })
     }
@@ -335,10 +374,10 @@ impl Handler<PollPage> for Db {
             Entry::Vacant(e) => {
                 e.insert(vec![tx]);
                 self.metrics.queries(QueryKind::Poll, 1);
-                let pool = self.pool.clone();
+                let reads = self.reads.clone();
                 let (key, from, limit) = id.clone();
                 let read = async move {
-                    let client = pool.get().await?;
+                    let (_permit, client) = reads.get().await?;
                     store::page(&client, &key, from, limit).await.map(Arc::new)
                 };
                 ctx.spawn(read.into_actor(self).map(move |res, act, _| {
@@ -359,10 +398,10 @@ impl Handler<ListRooms> for Db {
     type Result = ResponseFuture<Result<Vec<(String, RoomRow)>, StoreError>>;
 
     fn handle(&mut self, msg: ListRooms, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
+        let reads = self.reads.clone();
         self.metrics.queries(QueryKind::Other, 1);
         Box::pin(async move {
-            let client = pool.get().await?;
+            let (_permit, client) = reads.get().await?;
             let filter = match &msg.claim {
                 None => RoomFilter::All,
                 Some(claim) => RoomFilter::Claim(claim),
@@ -405,5 +444,18 @@ impl Handler<Announce> for Db {
             }
             .into_actor(self),
         );
+    }
+}
+
+impl Handler<Health> for Db {
+    type Result = ResponseFuture<Result<OrgHealth, StoreError>>;
+
+    fn handle(&mut self, msg: Health, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        self.metrics.queries(QueryKind::Other, 2);
+        Box::pin(async move {
+            let (_permit, client) = reads.get().await?;
+            store::org_health(&client, &msg.org, msg.stalled_after_s).await
+        })
     }
 }

@@ -63,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(config) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();
+            raise_open_files();
             let result = actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(config).await?;
                 log::info!("listening on 127.0.0.1:{}", app.port());
@@ -83,4 +84,23 @@ fn main() -> std::process::ExitCode {
         }
         Command::Demo(args) => roomcast::demo::main(args),
     }
+}
+
+/// One socket per connection: raise the soft open-file limit to the hard one
+/// (a server holding tens of thousands of connections needs it).
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+    log::info!("open-file limit: {}", lim.rlim_cur);
 }

@@ -1,6 +1,10 @@
 //! Prometheus metrics, one registry per server (tests run several servers in
 //! one process). Names are part of the public contract (PROTOCOL.md).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -28,8 +32,27 @@ impl QueryKind {
     }
 }
 
+/// A session's outbound counters, as the metrics see them (see `outbox`).
+pub struct Backlog {
+    pub written: AtomicU64,
+    pub sent: AtomicU64,
+}
+
+impl Backlog {
+    pub fn bytes(&self) -> u64 {
+        self.written
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.sent.load(Ordering::Relaxed))
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Every open session's backlog, read when metrics are rendered (so the
+    /// largest backlog costs nothing per message).
+    backlogs: Mutex<HashMap<u64, Weak<Backlog>>>,
+    /// PostgreSQL pool connections: `size`, `available`, `waiting`.
+    pub db_pool: IntGaugeVec,
     pub connections: IntGaugeVec,
     pub subscriptions: IntGauge,
     pub events_published: IntCounter,
@@ -88,8 +111,17 @@ impl Metrics {
             "Pushes not handed to a full session mailbox (caught up from the database instead)",
         )
         .expect("static");
+        let db_pool = IntGaugeVec::new(
+            Opts::new(
+                "roomcast_db_pool_connections",
+                "PostgreSQL pool connections",
+            ),
+            &["state"],
+        )
+        .expect("static metric");
         for c in [
-            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(db_pool.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections.clone()),
             Box::new(subscriptions.clone()),
             Box::new(events_published.clone()),
             Box::new(events_delivered.clone()),
@@ -107,9 +139,13 @@ impl Metrics {
         for via in ["push", "catchup", "poll", "sse"] {
             events_delivered.with_label_values(&[via]);
         }
-        connections.with_label_values(&["ws"]);
+        for transport in ["ws", "sse", "poll"] {
+            connections.with_label_values(&[transport]);
+        }
         Metrics {
             registry,
+            backlogs: Mutex::new(HashMap::new()),
+            db_pool,
             connections,
             subscriptions,
             events_published,
@@ -127,8 +163,38 @@ impl Metrics {
         self.db_queries.with_label_values(&[kind.label()]).inc_by(n);
     }
 
+    /// The registry, shared with the HTTP request metrics (actix-web-prom).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A session's backlog starts being watched.
+    pub fn watch_backlog(&self, session: u64, backlog: &std::sync::Arc<Backlog>) {
+        self.backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, std::sync::Arc::downgrade(backlog));
+    }
+
+    pub fn unwatch_backlog(&self, session: u64) {
+        self.backlogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&session);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let largest = {
+            let mut map = self.backlogs.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, w| w.strong_count() > 0);
+            map.values()
+                .filter_map(|w| w.upgrade())
+                .map(|b| b.bytes())
+                .max()
+                .unwrap_or(0)
+        };
+        self.session_backlog_bytes.set(largest as i64);
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -16,9 +16,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 
+use crate::metrics::Backlog;
+
 pub struct Outbox {
-    written: u64,
-    sent: Arc<AtomicU64>,
+    /// Written by the session, taken by the transport; shared with the
+    /// metrics (`roomcast_session_backlog_bytes`).
+    counters: Arc<Backlog>,
     soft: u64,
     hard: u64,
 }
@@ -26,27 +29,28 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(soft: usize, hard: usize) -> Self {
         Outbox {
-            written: 0,
-            sent: Arc::new(AtomicU64::new(0)),
+            counters: Arc::new(Backlog {
+                written: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
+            }),
             soft: soft as u64,
             hard: hard.max(soft) as u64,
         }
     }
 
-    /// The counter the transport's body stream advances.
-    pub fn counter(&self) -> Arc<AtomicU64> {
-        self.sent.clone()
+    /// The counters, for the transport's body stream and the metrics.
+    pub fn counters(&self) -> Arc<Backlog> {
+        self.counters.clone()
     }
 
     /// `n` more bytes were handed to the transport.
     pub fn wrote(&mut self, n: usize) {
-        self.written += n as u64;
+        self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Bytes handed to the transport and not yet taken by the HTTP layer.
     pub fn backlog(&self) -> u64 {
-        self.written
-            .saturating_sub(self.sent.load(Ordering::Relaxed))
+        self.counters.bytes()
     }
 
     /// Below the soft bound: events may be pushed.
@@ -80,14 +84,14 @@ pub fn ws_frame_len(payload: usize) -> usize {
 /// A response body stream that counts the bytes the HTTP layer takes.
 pub struct Counted<S> {
     inner: Pin<Box<S>>,
-    sent: Arc<AtomicU64>,
+    counters: Arc<Backlog>,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S, sent: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: S, counters: Arc<Backlog>) -> Self {
         Counted {
             inner: Box::pin(inner),
-            sent,
+            counters,
         }
     }
 }
@@ -101,7 +105,9 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.inner.as_mut().poll_next(cx);
         if let Poll::Ready(Some(Ok(bytes))) = &polled {
-            self.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.counters
+                .sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -117,7 +123,7 @@ mod tests {
         assert!(out.has_room());
         out.wrote(150);
         assert!(!out.has_room() && !out.drained() && !out.overflowed());
-        out.counter().fetch_add(100, Ordering::Relaxed);
+        out.counters().sent.fetch_add(100, Ordering::Relaxed);
         assert!(out.drained());
         out.wrote(500);
         assert!(out.overflowed());

@@ -52,10 +52,11 @@ pub fn start(
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
     let session = WsSession::new(state, principal, slot, initial);
-    let sent = session.out.counter();
+    let counters = session.out.counters();
+    session.state.metrics.watch_backlog(session.id, &counters);
     let codec = actix_http::ws::Codec::new().max_size(MAX_FRAME);
     let body = ws::WebsocketContext::with_codec(session, stream, codec);
-    Ok(res.streaming(Counted::new(body, sent)))
+    Ok(res.streaming(Counted::new(body, counters)))
 }
 
 pub struct WsSession {
@@ -493,6 +494,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.state.metrics.unwatch_backlog(self.id);
         let ids: Vec<RoomId> = self.subs.keys().cloned().collect();
         for id in ids {
             self.unsubscribe(&id);

@@ -51,9 +51,12 @@ pub fn start(
 ) -> Body {
     let (tx, rx) = mpsc::unbounded_channel();
     let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
-    let body = Counted::new(Receiver(rx), out.counter());
+    let counters = out.counters();
+    let body = Counted::new(Receiver(rx), counters.clone());
+    let id = state.next_session_id();
+    state.metrics.watch_backlog(id, &counters);
     SseSession {
-        id: state.next_session_id(),
+        id,
         cursor: Cursor::new(key),
         state,
         principal,
@@ -283,6 +286,7 @@ impl Actor for SseSession {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let m = &self.state.metrics;
+        m.unwatch_backlog(self.id);
         m.connections.with_label_values(&["sse"]).dec();
         m.subscriptions.dec();
         self.state.broadcaster.do_send(Leave {

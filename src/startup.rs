@@ -4,7 +4,6 @@
 //! same way (bind `127.0.0.1:0` and read `port()`).
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +67,8 @@ pub enum StartError {
     Database(String),
     #[error("migrations: {0}")]
     Migrations(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -195,8 +196,7 @@ impl Application {
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let tcp = TcpListener::bind(&config.bind)?;
-        let port = tcp.local_addr()?.port();
+        let bind = config.bind.clone();
         let workers = if config.workers == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -227,13 +227,28 @@ impl Application {
             next_session: AtomicU64::new(1),
         });
         let data = state.clone();
-        let server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-                .listen(tcp)?
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(10)
-                .run();
+        // HTTP request counts and durations per route, in the same registry.
+        let http_metrics = actix_web_prom::PrometheusMetricsBuilder::new("roomcast")
+            .registry(state.metrics.registry().clone())
+            .build()
+            .map_err(|e| StartError::Metrics(e.to_string()))?;
+        // A deep accept queue for reconnect storms (thousands of clients
+        // coming back at once after a restart).
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(http_metrics.clone())
+                .app_data(data.clone())
+                .configure(http::routes)
+        })
+        .backlog(4096)
+        .max_connections(100_000)
+        .bind(&bind)?;
+        let port = server.addrs().first().map_or(0, |a| a.port());
+        let server = server
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(10)
+            .run();
         Ok(Application {
             port,
             server,

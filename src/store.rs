@@ -344,3 +344,53 @@ pub async fn list_rooms(
         })
         .collect())
 }
+
+/// What `/v1/health` tells an org about its rooms.
+#[derive(Debug, Clone)]
+pub struct OrgHealth {
+    pub rooms_in_progress: i64,
+    /// Newest activity of any of its rooms (its last publish).
+    pub last_publish_at: Option<String>,
+    /// Rooms in progress with no event for longer than the threshold:
+    /// (room, updated_at, idle seconds), most idle first, at most 100.
+    pub stalled: Vec<(String, String, f64)>,
+}
+
+/// Rooms of `org` in progress, its last publish, and the rooms in progress
+/// idle for more than `stalled_after_s` seconds.
+pub async fn org_health(
+    client: &impl GenericClient,
+    org: &str,
+    stalled_after_s: f64,
+) -> Result<OrgHealth, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*) FILTER (WHERE status = 'in_progress'),
+                    roomcast_ts(max(updated_at))
+               FROM rooms WHERE org = $1",
+        )
+        .await?;
+    let row = client.query_one(&stmt, &[&org]).await?;
+    let stalled_stmt = client
+        .prepare_cached(
+            "SELECT room, roomcast_ts(updated_at),
+                    extract(epoch FROM clock_timestamp() - updated_at)::float8
+               FROM rooms
+              WHERE org = $1 AND status = 'in_progress'
+                AND updated_at < clock_timestamp() - make_interval(secs => $2)
+              ORDER BY updated_at
+              LIMIT 100",
+        )
+        .await?;
+    let stalled = client
+        .query(&stalled_stmt, &[&org, &stalled_after_s])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    Ok(OrgHealth {
+        rooms_in_progress: row.get(0),
+        last_publish_at: row.get(1),
+        stalled,
+    })
+}

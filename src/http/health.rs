@@ -1,12 +1,17 @@
-//! `/healthz` (the process is alive) and `/readyz` (it can serve: database
-//! reachable, migrations applied, listener connected).
+//! `/healthz` (the process is alive), `/readyz` (it can serve: database
+//! reachable, migrations applied, listener connected) and `/v1/health` (an
+//! org's view, with a token: is live delivery working, are its pipelines
+//! moving).
 
 use std::sync::atomic::Ordering;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
 use super::error::ApiError;
+use crate::db::Health;
 use crate::metrics::QueryKind;
 use crate::startup::AppState;
 
@@ -32,4 +37,92 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         ));
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+}
+
+/// Default idle time after which a room in progress counts as stalled.
+const STALLED_AFTER_S: f64 = 120.0;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// Seconds without an event after which a room in progress is reported
+    /// as stalled (default 120).
+    #[param(minimum = 1)]
+    stalled_after: Option<f64>,
+}
+
+/// An org's health: listener, rooms in progress, stalled pipelines, last
+/// publish, and how events reach clients (push versus catch-up).
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "health",
+    params(HealthQuery),
+    responses(
+        (status = 200, description = "`status` is `ok`, or `degraded` when the listener is down or rooms are stalled"),
+        (status = 400, description = "bad_request", body = super::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 503, description = "unavailable, with Retry-After", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn org(
+    req: HttpRequest,
+    query: web::Query<HealthQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let stalled_after = query.stalled_after.unwrap_or(STALLED_AFTER_S);
+    if !(stalled_after.is_finite() && stalled_after >= 1.0) {
+        return Err(ApiError::BadRequest(
+            "stalled_after must be 1 second or more".into(),
+        ));
+    }
+    let h = state
+        .db
+        .send(Health {
+            org: principal.org.clone(),
+            stalled_after_s: stalled_after,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
+    // Only the rooms the token may see.
+    let stalled: Vec<_> = h
+        .stalled
+        .iter()
+        .filter(|(room, _, _)| principal.may_access(room))
+        .map(|(room, at, idle)| json!({"room": room, "last_event_at": at, "idle_s": idle.round()}))
+        .collect();
+    let listener = state.listener_up.load(Ordering::Acquire);
+    let delivered = |via: &str| {
+        state
+            .metrics
+            .events_delivered
+            .with_label_values(&[via])
+            .get()
+    };
+    let (push, catchup) = (delivered("push"), delivered("catchup"));
+    let ratio = if push + catchup == 0 {
+        serde_json::Value::Null
+    } else {
+        json!(((push as f64 / (push + catchup) as f64) * 1000.0).round() / 1000.0)
+    };
+    let degraded = !listener || !stalled.is_empty();
+    Ok(HttpResponse::Ok().json(json!({
+        "org": principal.org,
+        "status": if degraded { "degraded" } else { "ok" },
+        "listener": if listener { "connected" } else { "disconnected" },
+        "rooms_in_progress": h.rooms_in_progress,
+        "last_publish_at": h.last_publish_at,
+        "stalled_after_s": stalled_after,
+        "stalled_rooms": stalled,
+        // This server's deliveries (all orgs): how much arrives live.
+        "delivery": {
+            "push": push,
+            "catchup": catchup,
+            "poll": delivered("poll"),
+            "sse": delivered("sse"),
+            "push_ratio": ratio,
+        },
+    })))
 }

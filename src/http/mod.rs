@@ -47,6 +47,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/openapi.json", web::get().to(openapi::openapi))
     .route("/v1/ws", web::get().to(ws::connect))
     .route("/v1/rooms/{room}/ws", web::get().to(ws::connect_room))
+    .route("/v1/health", web::get().to(health::org))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(metrics::metrics))

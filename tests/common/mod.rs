@@ -252,6 +252,8 @@ pub async fn publish(port: u16, token: &str, room: &str, ty: &str, data: Value) 
 pub struct WsClient {
     framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
     pub closed: Option<Option<ws::CloseReason>>,
+    /// The connection ended (closed, broken or reset).
+    pub ended: bool,
 }
 
 impl WsClient {
@@ -284,6 +286,7 @@ impl WsClient {
         Ok(WsClient {
             framed,
             closed: None,
+            ended: false,
         })
     }
 
@@ -301,10 +304,18 @@ impl WsClient {
     /// The next JSON message, or None on close or after `wait`.
     pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
+        if self.ended {
+            return None;
+        }
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.framed.next())
-                .await
-                .ok()??;
+            let frame = match tokio::time::timeout_at(deadline, self.framed.next()).await {
+                Err(_) => return None,
+                Ok(None) => {
+                    self.ended = true;
+                    return None;
+                }
+                Ok(Some(frame)) => frame,
+            };
             match frame {
                 Ok(ws::Frame::Text(b)) => return serde_json::from_slice(&b).ok(),
                 Ok(ws::Frame::Ping(p)) => {
@@ -312,10 +323,14 @@ impl WsClient {
                 }
                 Ok(ws::Frame::Close(reason)) => {
                     self.closed = Some(reason);
+                    self.ended = true;
                     return None;
                 }
                 Ok(_) => {}
-                Err(_) => return None,
+                Err(_) => {
+                    self.ended = true;
+                    return None;
+                }
             }
         }
     }

@@ -1,0 +1,688 @@
+//! Chaos scenarios, each bounded in time, all on loopback, against the real
+//! `roomcast serve` binary (separate processes: killable, and their peak RSS
+//! is read from /proc). A verifier checks, per client and room, exactly 1..N
+//! in order: every frame a client receives is recorded, so a duplicate or a
+//! gap is counted, never hidden. Each scenario prints one `CHAOS` line with
+//! events, clients, losses, duplicates and the servers' peak RSS, and writes
+//! it as JSON under target/chaos/.
+//!
+//! The scenarios run one at a time (they share the machine's two cores).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use rand::Rng;
+use serde_json::{json, Value};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Peak resident set of a process, in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// What one client saw of one room: every seq, in arrival order.
+struct Seen {
+    room: String,
+    seqs: Vec<i64>,
+}
+
+/// Losses and duplicates against exactly 1..=n in order.
+fn verify(seen: &[Seen], n_of: impl Fn(&str) -> i64) -> (u64, u64) {
+    let (mut losses, mut dups) = (0u64, 0u64);
+    for s in seen {
+        let n = n_of(&s.room);
+        let mut last = 0;
+        let mut got = 0;
+        for &q in &s.seqs {
+            if q <= last {
+                dups += 1;
+            } else {
+                if q != last + 1 {
+                    losses += (q - last - 1) as u64;
+                }
+                last = q;
+                got += 1;
+            }
+        }
+        losses += (n - last).max(0) as u64;
+        let _ = got;
+    }
+    (losses, dups)
+}
+
+struct Report<'a> {
+    scenario: &'a str,
+    events: i64,
+    clients: usize,
+    losses: u64,
+    duplicates: u64,
+    peak_rss_mib: f64,
+    seconds: f64,
+    extra: Value,
+}
+
+impl Report<'_> {
+    fn print(&self) {
+        let line = json!({
+            "scenario": self.scenario,
+            "events": self.events,
+            "clients": self.clients,
+            "losses": self.losses,
+            "duplicates": self.duplicates,
+            "peak_rss_mib": (self.peak_rss_mib * 10.0).round() / 10.0,
+            "seconds": (self.seconds * 10.0).round() / 10.0,
+            "extra": self.extra,
+        });
+        println!("CHAOS {line}");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../chaos");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            dir.join(format!("{}.json", self.scenario)),
+            line.to_string(),
+        );
+        assert_eq!(self.losses, 0, "{} lost events", self.scenario);
+        assert_eq!(self.duplicates, 0, "{} duplicated events", self.scenario);
+    }
+}
+
+/// A WebSocket client that follows `room` until it has seen seq `n`,
+/// reconnecting (rotating over `ports`) with `since` = its last seq whenever
+/// the connection drops, and dropping it on purpose every `drop_ms` if given.
+async fn follow(
+    ports: Arc<Vec<u16>>,
+    first: usize,
+    room: String,
+    n: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    drop_ms: Option<(u64, u64)>,
+    deadline: Instant,
+) -> Seen {
+    let tok = token(
+        "acme",
+        &format!("viewer-{}", rand::rng().random::<u32>()),
+        false,
+    );
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut last = 0i64;
+    let mut attempt = first;
+    while Instant::now() < deadline {
+        if done.load(Ordering::Acquire) && last >= n.load(Ordering::Acquire) as i64 {
+            break;
+        }
+        let port = ports[attempt % ports.len()];
+        attempt += 1;
+        let path = format!("/v1/rooms/{room}/ws?since={last}&token={tok}");
+        let mut ws = match WsClient::try_connect(port, &path).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                let backoff = rand::rng().random_range(50..250);
+                actix_web::rt::time::sleep(Duration::from_millis(backoff)).await;
+                continue;
+            }
+        };
+        let until = drop_ms.map(|(lo, hi)| {
+            Instant::now() + Duration::from_millis(rand::rng().random_range(lo..hi))
+        });
+        loop {
+            if done.load(Ordering::Acquire) && last >= n.load(Ordering::Acquire) as i64 {
+                break;
+            }
+            let wait = match until {
+                Some(t) if Instant::now() >= t => break,
+                Some(t) => t - Instant::now(),
+                None => Duration::from_secs(2),
+            };
+            match ws.recv_within(wait.min(Duration::from_secs(2))).await {
+                Some(m) if m["op"] == "event" => {
+                    let q = m["seq"].as_i64().unwrap();
+                    seqs.push(q);
+                    last = last.max(q);
+                }
+                Some(_) => {}
+                // The connection ended (killed server, close): reconnect.
+                None if ws.ended => break,
+                None if Instant::now() >= deadline => break,
+                None => {}
+            }
+        }
+        ws.close().await;
+    }
+    Seen { room, seqs }
+}
+
+/// Publishes `per_room` events into each room, alternating over `ports`,
+/// retrying every refusal with the same idempotency key until it is
+/// acknowledged. Answers the number of 503 answers seen.
+async fn produce(
+    ports: Arc<Vec<u16>>,
+    rooms: Vec<String>,
+    per_room: i64,
+    pace: Duration,
+    published: Arc<AtomicU64>,
+) -> u64 {
+    let tok = token("acme", "producer", true);
+    let mut unavailable = 0;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    for i in 1..=per_room {
+        for (r, room) in rooms.iter().enumerate() {
+            let body = json!({"type": "tick", "id": format!("{room}-{i}"), "data": {"i": i}});
+            let mut attempt = i as usize + r;
+            loop {
+                assert!(
+                    Instant::now() < give_up,
+                    "{room}: event {i} never acknowledged"
+                );
+                let port = ports[attempt % ports.len()];
+                attempt += 1;
+                let sent = awc::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .finish()
+                    .post(format!("http://127.0.0.1:{port}/v1/rooms/{room}/events"))
+                    .insert_header(("authorization", format!("Bearer {tok}")))
+                    .send_json(&body)
+                    .await;
+                match sent {
+                    Ok(mut res) if res.status().is_success() => {
+                        let v: Value = res.json().await.unwrap_or(Value::Null);
+                        assert_eq!(v["seq"].as_i64(), Some(i), "{room}: {v}");
+                        break;
+                    }
+                    Ok(res) => {
+                        if res.status().as_u16() == 503 {
+                            unavailable += 1;
+                        }
+                        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(_) => actix_web::rt::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        published.fetch_add(1, Ordering::Release);
+        if !pace.is_zero() {
+            actix_web::rt::time::sleep(pace).await;
+        }
+    }
+    unavailable
+}
+
+fn rooms(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("chaos-{i}")).collect()
+}
+
+/// Followers of every room, `per_room` each, spread over `ports`.
+#[allow(clippy::too_many_arguments)]
+async fn followers(
+    ports: &Arc<Vec<u16>>,
+    rooms: &[String],
+    per_room: usize,
+    n: &Arc<AtomicU64>,
+    done: &Arc<AtomicBool>,
+    drop_ms: Option<(u64, u64)>,
+    deadline: Instant,
+) -> Vec<Seen> {
+    let mut tasks = Vec::new();
+    for (r, room) in rooms.iter().enumerate() {
+        for c in 0..per_room {
+            tasks.push(follow(
+                ports.clone(),
+                r + c,
+                room.clone(),
+                n.clone(),
+                done.clone(),
+                drop_ms,
+                deadline,
+            ));
+        }
+    }
+    join_all(tasks).await
+}
+
+#[actix_web::test]
+async fn random_client_disconnects_with_resume() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    let mut server = ServerProcess::start(&db.url, 0, &[("ROOMCAST_RATE_LIMITS", "off")]);
+    let ports = Arc::new(vec![server.port]);
+    let rooms = rooms(5);
+    const PER_ROOM: i64 = 200;
+    let n = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let producing = {
+        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
+        async move {
+            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(5), n).await;
+            done.store(true, Ordering::Release);
+            u
+        }
+    };
+    let (_, seen) = tokio::join!(
+        producing,
+        followers(&ports, &rooms, 8, &n, &done, Some((100, 600)), deadline)
+    );
+    let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    Report {
+        scenario: "random_disconnects",
+        events: PER_ROOM * rooms.len() as i64,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: peak_rss_mib(server.child.id()),
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({"disconnects_every_ms": "100..600"}),
+    }
+    .print();
+    server.terminate();
+}
+
+#[actix_web::test]
+async fn kill_9_of_one_of_two_instances_and_restart() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    let env = [
+        ("ROOMCAST_RATE_LIMITS", "off"),
+        ("ROOMCAST_POLL_MS", "1000"),
+    ];
+    let mut a = ServerProcess::start(&db.url, 0, &env);
+    let b_port = free_port();
+    let mut b = ServerProcess::start(&db.url, b_port, &env);
+    let ports = Arc::new(vec![a.port, b.port]);
+    let rooms = rooms(4);
+    const PER_ROOM: i64 = 300;
+    let n = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    let producing = {
+        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
+        async move {
+            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
+            done.store(true, Ordering::Release);
+            u
+        }
+    };
+    let mut peak_b = 0.0;
+    let chaos = {
+        let n = n.clone();
+        let peak_b = &mut peak_b;
+        let url = db.url.clone();
+        async move {
+            while n.load(Ordering::Acquire) < PER_ROOM as u64 / 3 {
+                actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+            }
+            *peak_b = peak_rss_mib(b.child.id());
+            b.kill9();
+            actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+            ServerProcess::start(&url, b_port, &env)
+        }
+    };
+    let (_, seen, b2) = tokio::join!(
+        producing,
+        followers(&ports, &rooms, 10, &n, &done, None, deadline),
+        chaos
+    );
+    let mut b2 = b2;
+    let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    Report {
+        scenario: "kill9_one_of_two",
+        events: PER_ROOM * rooms.len() as i64,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: peak_rss_mib(a.child.id())
+            .max(peak_b)
+            .max(peak_rss_mib(b2.child.id())),
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({"killed": "instance b after a third of the events, restarted 1 s later"}),
+    }
+    .print();
+    a.terminate();
+    b2.terminate();
+}
+
+#[actix_web::test]
+async fn the_listener_connection_terminated_repeatedly() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    // Clients on a; events published through b: only NOTIFY (or the poll
+    // fallback) brings them to a.
+    let env = [("ROOMCAST_RATE_LIMITS", "off"), ("ROOMCAST_POLL_MS", "500")];
+    let mut a = ServerProcess::start(&db.url, 0, &env);
+    let mut b = ServerProcess::start(&db.url, 0, &env);
+    let rooms = rooms(3);
+    const PER_ROOM: i64 = 300;
+    let n = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let producing = {
+        let (rooms, n, done) = (rooms.clone(), n.clone(), done.clone());
+        let ports = Arc::new(vec![b.port]);
+        async move {
+            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
+            done.store(true, Ordering::Release);
+            u
+        }
+    };
+    let killer = {
+        let done = done.clone();
+        let admin = db.client().await;
+        async move {
+            let mut kills = 0u64;
+            while !done.load(Ordering::Acquire) {
+                actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+                let rows = admin
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                          WHERE application_name = 'roomcast-listener' AND datname = current_database()",
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.len() as u64)
+                    .unwrap_or(0);
+                kills += rows;
+            }
+            kills
+        }
+    };
+    let a_ports = Arc::new(vec![a.port]);
+    let (_, seen, kills) = tokio::join!(
+        producing,
+        followers(&a_ports, &rooms, 10, &n, &done, None, deadline),
+        killer
+    );
+    let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    assert!(kills >= 5, "listener connections terminated: {kills}");
+    Report {
+        scenario: "listener_terminated",
+        events: PER_ROOM * rooms.len() as i64,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: peak_rss_mib(a.child.id()).max(peak_rss_mib(b.child.id())),
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({"listener_connections_terminated": kills}),
+    }
+    .print();
+    a.terminate();
+    b.terminate();
+}
+
+#[actix_web::test]
+async fn postgresql_restarted_mid_stream() {
+    let _one = serial();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chaos-pg-{}", uuid::Uuid::new_v4().simple()));
+    let start = |d: std::path::PathBuf| {
+        actix_web::web::block(move || roomcast::pgcluster::PrivateCluster::start(&d))
+    };
+    let cluster = start(dir.clone()).await.unwrap().expect("private cluster");
+    let url = cluster.url("postgres");
+    let mut server = ServerProcess::start(
+        &url,
+        0,
+        &[("ROOMCAST_RATE_LIMITS", "off"), ("ROOMCAST_POLL_MS", "500")],
+    );
+    let ports = Arc::new(vec![server.port]);
+    let rooms = rooms(2);
+    const PER_ROOM: i64 = 200;
+    let n = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    let producing = {
+        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
+        async move {
+            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
+            done.store(true, Ordering::Release);
+            u
+        }
+    };
+    let chaos = {
+        let n = n.clone();
+        let dir = dir.clone();
+        async move {
+            while n.load(Ordering::Acquire) < PER_ROOM as u64 / 3 {
+                actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+            }
+            let down = Instant::now();
+            let c = actix_web::web::block(move || {
+                cluster.stop();
+                std::thread::sleep(Duration::from_secs(2));
+                cluster
+            })
+            .await
+            .unwrap();
+            drop(c);
+            let c = start(dir.clone()).await.unwrap().expect("restart");
+            (c, down.elapsed())
+        }
+    };
+    let (unavailable, seen, (cluster, outage)) = tokio::join!(
+        producing,
+        followers(&ports, &rooms, 5, &n, &done, None, deadline),
+        chaos
+    );
+    let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    assert!(
+        unavailable > 0,
+        "publishes during the outage were answered 503"
+    );
+    Report {
+        scenario: "postgresql_restart",
+        events: PER_ROOM * rooms.len() as i64,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: peak_rss_mib(server.child.id()),
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({"publishes_answered_503": unavailable, "outage_s": outage.as_secs_f64()}),
+    }
+    .print();
+    server.terminate();
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn a_slow_consumer_among_fast_ones() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    // The slow client answers no pings while it sleeps: a long heartbeat
+    // keeps the server from dropping it as dead before it reads again.
+    let mut server = ServerProcess::start(
+        &db.url,
+        0,
+        &[
+            ("ROOMCAST_RATE_LIMITS", "off"),
+            ("ROOMCAST_HEARTBEAT_MS", "120000"),
+        ],
+    );
+    let port = server.port;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut slow =
+        WsClient::connect(port, &format!("/v1/rooms/big/ws?since=0&token={viewer}")).await;
+    slow.expect_op("subscribed").await;
+    let mut fast = Vec::new();
+    for _ in 0..10 {
+        let mut ws =
+            WsClient::connect(port, &format!("/v1/rooms/big/ws?since=0&token={viewer}")).await;
+        ws.expect_op("subscribed").await;
+        fast.push(ws);
+    }
+    let started = Instant::now();
+    let blob = "x".repeat(60_000);
+    const BATCHES: i64 = 40;
+    let mut worst_lag = Duration::ZERO;
+    let mut fast_seen: Vec<Vec<i64>> = vec![Vec::new(); fast.len()];
+    for b in 0..BATCHES {
+        let events: Vec<Value> = (0..16)
+            .map(|_| json!({"type": "chunk", "data": blob}))
+            .collect();
+        let sent = Instant::now();
+        let (status, body, _) = post(
+            port,
+            "/v1/rooms/big/events",
+            &producer,
+            &json!({ "events": events }),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let until = (b + 1) * 16;
+        // Every fast client has the batch promptly while the slow one sleeps.
+        let got = join_all(
+            fast.iter_mut()
+                .map(|ws| ws.events_until("big", until, Duration::from_secs(30))),
+        )
+        .await;
+        worst_lag = worst_lag.max(sent.elapsed());
+        for (i, evs) in got.into_iter().enumerate() {
+            fast_seen[i].extend(evs.iter().map(|e| e["seq"].as_i64().unwrap()));
+        }
+    }
+    let n = BATCHES * 16;
+    let rss_while_slow = peak_rss_mib(server.child.id());
+    // The slow client reads at last: everything, exactly once, in order.
+    let mut slow_seqs = Vec::new();
+    while slow_seqs.last().copied().unwrap_or(0) < n {
+        match slow.recv_within(Duration::from_secs(30)).await {
+            Some(m) if m["op"] == "event" => slow_seqs.push(m["seq"].as_i64().unwrap()),
+            Some(_) => {}
+            None => panic!(
+                "slow client: closed {:?} after {:?}",
+                slow.closed,
+                slow_seqs.last()
+            ),
+        }
+    }
+    let mut seen: Vec<Seen> = fast_seen
+        .into_iter()
+        .map(|seqs| Seen {
+            room: "big".into(),
+            seqs,
+        })
+        .collect();
+    seen.push(Seen {
+        room: "big".into(),
+        seqs: slow_seqs,
+    });
+    let (losses, duplicates) = verify(&seen, |_| n);
+    // 40 MB went through the room; the server holds far less than that.
+    assert!(
+        rss_while_slow < 200.0,
+        "server peak RSS {rss_while_slow:.0} MiB"
+    );
+    assert!(
+        worst_lag < Duration::from_secs(10),
+        "fast clients lagged {worst_lag:?}"
+    );
+    Report {
+        scenario: "slow_consumer",
+        events: n,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: rss_while_slow,
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({
+            "bytes_published_mb": (n * 60_000) as f64 / 1e6,
+            "fast_clients_worst_batch_lag_ms": worst_lag.as_millis() as u64,
+        }),
+    }
+    .print();
+    server.terminate();
+}
+
+#[actix_web::test]
+async fn a_reconnect_storm_of_2000_clients() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    let mut server = ServerProcess::start(
+        &db.url,
+        0,
+        &[("ROOMCAST_RATE_LIMITS", "off"), ("ROOMCAST_WORKERS", "2")],
+    );
+    let ports = Arc::new(vec![server.port]);
+    let rooms = rooms(10);
+    const CLIENTS: usize = 2000;
+    const BEFORE: i64 = 50;
+    const PER_ROOM: i64 = 100;
+    // History first: every client resumes from 0 and has to catch up.
+    let n = Arc::new(AtomicU64::new(0));
+    let pre = Arc::new(AtomicU64::new(0));
+    produce(ports.clone(), rooms.clone(), BEFORE, Duration::ZERO, pre).await;
+    let catchup_before = metric(server.port, "roomcast_db_queries_total{kind=\"catchup\"}").await;
+    n.store(BEFORE as u64, Ordering::Release);
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(90);
+    // The rest is published while the storm comes in.
+    let producing = {
+        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
+        async move {
+            let tok = token("acme", "producer", true);
+            for i in BEFORE + 1..=PER_ROOM {
+                for room in &rooms {
+                    let (status, body, _) = post(
+                        ports[0],
+                        &format!("/v1/rooms/{room}/events"),
+                        &tok,
+                        &json!({"type": "tick", "id": format!("{room}-{i}")}),
+                    )
+                    .await;
+                    assert!(status == 201 || status == 200, "{body}");
+                }
+                n.store(i as u64, Ordering::Release);
+                actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+            }
+            done.store(true, Ordering::Release);
+        }
+    };
+    let (_, seen) = tokio::join!(
+        producing,
+        followers(
+            &ports,
+            &rooms,
+            CLIENTS / rooms.len(),
+            &n,
+            &done,
+            None,
+            deadline
+        )
+    );
+    let caught_up = started.elapsed();
+    let catchup_queries =
+        metric(server.port, "roomcast_db_queries_total{kind=\"catchup\"}").await - catchup_before;
+    let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    Report {
+        scenario: "reconnect_storm",
+        events: PER_ROOM * rooms.len() as i64,
+        clients: seen.len(),
+        losses,
+        duplicates,
+        peak_rss_mib: peak_rss_mib(server.child.id()),
+        seconds: caught_up.as_secs_f64(),
+        extra: json!({"catchup_queries": catchup_queries, "history_per_room_before_storm": BEFORE}),
+    }
+    .print();
+    server.terminate();
+}

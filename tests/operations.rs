@@ -1,0 +1,123 @@
+//! What operators see: `/v1/health` for an org (seed 003: stalled pipelines,
+//! last publish, listener, push versus catch-up) and `/metrics` (one
+//! registry: roomcast's metrics, HTTP request metrics, pool usage, backlog).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[actix_web::test]
+async fn org_health_reports_stalled_pipelines_and_delivery() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/busy/ws?since=0&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+    publish(
+        app.port,
+        &producer,
+        "idle",
+        "stage",
+        json!({"stage": "diarization"}),
+    )
+    .await;
+    let (status, _, _) = post(
+        app.port,
+        "/v1/rooms/done/events",
+        &producer,
+        &json!({"type": "done", "status": "completed"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    publish(app.port, &producer, "busy", "segment", json!({})).await;
+    ws.events_until("busy", 1, Duration::from_secs(10)).await;
+
+    let (status, h, _) = get(app.port, "/v1/health?stalled_after=1", &viewer, &[]).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["org"], "acme");
+    assert_eq!(h["listener"], "connected");
+    assert_eq!(h["rooms_in_progress"], 2);
+    assert_eq!(
+        h["status"], "degraded",
+        "a stalled room degrades the org: {h}"
+    );
+    let stalled: Vec<&str> = h["stalled_rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room"].as_str().unwrap())
+        .collect();
+    assert_eq!(stalled, ["idle"], "{h}");
+    assert!(h["stalled_rooms"][0]["idle_s"].as_f64().unwrap() >= 1.0);
+    assert_eq!(h["last_publish_at"].as_str().unwrap().len(), 24);
+    assert!(h["delivery"]["push"].as_u64().unwrap() >= 1, "{h}");
+    assert!(h["delivery"]["push_ratio"].is_number());
+
+    // The default threshold (120 s): nothing is stalled yet.
+    let (_, h, _) = get(app.port, "/v1/health", &viewer, &[]).await;
+    assert_eq!(h["status"], "ok", "{h}");
+    // Another org sees only its own rooms.
+    let (_, h, _) = get(
+        app.port,
+        "/v1/health?stalled_after=1",
+        &token("globex", "v", false),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (h["rooms_in_progress"].clone(), h["stalled_rooms"].clone()),
+        (json!(0), json!([]))
+    );
+    assert_eq!(h["last_publish_at"], json!(null));
+    // A rooms claim limits the stalled rooms shown.
+    let narrow = token_with("acme", "v", false, Some(vec!["busy"]), 60);
+    let (_, h, _) = get(app.port, "/v1/health?stalled_after=1", &narrow, &[]).await;
+    assert_eq!(h["stalled_rooms"], json!([]));
+    for (path, tok, want) in [
+        ("/v1/health", "", 401),
+        ("/v1/health?stalled_after=0", viewer.as_str(), 400),
+        ("/v1/health?stalled_after=x", viewer.as_str(), 400),
+    ] {
+        let (status, body, _) = get(app.port, path, tok, &[]).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"]["code"].is_string());
+    }
+}
+
+#[actix_web::test]
+async fn metrics_hold_pool_backlog_transport_and_http_request_figures() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let _sse = SseClient::connect(app.port, &format!("/v1/rooms/m/sse?token={viewer}"), &[]).await;
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/m/ws?token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    publish(app.port, &producer, "m", "x", json!({})).await;
+    ws.events_until("m", 1, Duration::from_secs(10)).await;
+    get(app.port, "/v1/rooms/m/events?since=0", &viewer, &[]).await;
+
+    let text = http_get_text(app.port, "/metrics").await;
+    for name in [
+        "roomcast_connections{transport=\"ws\"} 1",
+        "roomcast_connections{transport=\"sse\"} 1",
+        "roomcast_db_pool_connections{state=\"max\"} 8",
+        "roomcast_session_backlog_bytes",
+        "roomcast_http_requests_total",
+        "roomcast_http_requests_duration_seconds",
+        "roomcast_events_delivered_total{via=\"poll\"} 1",
+        "roomcast_publish_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(metric(app.port, "roomcast_db_pool_connections{state=\"size\"}").await >= 1);
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 use futures_util::future::join_all;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
@@ -150,9 +150,39 @@ impl Reads {
 /// Pool connections kept for publishes whatever the reads do.
 const RESERVED_FOR_PUBLISH: usize = 4;
 
+/// Sends the hints of this instance's commits, batched: while one NOTIFY
+/// statement runs, the next hints gather (and coalesce per room), so the
+/// database takes one notifying commit per batch instead of one per publish.
+/// A hint lost here (a crash right after a commit) is covered by every
+/// instance's poll fallback.
+async fn notifier(pool: Pool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<(RoomKey, i64)>) {
+    while let Some((key, seq)) = rx.recv().await {
+        let mut batch: HashMap<RoomKey, i64> = HashMap::new();
+        batch.insert(key, seq);
+        while let Ok((k, s)) = rx.try_recv() {
+            let e = batch.entry(k).or_insert(s);
+            *e = (*e).max(s);
+        }
+        let payloads: Vec<String> = batch
+            .into_iter()
+            .map(|(k, s)| serde_json::json!([k.org, k.room, s]).to_string())
+            .collect();
+        metrics.queries(QueryKind::Publish, 1);
+        let sent = async {
+            let client = pool.get().await?;
+            store::notify_hints(&client, &payloads).await
+        };
+        if let Err(e) = sent.await {
+            log::warn!("{} hints not sent (the poll fallback covers them): {e}", payloads.len());
+        }
+    }
+}
+
 pub struct Db {
     pool: Pool,
     reads: Reads,
+    /// This instance's commits, to the notifier.
+    hints: mpsc::UnboundedSender<(RoomKey, i64)>,
     metrics: Arc<Metrics>,
     /// Where committed events go (the Broadcaster).
     router: Recipient<Committed>,
@@ -169,7 +199,10 @@ pub struct Db {
 impl Db {
     pub fn new(pool: Pool, metrics: Arc<Metrics>, router: Recipient<Committed>, page: i64) -> Self {
         let readers = (pool.status().max_size.saturating_sub(RESERVED_FOR_PUBLISH)).max(2);
+        let (hints, rx) = mpsc::unbounded_channel();
+        actix_web::rt::spawn(notifier(pool.clone(), metrics.clone(), rx));
         Db {
+            hints,
             reads: Reads {
                 pool: pool.clone(),
                 permits: Arc::new(Semaphore::new(readers)),
@@ -287,6 +320,9 @@ impl Handler<Publish> for Db {
                     ts: p.ts.clone(),
                 };
                 frames.push(Frame::encode(&msg.key.room, &event, Via::Push));
+            }
+            if let Some(last) = frames.last() {
+                let _ = act.hints.send((msg.key.clone(), last.seq));
             }
             if !frames.is_empty() {
                 act.metrics.events_published.inc_by(frames.len() as u64);

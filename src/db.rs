@@ -155,7 +155,11 @@ const RESERVED_FOR_PUBLISH: usize = 4;
 /// database takes one notifying commit per batch instead of one per publish.
 /// A hint lost here (a crash right after a commit) is covered by every
 /// instance's poll fallback.
-async fn notifier(pool: Pool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<(RoomKey, i64)>) {
+async fn notifier(
+    pool: Pool,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<(RoomKey, i64)>,
+) {
     while let Some((key, seq)) = rx.recv().await {
         let mut batch: HashMap<RoomKey, i64> = HashMap::new();
         batch.insert(key, seq);
@@ -173,7 +177,10 @@ async fn notifier(pool: Pool, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedRece
             store::notify_hints(&client, &payloads).await
         };
         if let Err(e) = sent.await {
-            log::warn!("{} hints not sent (the poll fallback covers them): {e}", payloads.len());
+            log::warn!(
+                "{} hints not sent (the poll fallback covers them): {e}",
+                payloads.len()
+            );
         }
     }
 }

@@ -399,7 +399,10 @@ pub async fn org_health(
 
 /// Sends NOTIFY hints `[org, room, seq]` on channel `roomcast`, many in one
 /// statement (one commit, one lock, for the whole batch).
-pub async fn notify_hints(client: &impl GenericClient, payloads: &[String]) -> Result<(), StoreError> {
+pub async fn notify_hints(
+    client: &impl GenericClient,
+    payloads: &[String],
+) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached("SELECT pg_notify('roomcast', h) FROM unnest($1::text[]) AS h")
         .await?;

@@ -21,7 +21,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use crate::db::{Announce, PollPage, Publish};
 use crate::protocol::{
-    parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomId, RoomKey, RoomStatus,
+    parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomKey, RoomStatus,
 };
 use crate::room::{Ephemeral, Observed, Watch};
 use crate::startup::AppState;
@@ -78,23 +78,13 @@ pub async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.auth.from_request(&req)?;
-    let room = RoomId::parse(&path)?;
+    let (principal, key) = super::caller_room(&state, &req, &path)?;
     if !principal.can_publish {
         return Err(ApiError::Forbidden(
             "this token may not publish (no \"pub\": true claim)".into(),
         ));
     }
-    if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden(
-            "the token's rooms claim does not cover this room".into(),
-        ));
-    }
     let body = read_body(payload, MAX_BODY).await?;
-    let key = RoomKey {
-        org: principal.org,
-        room,
-    };
     publish_body(&state, key, &body).await
 }
 
@@ -260,13 +250,7 @@ pub async fn poll(
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.auth.from_request(&req)?;
-    let room = RoomId::parse(&path)?;
-    if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden(
-            "the token's rooms claim does not cover this room".into(),
-        ));
-    }
+    let (_, key) = super::caller_room(&state, &req, &path)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -290,10 +274,6 @@ pub async fn poll(
             return Err(ApiError::BadRequest("since must be 0 or more".into()))
         }
         (s, None) => PollFrom::Seq(s.unwrap_or(0)),
-    };
-    let key = RoomKey {
-        org: principal.org,
-        room,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let busy = |_| ApiError::Unavailable("server is busy".into());

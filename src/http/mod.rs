@@ -16,7 +16,33 @@ pub mod ws;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
+use actix_web::HttpRequest;
+
+use crate::auth::Principal;
+use crate::protocol::{RoomId, RoomKey};
+use crate::startup::AppState;
 use error::ApiError;
+
+/// What every room endpoint starts with: the caller (from its token), and the
+/// room `room` of the caller's org, which its `rooms` claim must cover.
+pub fn caller_room(
+    state: &AppState,
+    req: &HttpRequest,
+    room: &str,
+) -> Result<(Principal, RoomKey), ApiError> {
+    let principal = state.auth.from_request(req)?;
+    let room = RoomId::parse(room)?;
+    if !principal.may_access(room.as_str()) {
+        return Err(ApiError::Forbidden(
+            "the token's rooms claim does not cover this room".into(),
+        ));
+    }
+    let key = RoomKey {
+        org: principal.org.clone(),
+        room,
+    };
+    Ok((principal, key))
+}
 
 /// Every route of the server.
 pub fn routes(cfg: &mut web::ServiceConfig) {

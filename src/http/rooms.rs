@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use crate::db::{ListRooms, Snapshot};
-use crate::protocol::{RoomId, RoomKey, RoomList, RoomSnapshot, RoomStatus};
+use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus};
 use crate::startup::AppState;
 use crate::store::RoomRow;
 
@@ -48,17 +48,7 @@ pub async fn get(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.auth.from_request(&req)?;
-    let room = RoomId::parse(&path)?;
-    if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden(
-            "the token's rooms claim does not cover this room".into(),
-        ));
-    }
-    let key = RoomKey {
-        org: principal.org,
-        room,
-    };
+    let (_, key) = super::caller_room(&state, &req, &path)?;
     let row = state
         .db
         .send(Snapshot { key: key.clone() })

@@ -9,7 +9,6 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::protocol::{RoomId, RoomKey};
 use crate::sse;
 use crate::startup::AppState;
 
@@ -47,13 +46,7 @@ pub async fn stream(
     query: web::Query<SseQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let principal = state.auth.from_request(&req)?;
-    let room = RoomId::parse(&path)?;
-    if !principal.may_access(room.as_str()) {
-        return Err(ApiError::Forbidden(
-            "the token's rooms claim does not cover this room".into(),
-        ));
-    }
+    let (principal, key) = super::caller_room(&state, &req, &path)?;
     let last_event_id = match req.headers().get("last-event-id") {
         None => None,
         Some(v) => Some(
@@ -69,10 +62,6 @@ pub async fn stream(
     }
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
-    let key = RoomKey {
-        org: principal.org.clone(),
-        room,
-    };
     let body = sse::start(state, principal, slot, key, since);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))

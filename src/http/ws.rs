@@ -6,7 +6,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::protocol::RoomId;
 use crate::session;
 use crate::startup::AppState;
 
@@ -35,16 +34,11 @@ pub async fn connect_room(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
-    let room = RoomId::parse(&path).map_err(ApiError::from)?;
+    let (principal, key) = super::caller_room(&state, &req, &path)?;
     if query.since.is_some_and(|s| s < 0) {
         return Err(ApiError::BadRequest("since must be 0 or more".into()).into());
     }
-    if !principal.may_access(room.as_str()) {
-        return Err(
-            ApiError::Forbidden("the token's rooms claim does not cover this room".into()).into(),
-        );
-    }
+    let room = key.room;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
     session::start(

@@ -76,8 +76,14 @@ async fn clients_resume_exactly_once_across_kill_9_and_restart() {
     let viewer = token("acme", "viewer", false);
     let mut ws = WsClient::connect(port, &format!("/v1/rooms/meeting/ws?token={viewer}")).await;
     ws.expect_op("subscribed").await;
+    let stopping = std::time::Instant::now();
     let status = server.terminate();
+    let took = stopping.elapsed();
     assert!(status.success(), "exit status {status}");
+    // Within a bound: an idle server exits in milliseconds; requests in
+    // flight get at most the 10 s shutdown timeout.
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    eprintln!("SIGTERM to exit 0 with one WebSocket open: {took:?}");
     assert!(ws.recv_within(Duration::from_secs(5)).await.is_none());
     let reason = ws.closed.clone().flatten().expect("a close frame");
     assert_eq!(u16::from(reason.code), 1001);

@@ -67,6 +67,14 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_BACKLOG_CLOSE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub backlog_close_bytes: usize,
 
+    /// Unsent frames a session may have queued before it stops taking pushes.
+    #[arg(long, env = "ROOMCAST_BACKLOG_FRAMES", default_value_t = 1024)]
+    pub backlog_frames: usize,
+
+    /// Unsent frames past which a session is closed (4008).
+    #[arg(long, env = "ROOMCAST_BACKLOG_CLOSE_FRAMES", default_value_t = 16384)]
+    pub backlog_close_frames: usize,
+
     /// `off` turns every rate limit off (for benchmarks); size limits stay.
     #[arg(long, env = "ROOMCAST_RATE_LIMITS", value_enum, default_value_t = Switch::On)]
     pub rate_limits: Switch,
@@ -103,6 +111,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The backlog bounds of a WebSocket or SSE session.
+    pub fn backlog(&self) -> crate::outbox::Bounds {
+        crate::outbox::Bounds {
+            bytes: self.backlog_bytes,
+            frames: self.backlog_frames,
+            close_bytes: self.backlog_close_bytes,
+            close_frames: self.backlog_close_frames,
+        }
+    }
+
     /// A configuration for tests and embedding: everything at its default.
     pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Self {
         Config {
@@ -118,6 +136,8 @@ impl Config {
             max_subscriptions: 100,
             backlog_bytes: 256 * 1024,
             backlog_close_bytes: 4 * 1024 * 1024,
+            backlog_frames: 1024,
+            backlog_close_frames: 16384,
             rate_limits: Switch::On,
             publish_rate: 200,
             publish_burst: 1000,

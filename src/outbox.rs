@@ -6,8 +6,11 @@
 //! socket (the HTTP/1 dispatcher only pulls the body while its own write
 //! buffer is small). The difference is the session's unsent backlog: past the
 //! soft bound the session stops taking pushes and pulls its catch-up from the
-//! database as it drains; past the hard bound it is closed (4008).
+//! database as it drains; past the hard bound it is closed (4008). Bounds are
+//! in bytes and in frames: the end offset of every unsent frame is kept, so
+//! the frames still queued are counted exactly.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,24 +21,43 @@ use futures_util::Stream;
 
 use crate::metrics::Backlog;
 
+/// Soft and hard bounds of a session's unsent backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub bytes: usize,
+    pub frames: usize,
+    pub close_bytes: usize,
+    pub close_frames: usize,
+}
+
 pub struct Outbox {
     /// Written by the session, taken by the transport; shared with the
     /// metrics (`roomcast_session_backlog_bytes`).
     counters: Arc<Backlog>,
-    soft: u64,
-    hard: u64,
+    /// End offsets (in written bytes) of the frames not yet taken.
+    ends: VecDeque<u64>,
+    bounds: Bounds,
 }
 
 impl Outbox {
-    pub fn new(soft: usize, hard: usize) -> Self {
+    pub fn new(bounds: Bounds) -> Self {
         Outbox {
             counters: Arc::new(Backlog {
                 written: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
             }),
-            soft: soft as u64,
-            hard: hard.max(soft) as u64,
+            ends: VecDeque::new(),
+            bounds,
         }
+    }
+
+    /// Frames handed to the transport and not yet (wholly) taken.
+    pub fn frames(&mut self) -> usize {
+        let sent = self.counters.sent.load(Ordering::Relaxed);
+        while self.ends.front().is_some_and(|&end| end <= sent) {
+            self.ends.pop_front();
+        }
+        self.ends.len()
     }
 
     /// The counters, for the transport's body stream and the metrics.
@@ -43,9 +65,11 @@ impl Outbox {
         self.counters.clone()
     }
 
-    /// `n` more bytes were handed to the transport.
+    /// One more frame of `n` bytes was handed to the transport.
     pub fn wrote(&mut self, n: usize) {
-        self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+        let end = self.counters.written.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        self.frames(); // forget what was taken
+        self.ends.push_back(end);
     }
 
     /// Bytes handed to the transport and not yet taken by the HTTP layer.
@@ -53,20 +77,21 @@ impl Outbox {
         self.counters.bytes()
     }
 
-    /// Below the soft bound: events may be pushed.
-    pub fn has_room(&self) -> bool {
-        self.backlog() < self.soft
+    /// Below the soft bounds: events may be pushed.
+    pub fn has_room(&mut self) -> bool {
+        self.backlog() < self.bounds.bytes as u64 && self.frames() < self.bounds.frames
     }
 
-    /// Drained to half the soft bound: a session that stopped taking pushes
+    /// Drained to half the soft bounds: a session that stopped taking pushes
     /// resumes (the gap keeps it from flapping at the bound).
-    pub fn drained(&self) -> bool {
-        self.backlog() <= self.soft / 2
+    pub fn drained(&mut self) -> bool {
+        self.backlog() <= self.bounds.bytes as u64 / 2 && self.frames() <= self.bounds.frames / 2
     }
 
-    /// Past the hard bound: the session is closed.
-    pub fn overflowed(&self) -> bool {
-        self.backlog() > self.hard
+    /// Past a hard bound: the session is closed.
+    pub fn overflowed(&mut self) -> bool {
+        self.backlog() > self.bounds.close_bytes.max(self.bounds.bytes) as u64
+            || self.frames() > self.bounds.close_frames.max(self.bounds.frames)
     }
 }
 
@@ -117,9 +142,18 @@ where
 mod tests {
     use super::*;
 
+    fn bounds(bytes: usize, frames: usize) -> Bounds {
+        Bounds {
+            bytes,
+            frames,
+            close_bytes: bytes * 4,
+            close_frames: frames * 4,
+        }
+    }
+
     #[test]
     fn backlog_bounds() {
-        let mut out = Outbox::new(100, 400);
+        let mut out = Outbox::new(bounds(100, 1000));
         assert!(out.has_room());
         out.wrote(150);
         assert!(!out.has_room() && !out.drained() && !out.overflowed());
@@ -130,5 +164,25 @@ mod tests {
         assert_eq!(ws_frame_len(10), 12);
         assert_eq!(ws_frame_len(200), 204);
         assert_eq!(ws_frame_len(70_000), 70_010);
+    }
+
+    #[test]
+    fn frame_bounds() {
+        let mut out = Outbox::new(bounds(1 << 20, 4));
+        for _ in 0..3 {
+            out.wrote(10);
+        }
+        assert_eq!(out.frames(), 3);
+        assert!(out.has_room());
+        out.wrote(10);
+        assert!(!out.has_room(), "4 frames queued");
+        // The transport takes one and a half frames: two are still queued.
+        out.counters().sent.fetch_add(25, Ordering::Relaxed);
+        assert_eq!(out.frames(), 2);
+        assert!(out.drained() && out.has_room());
+        for _ in 0..15 {
+            out.wrote(1);
+        }
+        assert!(out.overflowed(), "17 frames > 16");
     }
 }

@@ -92,7 +92,7 @@ impl WsSession {
         slot: ConnectionSlot,
         initial: Option<(RoomId, Option<i64>)>,
     ) -> Self {
-        let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
+        let out = Outbox::new(state.config.backlog());
         WsSession {
             limiter: state.limits.client_limiter(),
             refused: 0,

@@ -50,7 +50,7 @@ pub fn start(
     since: Option<i64>,
 ) -> Body {
     let (tx, rx) = mpsc::unbounded_channel();
-    let out = Outbox::new(state.config.backlog_bytes, state.config.backlog_close_bytes);
+    let out = Outbox::new(state.config.backlog());
     let counters = out.counters();
     let body = Counted::new(Receiver(rx), counters.clone());
     let id = state.next_session_id();

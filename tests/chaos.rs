@@ -167,20 +167,22 @@ async fn follow(
     Seen { room, seqs }
 }
 
-/// Publishes `per_room` events into each room, alternating over `ports`,
+/// Publishes events `first..=last` into each room, alternating over `ports`,
 /// retrying every refusal with the same idempotency key until it is
-/// acknowledged. Answers the number of 503 answers seen.
+/// acknowledged; counts finished rounds in `published` and sets `done` at the
+/// end. Answers the number of 503 answers seen.
 async fn produce(
     ports: Arc<Vec<u16>>,
     rooms: Vec<String>,
-    per_room: i64,
+    (first, last): (i64, i64),
     pace: Duration,
     published: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
 ) -> u64 {
     let tok = token("acme", "producer", true);
     let mut unavailable = 0;
     let give_up = Instant::now() + Duration::from_secs(120);
-    for i in 1..=per_room {
+    for i in first..=last {
         for (r, room) in rooms.iter().enumerate() {
             let body = json!({"type": "tick", "id": format!("{room}-{i}"), "data": {"i": i}});
             let mut attempt = i as usize + r;
@@ -219,6 +221,7 @@ async fn produce(
             actix_web::rt::time::sleep(pace).await;
         }
     }
+    done.store(true, Ordering::Release);
     unavailable
 }
 
@@ -266,14 +269,14 @@ async fn random_client_disconnects_with_resume() {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
-    let producing = {
-        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
-        async move {
-            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(5), n).await;
-            done.store(true, Ordering::Release);
-            u
-        }
-    };
+    let producing = produce(
+        ports.clone(),
+        rooms.clone(),
+        (1, PER_ROOM),
+        Duration::from_millis(5),
+        n.clone(),
+        done.clone(),
+    );
     let (_, seen) = tokio::join!(
         producing,
         followers(&ports, &rooms, 8, &n, &done, Some((100, 600)), deadline)
@@ -311,14 +314,14 @@ async fn kill_9_of_one_of_two_instances_and_restart() {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
-    let producing = {
-        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
-        async move {
-            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
-            done.store(true, Ordering::Release);
-            u
-        }
-    };
+    let producing = produce(
+        ports.clone(),
+        rooms.clone(),
+        (1, PER_ROOM),
+        Duration::from_millis(10),
+        n.clone(),
+        done.clone(),
+    );
     let mut peak_b = 0.0;
     let chaos = {
         let n = n.clone();
@@ -373,15 +376,14 @@ async fn the_listener_connection_terminated_repeatedly() {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
-    let producing = {
-        let (rooms, n, done) = (rooms.clone(), n.clone(), done.clone());
-        let ports = Arc::new(vec![b.port]);
-        async move {
-            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
-            done.store(true, Ordering::Release);
-            u
-        }
-    };
+    let producing = produce(
+        Arc::new(vec![b.port]),
+        rooms.clone(),
+        (1, PER_ROOM),
+        Duration::from_millis(10),
+        n.clone(),
+        done.clone(),
+    );
     let killer = {
         let done = done.clone();
         let admin = db.client().await;
@@ -448,14 +450,14 @@ async fn postgresql_restarted_mid_stream() {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
-    let producing = {
-        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
-        async move {
-            let u = produce(ports, rooms, PER_ROOM, Duration::from_millis(10), n).await;
-            done.store(true, Ordering::Release);
-            u
-        }
-    };
+    let producing = produce(
+        ports.clone(),
+        rooms.clone(),
+        (1, PER_ROOM),
+        Duration::from_millis(10),
+        n.clone(),
+        done.clone(),
+    );
     let chaos = {
         let n = n.clone();
         let dir = dir.clone();
@@ -628,35 +630,33 @@ async fn a_reconnect_storm_of_2000_clients() {
     const PER_ROOM: i64 = 100;
     // History first: every client resumes from 0 and has to catch up.
     let n = Arc::new(AtomicU64::new(0));
-    let pre = Arc::new(AtomicU64::new(0));
-    produce(ports.clone(), rooms.clone(), BEFORE, Duration::ZERO, pre).await;
+    let (rounds, finished) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    produce(
+        ports.clone(),
+        rooms.clone(),
+        (1, BEFORE),
+        Duration::ZERO,
+        rounds,
+        finished,
+    )
+    .await;
     let catchup_before = metric(server.port, "roomcast_db_queries_total{kind=\"catchup\"}").await;
-    n.store(BEFORE as u64, Ordering::Release);
+    n.store(BEFORE as u64, Ordering::Release); // rounds count on from here
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(90);
     // The rest is published while the storm comes in.
-    let producing = {
-        let (ports, rooms, n, done) = (ports.clone(), rooms.clone(), n.clone(), done.clone());
-        async move {
-            let tok = token("acme", "producer", true);
-            for i in BEFORE + 1..=PER_ROOM {
-                for room in &rooms {
-                    let (status, body, _) = post(
-                        ports[0],
-                        &format!("/v1/rooms/{room}/events"),
-                        &tok,
-                        &json!({"type": "tick", "id": format!("{room}-{i}")}),
-                    )
-                    .await;
-                    assert!(status == 201 || status == 200, "{body}");
-                }
-                n.store(i as u64, Ordering::Release);
-                actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-            }
-            done.store(true, Ordering::Release);
-        }
-    };
+    let producing = produce(
+        ports.clone(),
+        rooms.clone(),
+        (BEFORE + 1, PER_ROOM),
+        Duration::from_millis(20),
+        n.clone(),
+        done.clone(),
+    );
     let (_, seen) = tokio::join!(
         producing,
         followers(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::web;
+use actix_web::{web, HttpMessage};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -136,7 +136,12 @@ pub async fn publish_limit(
     if let Some(state) = req.app_data::<web::Data<AppState>>() {
         let org = match req.match_info().get("org") {
             Some(org) => Some(org.to_owned()),
-            None => state.auth.from_request(req.request()).ok().map(|p| p.org),
+            // The verified caller is kept for the handler (no second check).
+            None => state.auth.from_request(req.request()).ok().map(|p| {
+                let org = p.org.clone();
+                req.extensions_mut().insert(p);
+                org
+            }),
         };
         if let Some(org) = org {
             state.limits.check_publish(&org)?;

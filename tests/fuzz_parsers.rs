@@ -132,10 +132,17 @@ proptest! {
 
     #[test]
     fn structured_client_frames_parse_or_refuse(msg in client_msg_like()) {
-        if let Ok(ClientMsg::Subscribe { room, since }) = ClientMsg::parse(&msg.to_string()) {
-            // The room string is still checked by the session (RoomId::parse).
-            let _ = RoomId::parse(&room);
-            let _ = since;
+        let op = msg["op"].as_str().unwrap_or("").to_owned();
+        match ClientMsg::parse(&msg.to_string()) {
+            Ok(ClientMsg::Subscribe { room, .. }) => {
+                prop_assert_eq!(op, "subscribe");
+                // The room string is still checked by the session.
+                prop_assert_eq!(RoomId::parse(&room).is_ok(), msg["room"].as_str().is_some_and(|r| RoomId::parse(r).is_ok()));
+            }
+            Ok(ClientMsg::Unsubscribe { .. }) => prop_assert_eq!(op, "unsubscribe"),
+            Ok(ClientMsg::Ping { .. }) => prop_assert_eq!(op, "ping"),
+            Ok(ClientMsg::Auth { .. }) => prop_assert_eq!(op, "auth"),
+            Err(e) => prop_assert!(!e.0.is_empty()),
         }
     }
 

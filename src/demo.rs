@@ -166,6 +166,7 @@ async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!();
     println!("roomcast is serving on http://127.0.0.1:{port}");
     println!("  room:      {room} (org \"demo\")");
+    println!("  dashboard: http://127.0.0.1:{port}/?room={room}&token={viewer}");
     println!("  WebSocket: ws://127.0.0.1:{port}/v1/rooms/{room}/ws?since=0&token={viewer}");
     println!();
     println!("A simulated audio pipeline publishes over REST; a WebSocket client shows");

@@ -2,6 +2,7 @@
 //! wire types of `protocol` at the edge and answer errors in the contract's
 //! shape (`error.rs`).
 
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -82,6 +83,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(metrics::metrics))
+    .route("/", web::get().to(dashboard::page))
+    .route("/client.js", web::get().to(dashboard::client))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such resource".into()))
     }));

@@ -1,0 +1,80 @@
+//! `GET /` and `GET /client.js`: the dashboard and the browser client,
+//! embedded in the binary and served with an ETag (a hash of the bytes), so a
+//! browser revalidates and gets 304 until the server is upgraded.
+//!
+//! `ROOMCAST_WEB_DIR` (development only) serves the files from that folder
+//! instead, read at each request, so the page can be edited without a rebuild.
+
+use std::sync::OnceLock;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse};
+use sha2::{Digest, Sha256};
+
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    embedded: &'static str,
+    etag: OnceLock<String>,
+}
+
+static DASHBOARD: Asset = Asset {
+    name: "index.html",
+    content_type: "text/html; charset=utf-8",
+    embedded: include_str!("../web/index.html"),
+    etag: OnceLock::new(),
+};
+
+static CLIENT: Asset = Asset {
+    name: "client.js",
+    content_type: "text/javascript; charset=utf-8",
+    embedded: include_str!("../web/client.js"),
+    etag: OnceLock::new(),
+};
+
+fn etag_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    format!("\"{}\"", hex::encode(&digest[..12]))
+}
+
+fn serve(asset: &'static Asset, req: &HttpRequest) -> HttpResponse {
+    let from_disk = std::env::var_os("ROOMCAST_WEB_DIR")
+        .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(asset.name)).ok());
+    let (body, etag) = match from_disk {
+        Some(text) => {
+            let etag = etag_of(text.as_bytes());
+            (text, etag)
+        }
+        None => (
+            asset.embedded.to_owned(),
+            asset.etag.get_or_init(|| etag_of(asset.embedded.as_bytes())).clone(),
+        ),
+    };
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut res = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::ETAG, etag))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+    if fresh {
+        return res.finish();
+    }
+    res.content_type(asset.content_type).body(body)
+}
+
+/// `GET /`: the dashboard (one page, nothing loaded from outside).
+pub async fn page(req: HttpRequest) -> HttpResponse {
+    serve(&DASHBOARD, &req)
+}
+
+/// `GET /client.js`: the browser client, an ES module.
+pub async fn client(req: HttpRequest) -> HttpResponse {
+    serve(&CLIENT, &req)
+}

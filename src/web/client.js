@@ -1346,6 +1346,10 @@ export class RoomcastClient extends Emitter {
       return;
     }
     if (ev.seq > sub.cursor + 1) {
+      if (sub.pending.has(ev.seq)) {
+        this._counts.duplicates += 1;
+        return;
+      }
       sub.pending.set(ev.seq, ev);
       this._repair(sub);
       return;
@@ -1356,7 +1360,13 @@ export class RoomcastClient extends Emitter {
       sub.pending.delete(next.seq ?? -1);
       this._accept(sub, next);
     }
-    for (const seq of sub.pending.keys()) if (seq <= /** @type {number} */ (sub.cursor)) sub.pending.delete(seq);
+    // Waiting events that a read-back delivered meanwhile were received twice.
+    for (const seq of sub.pending.keys()) {
+      if (seq <= /** @type {number} */ (sub.cursor)) {
+        sub.pending.delete(seq);
+        this._counts.duplicates += 1;
+      }
+    }
   }
 
   /**

@@ -1,0 +1,176 @@
+// The dashboard against the real server: events appear live and in order,
+// the rooms list, the pipeline stepper, the mode toggle (remembered across a
+// reload) and the Refresh button.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  Server, clientState, dashboardUrl, freshOrg, launch, newContext, publish, publishN, range, screenshot,
+  sleep, timelineSeqs, timelineSources, token, until, untilStatus, untilTimeline,
+} from './harness.js';
+
+let server;
+let browser;
+
+before(async () => {
+  [server, browser] = await Promise.all([Server.start(), launch()]);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test('events published while the page is open appear in order, with the stage, the rooms and Live', async () => {
+  const org = freshOrg();
+  const room = 'meeting-live';
+  const producer = token({ org, sub: 'pipeline', pub: true });
+  // The room exists before the page opens: two events are history (catch-up).
+  await publish(server, producer, room, { type: 'upload.started', data: { file: 'sync.m4a' }, state: { stage: 'upload', progress: 0 } });
+  await publish(server, producer, room, { type: 'upload.progress', data: { progress: 0.5 }, state: { progress: 0.5 } });
+  await publish(server, producer, 'other-room', { type: 'x', data: {} });
+
+  const ctx = await newContext(browser, { mode: 'realtime' });
+  const page = await ctx.newPage();
+  await page.goto(dashboardUrl(server, token({ org }), room));
+  await untilStatus(page, 'live');
+  await untilTimeline(page, 2);
+
+  const lines = ['Morning all.', 'The build is green.', 'Ship it behind a flag.'];
+  await publish(server, producer, room, { type: 'diarization.completed', data: { speakers: ['Ana', 'Ben'] }, state: { stage: 'transcription', progress: 0 } });
+  for (const [i, text] of lines.entries()) {
+    await publish(server, producer, room, { type: 'transcript.segment', data: { speaker: 'Ana', text }, state: { progress: (i + 1) / 3 } });
+  }
+  await untilTimeline(page, 6);
+  assert.deepEqual(await timelineSeqs(page), range(1, 6));
+  const sources = await timelineSources(page);
+  assert.equal(sources[1], 'catchup');
+  assert.equal(sources[2], 'catchup');
+  for (const seq of range(3, 6)) assert.equal(sources[seq], 'push', `seq ${seq} came by push`);
+  // Newest first, with the text of the segment.
+  assert.match(await page.textContent('#timeline li:first-child'), /Ship it behind a flag/);
+  const counts = (await clientState(page)).counts;
+  assert.equal(counts.push, 4);
+  assert.equal(counts.catchup, 2);
+  assert.equal(await page.textContent('#count-push'), '4');
+  assert.equal(await page.textContent('#count-catchup'), '2');
+
+  // The stepper follows the room's state (read back after events: frames carry no state).
+  await until(page, () => document.querySelector('#stepper li[aria-current="step"]')?.dataset.stage === 'transcription', null, { what: 'stage transcription' });
+  assert.deepEqual(
+    await page.$$eval('#stepper li', (lis) => lis.map((li) => [li.dataset.stage, li.className])),
+    [['upload', 'done'], ['transcription', 'current'], ['summary', 'todo'], ['completed', 'todo']],
+  );
+
+  // Rooms of the org (and only of the org), with heads.
+  await until(page, (r) => [...document.querySelectorAll('#rooms li')].some((li) => li.dataset.room === r && li.textContent.includes('head 6')), room, { what: 'room listed with head 6' });
+  const listed = await page.$$eval('#rooms li', (lis) => lis.map((li) => li.dataset.room).sort());
+  assert.deepEqual(listed, ['meeting-live', 'other-room']);
+  assert.match(await page.textContent('#last-update'), /last update \d+ s ago/);
+  assert.equal(await page.textContent('#status'), 'Live');
+
+  // An ephemeral (interim) event shows, and moves no cursor.
+  await publish(server, producer, room, { type: 'transcript.partial', data: { text: 'and one more thi' }, ephemeral: true, key: 'spk-1' });
+  await until(page, () => document.querySelector('#interim').textContent.includes('one more thi'), null, { what: 'interim text' });
+  await publish(server, producer, room, { type: 'summary.ready', data: { summary: 'Ship it.' }, state: { stage: 'summary' } });
+  await untilTimeline(page, 7);
+  assert.deepEqual(await timelineSeqs(page), range(1, 7));
+  const state = await clientState(page);
+  assert.equal(state.counts.gaps, 0);
+  assert.equal(state.counts.duplicates, 0);
+  await until(page, () => document.querySelector('#stepper li[aria-current="step"]')?.dataset.stage === 'summary', null, { what: 'stage summary' });
+  await until(page, (r) => document.querySelector(`#rooms li[data-room="${r}"]`)?.textContent.includes('head 7'), room, { what: 'room listed with head 7' });
+  await screenshot(page, 'dashboard-live.png');
+
+  // Completion marks every step done.
+  await publish(server, producer, room, { type: 'meeting.completed', data: { duration_s: 52 }, state: { stage: 'completed' }, status: 'completed' });
+  await untilTimeline(page, 8);
+  await until(page, () => [...document.querySelectorAll('#stepper li')].every((li) => li.className === 'done'), null, { what: 'every step done' });
+  await until(page, () => document.querySelector('#room-status').textContent === 'completed', null, { what: 'room completed' });
+  await ctx.close();
+});
+
+test('mode toggle: polling reads by long-poll, the choice survives a reload, Real-time goes back to push', async () => {
+  const org = freshOrg();
+  const room = 'toggle';
+  const producer = token({ org, sub: 'p', pub: true });
+  await publishN(server, producer, room, 2);
+
+  const ctx = await newContext(browser);
+  const page = await ctx.newPage();
+  await page.goto(dashboardUrl(server, token({ org }), room));
+  await untilStatus(page, 'live');
+  // Auto by default, on WebSocket.
+  assert.equal(await page.getAttribute('#mode button[data-mode="auto"]', 'aria-checked'), 'true');
+  assert.equal((await clientState(page)).transport, 'websocket');
+
+  await page.click('#mode button[data-mode="polling"]');
+  await until(page, () => globalThis.roomcast.client.state.transport === 'longpoll' && globalThis.roomcast.client.state.status === 'live', null, { what: 'long-poll, live' });
+  await sleep(200); // the long-poll is waiting at the server
+  await publish(server, producer, room, { type: 'polled', data: {} });
+  await untilTimeline(page, 3);
+  assert.equal((await timelineSources(page))[3], 'poll');
+  assert.equal(await page.textContent('#count-poll'), '1');
+  assert.equal(await page.textContent('#transport'), 'long-poll');
+
+  // Remembered: the page comes back in Polling mode.
+  await page.reload();
+  await untilStatus(page, 'live');
+  assert.equal(await page.getAttribute('#mode button[data-mode="polling"]', 'aria-checked'), 'true');
+  assert.equal((await clientState(page)).transport, 'longpoll');
+  assert.equal(await page.evaluate(() => localStorage.getItem('roomcast.mode')), 'polling');
+  await untilTimeline(page, 3);
+  assert.deepEqual(await timelineSeqs(page), range(1, 3));
+
+  await page.click('#mode button[data-mode="realtime"]');
+  await until(page, () => globalThis.roomcast.client.state.transport === 'websocket' && globalThis.roomcast.client.state.status === 'live', null, { what: 'websocket, live' });
+  await publish(server, producer, room, { type: 'pushed', data: {} });
+  await untilTimeline(page, 4);
+  assert.deepEqual(await timelineSeqs(page), range(1, 4));
+  assert.equal((await timelineSources(page))[4], 'push');
+  const s = await clientState(page);
+  assert.equal(s.mode, 'realtime');
+  assert.equal(s.counts.duplicates + s.counts.gaps, 0);
+  await ctx.close();
+});
+
+test('Refresh fetches from the cursor now (an event whose push was lost shows at once)', async () => {
+  const org = freshOrg();
+  const room = 'refresh';
+  const producer = token({ org, sub: 'p', pub: true });
+  await publishN(server, producer, room, 1);
+
+  const ctx = await newContext(browser, { mode: 'realtime' });
+  const page = await ctx.newPage();
+  // A proxy that loses event frames while `lose` is set (pongs still pass).
+  let lose = false;
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const srv = ws.connectToServer();
+    srv.onMessage((m) => {
+      if (lose && JSON.parse(String(m)).op === 'event') return;
+      ws.send(m);
+    });
+  });
+  await page.goto(dashboardUrl(server, token({ org }), room));
+  await untilStatus(page, 'live');
+  await untilTimeline(page, 1);
+
+  lose = true;
+  await publish(server, producer, room, { type: 'lost.push', data: {} });
+  await sleep(700);
+  assert.deepEqual(await timelineSeqs(page), [1], 'the push was lost on the way');
+  lose = false;
+  await page.click('#refresh');
+  await untilTimeline(page, 2, { timeout: 5000 });
+  assert.deepEqual(await timelineSeqs(page), [1, 2]);
+  assert.equal((await timelineSources(page))[2], 'poll');
+
+  // The socket goes on from the new cursor: the next push is not a gap.
+  await publish(server, producer, room, { type: 'after', data: {} });
+  await untilTimeline(page, 3);
+  assert.deepEqual(await timelineSeqs(page), [1, 2, 3]);
+  const s = await clientState(page);
+  assert.equal(s.counts.gaps, 0);
+  assert.equal(s.status, 'live');
+  await ctx.close();
+});

@@ -1182,7 +1182,11 @@ export class RoomcastClient extends Emitter {
       sub.poll = ctl;
       sub.pollStartedAt = Date.now();
       try {
-        const wait = sub.cursor === null ? 0 : this._opts.pollWaitS;
+        // Wait only once the head is known and the cursor is not beyond it: the
+        // server holds a long-poll whose `since` is past the head for the whole
+        // `wait` rather than answering the lower head (a `reset`) at once.
+        const known = sub.cursor !== null && sub.head !== null && sub.cursor <= sub.head;
+        const wait = known ? this._opts.pollWaitS : 0;
         const full = await this._pollOnce(sub, 'poll', wait, ctl.signal);
         if (!live()) return;
         if (this._pollFailing || (this._lost && this._everConnected)) {

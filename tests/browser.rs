@@ -1,0 +1,88 @@
+//! The browser suite, run by `cargo test`: the dashboard and the browser
+//! client (`src/web/`) in Debian's chromium, driven by playwright-core from
+//! Node's test runner (`tests/browser/*.test.js`), against the real server
+//! binary and a fresh PostgreSQL database.
+//!
+//! Needs `node`/`npm` (the npm packages are installed with `npm ci` when
+//! `node_modules` is missing) and `/usr/bin/chromium` (`apt-get install
+//! chromium`; no browser is ever downloaded). Screenshots of the dashboard go
+//! to `target/browser/`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::TestDb;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+#[actix_web::test]
+async fn browser_suite() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the browser suite runs in Debian's chromium \
+         (`apt-get update && apt-get install -y chromium`; .ci/run does it)"
+    );
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        node_ok,
+        "node is missing: the browser suite needs Node.js 20+ and npm"
+    );
+    if !root.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(root)
+            .status()
+            .expect("run npm ci");
+        assert!(status.success(), "npm ci failed");
+    }
+
+    let db = TestDb::new().await;
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap_or(root)
+        .join("browser");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    std::fs::create_dir_all(&artifacts).expect("create target/browser");
+
+    // Node runs in its own thread: this one keeps the runtime that drops the
+    // database afterwards.
+    let url = db.url.clone();
+    let art = artifacts.clone();
+    let out = std::thread::spawn(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "tests/browser/"])
+            .current_dir(root)
+            .env("ROOMCAST_BIN", env!("CARGO_BIN_EXE_roomcast"))
+            .env("DATABASE_URL", url)
+            .env("ROOMCAST_ARTIFACTS", art)
+            .env("CHROMIUM", CHROMIUM)
+            .env_remove("ROOMCAST_WEB_DIR")
+            .output()
+            .expect("run node --test")
+    })
+    .join()
+    .expect("node thread");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the browser suite failed (node --test tests/browser/): see its output above"
+    );
+    for shot in [
+        "dashboard-live.png",
+        "dashboard-delayed.png",
+        "dashboard-offline.png",
+    ] {
+        assert!(
+            artifacts.join(shot).exists(),
+            "screenshot {shot} missing in {}",
+            artifacts.display()
+        );
+    }
+}

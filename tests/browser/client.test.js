@@ -1,0 +1,186 @@
+// The client module on its own (imported from /client.js into a page of the
+// real server): full-jitter backoff on a fake clock, the token provider and
+// `op: auth` renewal, and `reset` on WebSocket and on long-poll.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { Server, freshOrg, launch, publishN, sleep, token, until } from './harness.js';
+
+let server;
+let browser;
+
+before(async () => {
+  [server, browser] = await Promise.all([Server.start(), launch()]);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+/** A page of the server's origin, where `/client.js` can be imported. */
+async function blankPage(ctx) {
+  const page = await ctx.newPage();
+  await page.goto(`${server.url}/healthz`);
+  return page;
+}
+
+test('backoff: full jitter, 0.5 s window doubling to 20 s, never retried early, spread across clients (fake clock)', async () => {
+  const ctx = await browser.newContext();
+  // WebSocket refused every time.
+  await ctx.routeWebSocket(/\/v1\/ws/, (ws) => ws.close({ code: 4403, reason: 'refused' }));
+  const page = await blankPage(ctx);
+  await page.clock.install();
+  const org = freshOrg();
+  const tokens = Array.from({ length: 8 }, (_, i) => token({ org, sub: `c${i}` }));
+  await page.evaluate(async (tokens) => {
+    // Record when each client really opens a socket (page time).
+    globalThis.opens = [];
+    const Native = globalThis.WebSocket;
+    globalThis.WebSocket = class extends Native {
+      constructor(url, protocols) {
+        super(url, protocols);
+        const t = new URL(url).searchParams.get('token');
+        globalThis.opens.push({ client: globalThis.tokens.indexOf(t), at: Date.now() });
+      }
+    };
+    globalThis.tokens = tokens;
+    globalThis.log = [];
+    const { RoomcastClient } = await import('/client.js');
+    globalThis.clients = tokens.map((t, i) => {
+      const c = new RoomcastClient({ token: t, mode: 'realtime' });
+      c.on('reconnecting', (r) => globalThis.log.push({ client: i, at: Date.now(), ...r }));
+      return c;
+    });
+  }, tokens);
+
+  const rounds = 8;
+  for (let k = 0; k < rounds; k++) {
+    // Every client has scheduled its retry number k; then run the clock past any window.
+    await until(page, (k) => globalThis.clients.every((_, i) => globalThis.log.filter((e) => e.client === i).length > k), k, { what: `retry ${k} of every client` });
+    await page.clock.runFor(20000);
+  }
+  await until(page, (n) => globalThis.opens.length >= n, 8 * (rounds + 1), { what: 'the last attempts' });
+  const { log, opens } = await page.evaluate(() => ({ log: globalThis.log, opens: globalThis.opens }));
+
+  for (let i = 0; i < 8; i++) {
+    const mine = log.filter((e) => e.client === i);
+    const myOpens = opens.filter((o) => o.client === i);
+    for (let k = 0; k < rounds; k++) {
+      const e = mine[k];
+      assert.equal(e.attempt, k);
+      assert.equal(e.windowMs, Math.min(20000, 500 * 2 ** k), `client ${i} retry ${k}`);
+      assert.ok(e.delayMs >= 0 && e.delayMs < e.windowMs, `delay ${e.delayMs} in [0, ${e.windowMs})`);
+      // The attempt after retry k is the (k+2)th socket; never before its delay.
+      const open = myOpens[k + 1];
+      assert.ok(open, `client ${i} opened after retry ${k}`);
+      assert.ok(open.at >= e.at + e.delayMs, `client ${i} retry ${k}: opened at +${open.at - e.at} ms, delay ${e.delayMs} ms`);
+    }
+  }
+  // Jitter: at the 16 s window the eight clients do not come back together.
+  const delays = log.filter((e) => e.attempt === 5).map((e) => e.delayMs);
+  assert.equal(delays.length, 8);
+  assert.ok(Math.max(...delays) - Math.min(...delays) > 2000, `delays spread: ${delays}`);
+  assert.ok(new Set(delays).size >= 6, `delays differ: ${delays}`);
+  await ctx.close();
+});
+
+test('token provider: called again before expiry and sent as op:auth, the socket stays up past the first exp', async () => {
+  const org = freshOrg();
+  const room = 'auth';
+  const producer = token({ org, sub: 'p', pub: true });
+  const ctx = await browser.newContext();
+  const page = await blankPage(ctx);
+  let minted = 0;
+  await page.exposeFunction('mintToken', () => {
+    minted += 1;
+    return token({ org, sub: 'renewing', ttl: 3 });
+  });
+  const sent = [];
+  page.on('websocket', (ws) => ws.on('framesent', (f) => sent.push(JSON.parse(String(f.payload)).op)));
+  await page.evaluate(async (room) => {
+    const { RoomcastClient } = await import('/client.js');
+    globalThis.got = [];
+    globalThis.closes = [];
+    globalThis.client = new RoomcastClient({ token: () => globalThis.mintToken(), mode: 'realtime' });
+    globalThis.client.on('reconnecting', (r) => globalThis.closes.push(r.reason));
+    globalThis.client.subscribe(room, { since: 0, onEvent: (e) => globalThis.got.push(e.seq) });
+  }, room);
+  await until(page, () => globalThis.client.state.status === 'live', null, { what: 'live' });
+  // Past the first token's expiry (3 s; the server closes with 4001 at exp).
+  await sleep(4500);
+  await publishN(server, producer, room, 2);
+  await until(page, () => globalThis.got.length === 2, null, { what: 'two events' });
+  const state = await page.evaluate(() => ({ s: globalThis.client.state, closes: globalThis.closes }));
+  assert.deepEqual(state.closes, [], 'no reconnect: the token was renewed in place');
+  assert.equal(state.s.counts.reconnects, 0);
+  assert.ok(minted >= 2, `provider called ${minted} times`);
+  assert.ok(sent.includes('auth'), `frames sent: ${sent}`);
+  await ctx.close();
+});
+
+test('token expired on the socket (4001): a fresh token from the provider and a resume from the cursor', async () => {
+  const org = freshOrg();
+  const room = 'auth-expired';
+  const producer = token({ org, sub: 'p', pub: true });
+  await publishN(server, producer, room, 1);
+  const ctx = await browser.newContext();
+  const page = await blankPage(ctx);
+  let minted = 0;
+  // The provider answers 2 s tokens, and the client is told to renew only in the
+  // last 10 ms: the server closes with 4001 first.
+  await page.exposeFunction('mintToken', () => {
+    minted += 1;
+    return token({ org, sub: 'short', ttl: minted === 1 ? 2 : 3600 });
+  });
+  await page.evaluate(async (room) => {
+    const { RoomcastClient } = await import('/client.js');
+    globalThis.got = [];
+    globalThis.reasons = [];
+    globalThis.client = new RoomcastClient({ token: () => globalThis.mintToken(), mode: 'realtime' });
+    globalThis.client._scheduleAuth = () => {}; // no renewal in place: exercise the 4001 path
+    globalThis.client.on('reconnecting', (r) => globalThis.reasons.push(r.reason));
+    globalThis.client.subscribe(room, { since: 0, onEvent: (e) => globalThis.got.push(e.seq) });
+  }, room);
+  await until(page, () => globalThis.got.length === 1, null, { what: 'first event' });
+  await until(page, () => globalThis.reasons.includes('token expired'), null, { what: 'close 4001', timeout: 6000 });
+  await publishN(server, producer, room, 2, 'after', 2);
+  await until(page, () => globalThis.got.length === 3 && globalThis.client.state.status === 'live', null, { what: 'resumed' });
+  assert.deepEqual(await page.evaluate(() => globalThis.got), [1, 2, 3]);
+  assert.equal(minted, 2, 'one fresh token after 4001');
+  await ctx.close();
+});
+
+for (const mode of ['realtime', 'polling']) {
+  test(`reset (${mode}): a cursor beyond the head resyncs from the snapshot and goes on from the head`, async () => {
+    const org = freshOrg();
+    const room = `reset-${mode}`;
+    const producer = token({ org, sub: 'p', pub: true });
+    await publishN(server, producer, room, 3);
+    const ctx = await browser.newContext();
+    const page = await blankPage(ctx);
+    await page.evaluate(async ({ tok, room, mode }) => {
+      const { RoomcastClient } = await import('/client.js');
+      globalThis.got = [];
+      globalThis.resets = [];
+      globalThis.client = new RoomcastClient({ token: tok, mode });
+      globalThis.sub = globalThis.client.subscribe(room, {
+        since: 50,
+        onEvent: (e) => globalThis.got.push(e.seq),
+        onReset: (r) => globalThis.resets.push(r),
+      });
+    }, { tok: token({ org }), room, mode });
+    await until(page, () => globalThis.resets.length === 1, null, { what: 'reset' });
+    const reset = await page.evaluate(() => globalThis.resets[0]);
+    assert.equal(reset.head, 3);
+    assert.deepEqual(reset.state, {});
+    await until(page, () => globalThis.client.state.status === 'live', null, { what: 'live' });
+    await publishN(server, producer, room, 2, 'next', 4);
+    await until(page, () => globalThis.got.length === 2, null, { what: 'events after the reset' });
+    const after = await page.evaluate(() => ({ got: globalThis.got, cursor: globalThis.sub.cursor, counts: globalThis.client.state.counts }));
+    assert.deepEqual(after.got, [4, 5]);
+    assert.equal(after.cursor, 5);
+    assert.equal(after.counts.gaps, 0);
+    await ctx.close();
+  });
+}

@@ -483,6 +483,10 @@ export class RoomcastClient extends Emitter {
       if (options.onError) existing.on('error', options.onError);
       return existing;
     }
+    const since = options.since;
+    if (since !== undefined && since !== null && !(Number.isInteger(since) && since >= 0)) {
+      throw new TypeError(`subscribe(${room}): since must be an integer >= 0, or null for "from now"`);
+    }
     const sub = new Subscription(this, room, options);
     this._subs.set(room, sub);
     if (this._closed) return sub;
@@ -503,7 +507,12 @@ export class RoomcastClient extends Emitter {
     sub.poll?.abort();
     if (sub.snapshotTimer) clearTimeout(sub.snapshotTimer);
     this._subs.delete(room);
-    if (this._ws?.welcomed) this._send(this._ws, { op: 'unsubscribe', room });
+    if (this._ws?.welcomed) {
+      // Until `unsubscribed`, frames of this room belong to the old
+      // subscription (the protocol has no subscription ids).
+      this._ws.leaving.add(room);
+      this._send(this._ws, { op: 'unsubscribe', room });
+    }
     this._changed();
   }
 
@@ -1004,6 +1013,12 @@ export class RoomcastClient extends Emitter {
     }
     if (c !== this._ws) return;
     if (this._healthyWs(c)) this._contact();
+    if (msg.op === 'unsubscribed' && c.leaving.delete(msg.room)) {
+      const again = this._subs.get(msg.room);
+      if (again) this._wsSubscribe(again);
+      return;
+    }
+    if (typeof msg.room === 'string' && c.leaving.has(msg.room)) return;
     const sub = typeof msg.room === 'string' ? this._subs.get(msg.room) : undefined;
     switch (msg.op) {
       case 'subscribed': {
@@ -1067,6 +1082,7 @@ export class RoomcastClient extends Emitter {
     const c = this._ws;
     if (!c || !c.welcomed || !sub.active) return;
     sub.wsSubscribed = false;
+    if (c.leaving.has(sub.room)) return; // subscribed again on `unsubscribed`
     /** @type {{op: string, room: string, since?: number}} */
     const msg = { op: 'subscribe', room: sub.room };
     if (sub.cursor !== null) msg.since = sub.cursor;
@@ -1502,6 +1518,8 @@ class Conn {
     this.dropped = false;
     this.timedOut = false;
     this.closeHandled = false;
+    /** Rooms unsubscribed whose `unsubscribed` has not come yet. @type {Set<string>} */
+    this.leaving = new Set();
   }
 }
 

@@ -151,6 +151,33 @@ test('token expired on the socket (4001): a fresh token from the provider and a 
   await ctx.close();
 });
 
+test('unsubscribe and subscribe again on the same socket: the new subscription gets only its own frames', async () => {
+  const org = freshOrg();
+  const producer = token({ org, sub: 'p', pub: true });
+  await publishN(server, producer, 'again', 30);
+  const ctx = await browser.newContext();
+  const page = await blankPage(ctx);
+  await page.evaluate(async (tok) => {
+    const { RoomcastClient } = await import('/client.js');
+    globalThis.client = new RoomcastClient({ token: tok, mode: 'realtime' });
+    await new Promise((r) => globalThis.client.on('connected', r));
+    globalThis.first = [];
+    globalThis.second = [];
+    globalThis.client.subscribe('again', { since: 0, onEvent: (e) => globalThis.first.push(e.seq) });
+    globalThis.client.unsubscribe('again');
+    globalThis.sub = globalThis.client.subscribe('again', { since: 25, onEvent: (e) => globalThis.second.push(e.seq) });
+  }, token({ org }));
+  await until(page, () => globalThis.second.length === 5 && globalThis.client.state.status === 'live', null, { what: '26..30' });
+  await publishN(server, producer, 'again', 1, 'next', 31);
+  await until(page, () => globalThis.second.length === 6, null, { what: '31' });
+  const r = await page.evaluate(() => ({ first: globalThis.first, second: globalThis.second, counts: globalThis.client.state.counts }));
+  assert.deepEqual(r.first, []);
+  assert.deepEqual(r.second, [26, 27, 28, 29, 30, 31]);
+  assert.equal(r.counts.duplicates, 0);
+  assert.equal(r.counts.gaps, 0);
+  await ctx.close();
+});
+
 for (const mode of ['realtime', 'polling']) {
   test(`reset (${mode}): a cursor beyond the head resyncs from the snapshot and goes on from the head`, async () => {
     const org = freshOrg();

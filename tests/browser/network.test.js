@@ -108,6 +108,45 @@ test('half-open socket: the watchdog (on a fake clock) shows Delayed, replaces t
   await ctx.close();
 });
 
+test('back to the page (visibilitychange): a ping at once, so a dead socket is replaced without waiting for the heartbeat', async () => {
+  const org = freshOrg();
+  const room = 'visible-again';
+  const producer = token({ org, sub: 'p', pub: true });
+  await publishN(server, producer, room, 1);
+  const ctx = await newContext(browser, { mode: 'realtime' });
+  const page = await ctx.newPage();
+  let halfOpen = false;
+  let connections = 0;
+  const pings = [];
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => {
+    const n = ++connections;
+    const srv = ws.connectToServer();
+    const dead = () => halfOpen && n === 1;
+    ws.onMessage((m) => {
+      if (JSON.parse(String(m)).op === 'ping') pings.push(n);
+      if (!dead()) srv.send(m);
+    });
+    srv.onMessage((m) => { if (!dead()) ws.send(m); });
+  });
+  await page.clock.install();
+  await page.goto(dashboardUrl(server, token({ org }), room));
+  await untilStatus(page, 'live');
+  halfOpen = true; // e.g. the laptop slept and the network changed meanwhile
+  await publishN(server, producer, room, 1, 'missed', 2);
+  assert.deepEqual(pings, []);
+  await page.evaluate(() => document.dispatchEvent(new Event('visibilitychange')));
+  // Well before the 15 s heartbeat: the ping goes out at once.
+  const t0 = Date.now();
+  while (pings.length === 0 && Date.now() - t0 < 3000) await sleep(20);
+  assert.deepEqual(pings, [1]);
+  await page.clock.runFor(11000);
+  await untilStatus(page, 'live', { timeout: 10000 });
+  await untilTimeline(page, 2);
+  assert.equal(connections, 2);
+  assert.deepEqual(await timelineSeqs(page), [1, 2]);
+  await ctx.close();
+});
+
 test('auto mode falls back to long-poll when WebSocket is blocked, and returns when it is allowed', async () => {
   const org = freshOrg();
   const room = 'auto';

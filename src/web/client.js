@@ -126,7 +126,7 @@
 
 /**
  * @typedef {object} ClientOptions
- * @property {string | (() => string | Promise<string>)} token a JWT, or a function that returns one: called on each (re)connect when the last one is near its expiry, and before expiry to renew it on an open WebSocket (`op: auth`)
+ * @property {string | (() => string | Promise<string>)} token a JWT, or a function that returns one: called on each WebSocket (re)connect, before expiry to renew it on an open WebSocket (`op: auth`), and for HTTP requests when the last one is near its expiry or was refused (401)
  * @property {string} [url] the server's base URL (`https://rt.example.com`); default: the page's origin
  * @property {Mode} [mode] default `auto`
  * @property {number} [backoffBaseMs] first backoff window; default 500
@@ -507,11 +507,15 @@ export class RoomcastClient extends Emitter {
     sub.poll?.abort();
     if (sub.snapshotTimer) clearTimeout(sub.snapshotTimer);
     this._subs.delete(room);
-    if (this._ws?.welcomed) {
+    const c = this._ws;
+    if (c?.welcomed) {
       // Until `unsubscribed`, frames of this room belong to the old
-      // subscription (the protocol has no subscription ids).
-      this._ws.leaving.add(room);
-      this._send(this._ws, { op: 'unsubscribe', room });
+      // subscription (the protocol has no subscription ids). And no
+      // `unsubscribe` while its `subscribe` is unanswered: the server could
+      // then open a later subscription of the room from this one's `since`.
+      c.leaving.add(room);
+      if (c.opening.has(room)) c.closeAfterOpen.add(room);
+      else this._send(c, { op: 'unsubscribe', room });
     }
     this._changed();
   }
@@ -890,7 +894,8 @@ export class RoomcastClient extends Emitter {
     const gen = this._gen;
     let token;
     try {
-      token = await this._getToken();
+      // A fresh token from the provider for every (re)connection.
+      token = await this._getToken(true);
     } catch (e) {
       if (gen !== this._gen) return;
       this.emit('error', { code: 'unauthorized', message: `token provider failed: ${errorText(e)}` });
@@ -1013,6 +1018,9 @@ export class RoomcastClient extends Emitter {
     }
     if (c !== this._ws) return;
     if (this._healthyWs(c)) this._contact();
+    if ((msg.op === 'subscribed' || msg.op === 'error') && typeof msg.room === 'string' && c.opening.delete(msg.room)) {
+      if (c.closeAfterOpen.delete(msg.room)) this._send(c, { op: 'unsubscribe', room: msg.room });
+    }
     if (msg.op === 'unsubscribed' && c.leaving.delete(msg.room)) {
       const again = this._subs.get(msg.room);
       if (again) this._wsSubscribe(again);
@@ -1086,6 +1094,7 @@ export class RoomcastClient extends Emitter {
     /** @type {{op: string, room: string, since?: number}} */
     const msg = { op: 'subscribe', room: sub.room };
     if (sub.cursor !== null) msg.since = sub.cursor;
+    c.opening.add(sub.room);
     this._send(c, msg);
   }
 
@@ -1520,6 +1529,10 @@ class Conn {
     this.closeHandled = false;
     /** Rooms unsubscribed whose `unsubscribed` has not come yet. @type {Set<string>} */
     this.leaving = new Set();
+    /** Rooms whose `subscribe` is not answered yet (`subscribed` or `error`). @type {Set<string>} */
+    this.opening = new Set();
+    /** Rooms to unsubscribe once their `subscribe` is answered. @type {Set<string>} */
+    this.closeAfterOpen = new Set();
   }
 }
 

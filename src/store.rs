@@ -4,7 +4,6 @@
 //! state patches and terminal statuses.
 
 use deadpool_postgres::{GenericClient, Pool};
-use futures_util::future::try_join_all;
 use serde_json::Value;
 
 use crate::protocol::{Event, NewEvent, RoomKey, RoomStatus};
@@ -76,12 +75,12 @@ fn status_of(s: &str) -> RoomStatus {
     RoomStatus::parse(s).unwrap_or(RoomStatus::InProgress)
 }
 
-/// Publishes `events` into one room in one transaction, all or nothing. The
-/// calls are pipelined on the connection (one round trip for the batch, not
-/// one per event). No NOTIFY is sent inside the transaction: a transaction
-/// that notifies takes a database-wide lock at commit, which measured ~40%
-/// fewer commits per second (docs/decisions.md); the Db actor's notifier sends
-/// the hints after commit, batched.
+/// Publishes `events` into one room in one transaction, all or nothing, with
+/// one statement (`roomcast_publish_many`: one room lock, one INSERT, one
+/// room update for the whole batch). No NOTIFY is sent inside the
+/// transaction: a transaction that notifies takes a database-wide lock at
+/// commit, which measured ~40% fewer commits per second (docs/decisions.md);
+/// the Db actor's notifier sends the hints after commit, batched.
 pub async fn publish(
     pool: &Pool,
     key: &RoomKey,
@@ -91,40 +90,40 @@ pub async fn publish(
     let tx = client.transaction().await?;
     let stmt = tx
         .prepare_cached(
-            "SELECT o_seq, o_duplicate, o_ts FROM roomcast_publish_ex($1, $2, $3, $4, $5, $6, $7, $8)",
+            "SELECT o_seq, o_duplicate, o_ts FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
         )
         .await?;
-    let calls = events.iter().map(|ev| {
-        let stmt = &stmt;
-        let tx = &tx;
-        async move {
-            let status = ev.status.map(|s| s.as_str());
-            let notify = false;
-            let row = tx
-                .query_one(
-                    stmt,
-                    &[
-                        &key.org,
-                        &key.room.as_str(),
-                        &ev.ty.as_str(),
-                        &ev.data,
-                        &ev.idem_key,
-                        &ev.state,
-                        &status,
-                        &notify,
-                    ],
-                )
-                .await?;
-            Ok::<_, StoreError>(Published {
-                seq: row.get(0),
-                duplicate: row.get(1),
-                ts: row.get(2),
-            })
-        }
-    });
-    let published = try_join_all(calls).await?;
+    let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
+    let datas: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    let keys: Vec<Option<&str>> = events.iter().map(|e| e.idem_key.as_deref()).collect();
+    let states: Vec<Option<&Value>> = events.iter().map(|e| e.state.as_ref()).collect();
+    let statuses: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.status.map(|s| s.as_str()))
+        .collect();
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &key.org,
+                &key.room.as_str(),
+                &types,
+                &datas,
+                &keys,
+                &states,
+                &statuses,
+            ],
+        )
+        .await?;
     tx.commit().await?;
-    Ok(published)
+    Ok(rows
+        .iter()
+        .map(|row| Published {
+            seq: row.get(0),
+            duplicate: row.get(1),
+            ts: row.get(2),
+        })
+        .collect())
 }
 
 /// The room's row, or `None` for a room that was never published to.

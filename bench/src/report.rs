@@ -1,0 +1,348 @@
+//! docs/BENCHMARKS.md and its SVG charts, drawn from the JSON results in
+//! `<out>/bench/*.json` (so a scenario re-run alone keeps the others).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::env::Pg;
+use crate::scenarios::{now_utc, num_cores, ALL};
+use crate::{Outcome, Verdict};
+
+pub async fn write(out: &Path, pg: &Pg, command: &str, took: Duration) -> Result<()> {
+    let dir = out.join("bench");
+    let results: Vec<Outcome> = ALL
+        .iter()
+        .filter_map(|id| {
+            let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .collect();
+    let pg_version = match pg.admin().await {
+        Ok(c) => c
+            .query_one("SHOW server_version", &[])
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut md = String::new();
+    let w = &mut md;
+    writeln!(w, "# roomcast benchmarks\n")?;
+    writeln!(w, "Written by `roomcast-bench` (bench/); every figure below was measured by it in one run unless its scenario's date says otherwise. Do not edit by hand: re-run the tool.\n")?;
+    writeln!(w, "| | |\n|---|---|")?;
+    writeln!(w, "| date | {} |", now_utc())?;
+    writeln!(
+        w,
+        "| machine | {} ({} cores), {} GiB RAM, Linux {} |",
+        cpu_model(),
+        num_cores(),
+        mem_gib(),
+        kernel()
+    )?;
+    writeln!(
+        w,
+        "| PostgreSQL | {pg_version} (on the same machine, loopback) |"
+    )?;
+    writeln!(w, "| commit | {} |", commit())?;
+    writeln!(w, "| command | `cargo build --release && cargo run --release -p roomcast-bench` (this run: `{command}`, {:.0} s) |", took.as_secs_f64())?;
+    writeln!(w, "| server | `target/release/roomcast serve`, a fresh process on a fresh database per scenario, `ROOMCAST_RATE_LIMITS=off`, 2 HTTP workers |")?;
+    writeln!(w, "| clients | tokio-tungstenite WebSockets and hyper HTTP/1.1 keep-alive connections on a 2-thread tokio runtime, in the bench process, spread over 127.0.0.1-32 |\n")?;
+    writeln!(w, "The clients share the two cores with the server and PostgreSQL. Each scenario lists the CPU seconds each side used during its measured phase; where the clients used as much as the server, or the cores were saturated, the scenario says so: the figure is then a floor of what the server can do, not its ceiling.\n")?;
+
+    writeln!(w, "## Summary\n")?;
+    writeln!(
+        w,
+        "| scenario | goal | measured | verdict |\n|---|---|---|---|"
+    )?;
+    for r in &results {
+        writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            r.title,
+            r.goal,
+            r.headline,
+            verdict(r)
+        )?;
+    }
+    writeln!(w)?;
+    std::fs::write(dir.join("goals.svg"), goals_chart(&results))?;
+    writeln!(w, "![each goal, measured / goal](bench/goals.svg)\n")?;
+
+    let notes = std::fs::read_to_string(dir.join("notes.md")).unwrap_or_default();
+    if !notes.trim().is_empty() {
+        writeln!(w, "{}\n", notes.trim())?;
+    }
+
+    for r in &results {
+        writeln!(w, "## {}\n", r.title)?;
+        writeln!(
+            w,
+            "Goal: {}. Measured: **{}**: {}.\n",
+            r.goal,
+            r.headline,
+            verdict(r)
+        )?;
+        writeln!(w, "| | |\n|---|---|")?;
+        for (k, v) in &r.rows {
+            writeln!(w, "| {k} | {v} |")?;
+        }
+        let c = &r.cpu;
+        if c.wall_s > 0.0 {
+            writeln!(w, "| CPU during the measured phase | server {:.2} s, PostgreSQL {:.2} s, bench clients {:.2} s, over {:.2} s |", c.server_s, c.postgres_s, c.client_s, c.wall_s)?;
+        }
+        writeln!(w, "| measured | {} ({} size) |\n", r.when, r.size)?;
+        for n in &r.notes {
+            writeln!(w, "{n}\n")?;
+        }
+        if let Some(svg) = chart(r) {
+            std::fs::write(dir.join(format!("{}.svg", r.id)), svg)?;
+            writeln!(w, "![{}](bench/{}.svg)\n", r.id, r.id)?;
+        }
+        writeln!(
+            w,
+            "Reproduce: `cargo run --release -p roomcast-bench -- --only {}`\n",
+            r.id
+        )?;
+    }
+    std::fs::write(out.join("BENCHMARKS.md"), md)?;
+    Ok(())
+}
+
+fn verdict(r: &Outcome) -> &'static str {
+    match r.verdict {
+        Verdict::Met => "met",
+        Verdict::Missed => "**missed**",
+        Verdict::Context => "context",
+        Verdict::Failed => "**failed**",
+    }
+}
+
+fn chart(r: &Outcome) -> Option<String> {
+    let d = &r.data;
+    match r.id.as_str() {
+        "latency" => {
+            let mut bars = Vec::new();
+            for s in d["sizes"].as_array()? {
+                let n = s["subscribers"].as_u64()?;
+                bars.push((
+                    format!("{n} subs p50"),
+                    s["delivery_ms"]["p50"].as_f64()?,
+                    "#2b8a3e",
+                ));
+                bars.push((
+                    format!("{n} subs p99"),
+                    s["delivery_ms"]["p99"].as_f64()?,
+                    "#e67700",
+                ));
+            }
+            Some(bar_chart(
+                "Publish -> WebSocket delivery latency (ms)",
+                &bars,
+                &[(5.0, "p50 goal 5 ms"), (25.0, "p99 goal 25 ms")],
+                false,
+            ))
+        }
+        "fanout" => Some(bar_chart(
+            "Fan-out, frames/s delivered",
+            &[("roomcast".into(), d["frames_per_s"].as_f64()?, "#1971c2")],
+            &[(300_000.0, "goal 300k/s")],
+            false,
+        )),
+        "safety_net" => Some(bar_chart(
+            "Database queries/s for the safety net (log scale)",
+            &[
+                (
+                    "roomcast".into(),
+                    d["roomcast_queries_per_s"].as_f64()?.max(0.01),
+                    "#1971c2",
+                ),
+                (
+                    "seed 000, answered".into(),
+                    d["seed000_queries_per_s"].as_f64()?,
+                    "#c92a2a",
+                ),
+                (
+                    "seed 000, demanded".into(),
+                    d["seed000_demanded_per_s"].as_f64()?,
+                    "#ffa8a8",
+                ),
+            ],
+            &[],
+            true,
+        )),
+        _ => None,
+    }
+}
+
+fn goals_chart(results: &[Outcome]) -> String {
+    let bars: Vec<(String, f64, &str)> = results
+        .iter()
+        .filter_map(|r| {
+            let s = r.score?;
+            let color = if s >= 1.0 { "#2b8a3e" } else { "#c92a2a" };
+            Some((r.id.clone(), s.clamp(0.01, 1000.0), color))
+        })
+        .collect();
+    bar_chart(
+        "Measured / goal (>= 1 meets the goal; log scale)",
+        &bars,
+        &[(1.0, "goal")],
+        true,
+    )
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal bar chart with optional goal lines.
+fn bar_chart(
+    title: &str,
+    bars: &[(String, f64, &str)],
+    lines: &[(f64, &str)],
+    log: bool,
+) -> String {
+    let (left, right, top, row) = (170.0, 110.0, 40.0, 26.0);
+    let width = 760.0;
+    let plot = width - left - right;
+    let height = top + row * bars.len() as f64 + 40.0;
+    let max = bars
+        .iter()
+        .map(|b| b.1)
+        .chain(lines.iter().map(|l| l.0))
+        .fold(0.0f64, f64::max)
+        * 1.1;
+    let min = if log {
+        bars.iter()
+            .map(|b| b.1)
+            .chain(lines.iter().map(|l| l.0))
+            .fold(f64::INFINITY, f64::min)
+            .max(1e-3)
+            / 2.0
+    } else {
+        0.0
+    };
+    let x = |v: f64| -> f64 {
+        if log {
+            left + plot * ((v.max(min) / min).ln() / (max / min).ln())
+        } else {
+            left + plot * (v / max.max(1e-9))
+        }
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="14" font-weight="bold">{}</text>"#,
+        esc(title)
+    );
+    for (i, (label, v, color)) in bars.iter().enumerate() {
+        let y = top + row * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + 16.0,
+            esc(label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{left}" y="{}" width="{:.1}" height="{}" fill="{color}"/>"#,
+            y + 4.0,
+            (x(*v) - left).max(1.0),
+            row - 8.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}">{}</text>"#,
+            x(*v) + 4.0,
+            y + 16.0,
+            fmt_num(*v)
+        );
+    }
+    let bottom = top + row * bars.len() as f64;
+    for (v, label) in lines {
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="black" stroke-dasharray="4 3"/><text x="{0:.1}" y="{3}" text-anchor="middle">{4}</text>"#,
+            x(*v),
+            top - 4.0,
+            bottom + 4.0,
+            bottom + 18.0,
+            esc(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn mem_gib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0)
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn commit() -> String {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let sha = out(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !out(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    if dirty {
+        format!("{sha} (with uncommitted changes)")
+    } else {
+        sha
+    }
+}

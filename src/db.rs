@@ -201,6 +201,9 @@ pub struct Db {
     snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<Option<RoomRow>, StoreError>>>>,
     /// Poll pages being read, with everyone waiting for each.
     pages: HashMap<(RoomKey, PollFrom, i64), Vec<oneshot::Sender<Result<Arc<Page>, StoreError>>>>,
+    /// Rooms with a publish round running, and the publishes that arrived
+    /// meanwhile (they share the next round's transaction: group commit).
+    publishing: HashMap<RoomKey, Vec<Waiting>>,
 }
 
 impl Db {
@@ -221,6 +224,7 @@ impl Db {
             queues: HashMap::new(),
             snapshots: HashMap::new(),
             pages: HashMap::new(),
+            publishing: HashMap::new(),
         }
     }
 
@@ -300,47 +304,145 @@ impl Actor for Db {
     type Context = Context<Self>;
 }
 
-impl Handler<Publish> for Db {
-    type Result = ResponseActFuture<Self, Result<Vec<Published>, StoreError>>;
+/// A publish waiting for its room's next round.
+struct Waiting {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Published>, StoreError>>,
+}
 
-    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
-        let pool = self.pool.clone();
-        // BEGIN, roomcast_publish_many, COMMIT.
-        self.metrics.queries(QueryKind::Publish, 3);
-        let fut = async move {
-            let result = store::publish(&pool, &msg.key, &msg.events).await;
-            (msg, result)
+/// Events one group-commit round takes at most (more requests wait for the
+/// next round; a single request may carry up to 1000 itself).
+const GROUP_MAX_EVENTS: usize = 1000;
+
+impl Handler<Publish> for Db {
+    type Result = ResponseFuture<Result<Vec<Published>, StoreError>>;
+
+    /// Group commit: while a room's publish round runs, publishes to that room
+    /// wait, and the next round commits all of them in one transaction (one
+    /// `roomcast_publish_many` call), each request answered with its own seqs.
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        let waiting = Waiting {
+            events: msg.events,
+            reply: tx,
         };
-        Box::pin(fut.into_actor(self).map(|(msg, result), act, _| {
-            let published = result?;
-            let mut frames = Vec::with_capacity(published.len());
-            let mut closed = false;
-            for (ev, p) in msg.events.into_iter().zip(&published) {
-                if p.duplicate {
-                    continue;
+        match self.publishing.entry(msg.key.clone()) {
+            Entry::Occupied(mut e) => e.get_mut().push(waiting),
+            Entry::Vacant(e) => {
+                e.insert(Vec::new());
+                self.publish_round(msg.key, vec![waiting], ctx);
+            }
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Internal("publish dropped".into())))
+        })
+    }
+}
+
+impl Db {
+    /// Commits `group` (publishes to one room, in arrival order) in one
+    /// transaction. When that fails, each request is retried alone, in order,
+    /// so one request's error (room closed, bad input) never fails another.
+    /// Then starts the next round with whatever arrived meanwhile.
+    fn publish_round(&mut self, key: RoomKey, group: Vec<Waiting>, ctx: &mut Context<Self>) {
+        let pool = self.pool.clone();
+        let metrics = self.metrics.clone();
+        let mut counts = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        let mut all = Vec::new();
+        for mut w in group {
+            counts.push(w.events.len());
+            all.append(&mut w.events);
+            replies.push(w.reply);
+        }
+        let round_key = key.clone();
+        let fut = async move {
+            // BEGIN, roomcast_publish_many, COMMIT.
+            metrics.queries(QueryKind::Publish, 3);
+            let mut results = Vec::with_capacity(counts.len());
+            match store::publish(&pool, &round_key, &all).await {
+                Ok(mut published) => {
+                    for &n in counts.iter().rev() {
+                        let tail = published.split_off(published.len() - n);
+                        results.push(Ok(tail));
+                    }
+                    results.reverse();
                 }
-                closed |= ev.status.is_some_and(RoomStatus::is_terminal);
-                let event = Event {
-                    seq: p.seq,
-                    ty: ev.ty.as_str().to_owned(),
-                    data: ev.data,
-                    ts: p.ts.clone(),
-                };
-                frames.push(Frame::encode(&msg.key.room, &event, Via::Push));
+                Err(e) if counts.len() == 1 => results.push(Err(e)),
+                Err(_) => {
+                    let mut at = 0;
+                    for &n in &counts {
+                        metrics.queries(QueryKind::Publish, 3);
+                        results.push(store::publish(&pool, &round_key, &all[at..at + n]).await);
+                        at += n;
+                    }
+                }
             }
-            if let Some(last) = frames.last() {
-                let _ = act.hints.send((msg.key.clone(), last.seq));
+            (all, counts, replies, results)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |(all, counts, replies, results), act, ctx| {
+                    let mut frames = Vec::new();
+                    let mut closed = false;
+                    let mut events = all.into_iter();
+                    for ((n, reply), result) in counts.into_iter().zip(replies).zip(results) {
+                        let evs: Vec<NewEvent> = events.by_ref().take(n).collect();
+                        if let Ok(published) = &result {
+                            for (ev, p) in evs.into_iter().zip(published) {
+                                if p.duplicate {
+                                    continue;
+                                }
+                                closed |= ev.status.is_some_and(RoomStatus::is_terminal);
+                                let event = Event {
+                                    seq: p.seq,
+                                    ty: ev.ty.as_str().to_owned(),
+                                    data: ev.data,
+                                    ts: p.ts.clone(),
+                                };
+                                frames.push(Frame::encode(&key.room, &event, Via::Push));
+                            }
+                        }
+                        let _ = reply.send(result);
+                    }
+                    if let Some(last) = frames.last() {
+                        let _ = act.hints.send((key.clone(), last.seq));
+                    }
+                    if !frames.is_empty() {
+                        act.metrics.events_published.inc_by(frames.len() as u64);
+                        act.router.do_send(Committed {
+                            key: key.clone(),
+                            frames,
+                            closed,
+                        });
+                    }
+                    let next = act.next_group(&key);
+                    if next.is_empty() {
+                        act.publishing.remove(&key);
+                    } else {
+                        act.publish_round(key, next, ctx);
+                    }
+                }),
+        );
+    }
+
+    /// The publishes waiting for `key`, up to `GROUP_MAX_EVENTS` events (at
+    /// least one request), in arrival order.
+    fn next_group(&mut self, key: &RoomKey) -> Vec<Waiting> {
+        let Some(waiting) = self.publishing.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut total = 0;
+        let mut take = 0;
+        for w in waiting.iter() {
+            if take > 0 && total + w.events.len() > GROUP_MAX_EVENTS {
+                break;
             }
-            if !frames.is_empty() {
-                act.metrics.events_published.inc_by(frames.len() as u64);
-                act.router.do_send(Committed {
-                    key: msg.key,
-                    frames,
-                    closed,
-                });
-            }
-            Ok(published)
-        }))
+            total += w.events.len();
+            take += 1;
+        }
+        waiting.drain(..take).collect()
     }
 }
 

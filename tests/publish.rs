@@ -413,3 +413,132 @@ async fn orgs_are_isolated() {
     let evs = wsa.events_until("shared", 4, Duration::from_secs(10)).await;
     assert!(evs.iter().all(|e| e["type"] == "secret"));
 }
+
+/// Group commit: concurrent publishes to one room share transactions, and
+/// each request is still answered on its own: its own seqs (a batch's
+/// consecutive), idempotency across requests of one group, and a terminal
+/// status that fails only the requests after it, none partially stored.
+#[actix_web::test]
+async fn group_commit_answers_each_request_on_its_own() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let tok = token("acme", "producer", true);
+
+    let bodies: Vec<Value> = (0..100)
+        .map(|i| match i % 10 {
+            0 => json!({"type": "seg", "id": "same", "data": {"i": i}}),
+            1 => json!({"events": [
+                {"type": "seg", "data": {"i": i}},
+                {"type": "seg", "data": {"i": i}},
+                {"type": "seg", "data": {"i": i}}
+            ]}),
+            _ => json!({"type": "seg", "data": {"i": i}}),
+        })
+        .collect();
+    let before = app.queries("publish").await;
+    let answers = join_all(
+        bodies
+            .iter()
+            .map(|b| post(app.port, "/v1/rooms/hot/events", &tok, b)),
+    )
+    .await;
+    let rounds = (app.queries("publish").await - before) / 3;
+    let mut seqs = Vec::new();
+    let mut same = Vec::new();
+    for (i, (status, body, _)) in answers.iter().enumerate() {
+        match i % 10 {
+            0 => same.push((
+                *status,
+                body["seq"].as_i64().unwrap(),
+                body["duplicate"] == true,
+            )),
+            1 => {
+                assert_eq!(*status, 201, "{body}");
+                let s: Vec<i64> = body["seqs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                assert_eq!(
+                    s,
+                    vec![s[0], s[0] + 1, s[0] + 2],
+                    "a batch's seqs are consecutive"
+                );
+                seqs.extend(s);
+            }
+            _ => {
+                assert_eq!(*status, 201, "{body}");
+                seqs.push(body["seq"].as_i64().unwrap());
+            }
+        }
+    }
+    let firsts: Vec<_> = same.iter().filter(|s| s.0 == 201).collect();
+    assert_eq!(firsts.len(), 1, "one idempotency key stores once: {same:?}");
+    let kept = firsts[0].1;
+    assert!(
+        same.iter()
+            .all(|s| s.1 == kept && (s.0 == 201 || (s.0 == 200 && s.2))),
+        "{same:?}"
+    );
+    seqs.push(kept);
+    seqs.sort();
+    assert_eq!(seqs, (1..=111).collect::<Vec<i64>>());
+    assert_eq!(db.event_count().await, 111);
+    eprintln!("100 concurrent publishes committed in {rounds} transactions");
+    assert!(
+        rounds < 100,
+        "concurrent publishes shared transactions ({rounds} for 100)"
+    );
+
+    // A terminal status inside a group.
+    let bodies: Vec<Value> = (0..20)
+        .map(|i| {
+            if i == 10 {
+                json!({"type": "done", "status": "completed"})
+            } else {
+                json!({"events": [{"type": "seg"}, {"type": "seg"}]})
+            }
+        })
+        .collect();
+    let answers = join_all(
+        bodies
+            .iter()
+            .map(|b| post(app.port, "/v1/rooms/closing/events", &tok, b)),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    let mut done = 0;
+    for (i, (status, body, _)) in answers.iter().enumerate() {
+        if i == 10 {
+            assert_eq!(*status, 201, "{body}");
+            done = body["seq"].as_i64().unwrap();
+            seqs.push(done);
+        } else if *status == 201 {
+            let s = body["seqs"].as_array().unwrap();
+            let s: Vec<i64> = s.iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(s.len(), 2);
+            assert_eq!(s[1], s[0] + 1);
+            seqs.extend(s);
+        } else {
+            assert_eq!(*status, 409, "{body}");
+            assert_error(body, "room_closed");
+        }
+    }
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=done).collect::<Vec<i64>>(),
+        "the terminal event is the last"
+    );
+    let stored = db.client().await;
+    let n: i64 = stored
+        .query_one(
+            "SELECT count(*) FROM events WHERE org = 'acme' AND room = 'closing'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, done, "refused requests stored nothing");
+}

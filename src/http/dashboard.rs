@@ -47,7 +47,10 @@ fn serve(asset: &'static Asset, req: &HttpRequest) -> HttpResponse {
         }
         None => (
             asset.embedded.to_owned(),
-            asset.etag.get_or_init(|| etag_of(asset.embedded.as_bytes())).clone(),
+            asset
+                .etag
+                .get_or_init(|| etag_of(asset.embedded.as_bytes()))
+                .clone(),
         ),
     };
     let fresh = req

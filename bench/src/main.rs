@@ -250,10 +250,11 @@ async fn run(args: Args, nofile: u64) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        report::write(&ctx.args.out, &ctx.pg, &command, started.elapsed()).await?;
+        let run = report::Run::now(&command, started.elapsed());
+        report::write(&ctx.args.out, &ctx.pg, Some(run)).await?;
     } else {
         let pg = Pg::find().await?;
-        report::write(&args.out, &pg, "(report only)", started.elapsed()).await?;
+        report::write(&args.out, &pg, None).await?;
     }
     eprintln!(
         "roomcast-bench: done in {:.0} s",

@@ -11,8 +11,39 @@ use crate::env::Pg;
 use crate::scenarios::{now_utc, num_cores, ALL};
 use crate::{Outcome, Verdict};
 
-pub async fn write(out: &Path, pg: &Pg, command: &str, took: Duration) -> Result<()> {
+/// When, from which commit and with which command the scenarios ran (kept in
+/// `<out>/bench/run.json`, so `--report-only` writes the same header).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Run {
+    pub date: String,
+    pub commit: String,
+    pub command: String,
+    pub secs: f64,
+}
+
+impl Run {
+    pub fn now(command: &str, took: Duration) -> Run {
+        Run {
+            date: now_utc(),
+            commit: commit(),
+            command: command.into(),
+            secs: took.as_secs_f64(),
+        }
+    }
+}
+
+pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
     let dir = out.join("bench");
+    let run = match run {
+        Some(r) => {
+            std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&r)?)?;
+            r
+        }
+        None => std::fs::read_to_string(dir.join("run.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| Run::now("(unknown)", Duration::ZERO)),
+    };
     let results: Vec<Outcome> = ALL
         .iter()
         .filter_map(|id| {
@@ -33,7 +64,7 @@ pub async fn write(out: &Path, pg: &Pg, command: &str, took: Duration) -> Result
     writeln!(w, "# roomcast benchmarks\n")?;
     writeln!(w, "Written by `roomcast-bench` (bench/); every figure below was measured by it in one run unless its scenario's date says otherwise. Do not edit by hand: re-run the tool.\n")?;
     writeln!(w, "| | |\n|---|---|")?;
-    writeln!(w, "| date | {} |", now_utc())?;
+    writeln!(w, "| date | {} |", run.date)?;
     writeln!(
         w,
         "| machine | {} ({} cores), {} GiB RAM, Linux {} |",
@@ -46,8 +77,8 @@ pub async fn write(out: &Path, pg: &Pg, command: &str, took: Duration) -> Result
         w,
         "| PostgreSQL | {pg_version} (on the same machine, loopback) |"
     )?;
-    writeln!(w, "| commit | {} |", commit())?;
-    writeln!(w, "| command | `cargo build --release && cargo run --release -p roomcast-bench` (this run: `{command}`, {:.0} s) |", took.as_secs_f64())?;
+    writeln!(w, "| commit | {} |", run.commit)?;
+    writeln!(w, "| command | `cargo build --release && cargo run --release -p roomcast-bench` (this run: `{}`, {:.0} s) |", run.command, run.secs)?;
     writeln!(w, "| server | `target/release/roomcast serve`, a fresh process on a fresh database per scenario, `ROOMCAST_RATE_LIMITS=off`, 2 HTTP workers |")?;
     writeln!(w, "| clients | tokio-tungstenite WebSockets and hyper HTTP/1.1 keep-alive connections on a 2-thread tokio runtime, in the bench process, spread over 127.0.0.1-32 |\n")?;
     writeln!(w, "The clients share the two cores with the server and PostgreSQL. Each scenario lists the CPU seconds each side used during its measured phase; where the clients used as much as the server, or the cores were saturated, the scenario says so: the figure is then a floor of what the server can do, not its ceiling.\n")?;

@@ -31,6 +31,10 @@ pub struct Cursor {
     held: BTreeMap<i64, Frame>,
     /// A catch-up read is running for this subscription.
     pub fetching: bool,
+    /// Which subscription of the room on this connection this is (an
+    /// unsubscribe + subscribe makes a new one while the old one may still
+    /// be opening).
+    pub generation: u64,
 }
 
 impl Cursor {
@@ -41,6 +45,7 @@ impl Cursor {
             head: None,
             held: BTreeMap::new(),
             fetching: false,
+            generation: 0,
         }
     }
 

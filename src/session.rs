@@ -67,6 +67,8 @@ pub struct WsSession {
     state: web::Data<AppState>,
     principal: Principal,
     subs: HashMap<RoomId, Cursor>,
+    /// Subscriptions opened on this connection so far (each cursor's number).
+    generation: u64,
     /// Last time the client sent anything; silent for twice the heartbeat
     /// interval means dead.
     heard: Instant,
@@ -102,6 +104,7 @@ impl WsSession {
             state,
             principal,
             subs: HashMap::new(),
+            generation: 0,
             heard: Instant::now(),
             initial,
             out,
@@ -257,7 +260,11 @@ impl WsSession {
             org: self.principal.org.clone(),
             room: id.clone(),
         };
-        self.subs.insert(id.clone(), Cursor::new(key.clone()));
+        self.generation += 1;
+        let generation = self.generation;
+        let mut cursor = Cursor::new(key.clone());
+        cursor.generation = generation;
+        self.subs.insert(id.clone(), cursor);
         self.state.metrics.subscriptions.inc();
         let opening = cursor::open(
             self.state.broadcaster.clone(),
@@ -267,8 +274,9 @@ impl WsSession {
             ctx.address().recipient(),
         );
         ctx.spawn(opening.into_actor(self).map(move |opened, act, ctx| {
-            if !act.subs.get(&id).is_some_and(|s| s.last.is_none()) {
-                return; // unsubscribed meanwhile
+            let current = act.subs.get(&id);
+            if !current.is_some_and(|s| s.last.is_none() && s.generation == generation) {
+                return; // unsubscribed meanwhile (and maybe subscribed again)
             }
             let opened = match opened {
                 Ok(o) => o,

@@ -501,3 +501,27 @@ async fn a_client_that_answers_nothing_is_dropped_after_two_heartbeats() {
     }
     assert!(!got_pong, "the silent client was still served");
 }
+
+/// Subscribe, unsubscribe and subscribe again to one room, sent at once: the
+/// second subscription starts from its own `since`, even though the first
+/// one was still opening when it was replaced.
+#[actix_web::test]
+async fn a_resubscription_while_the_first_opens_keeps_its_own_since() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    for i in 1..=30 {
+        publish(app.port, &producer, "again", "seg", json!({ "i": i })).await;
+    }
+    let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+    ws.expect_op("welcome").await;
+    ws.send_all(&[
+        json!({"op": "subscribe", "room": "again", "since": 0}),
+        json!({"op": "unsubscribe", "room": "again"}),
+        json!({"op": "subscribe", "room": "again", "since": 25}),
+    ])
+    .await;
+    let events = ws.events_until("again", 30, Duration::from_secs(10)).await;
+    assert_exactly(&events, 26, 30);
+}

@@ -255,6 +255,27 @@ async fn up_to_date_polls_and_idle_long_polls_cost_no_queries() {
         "up-to-date polls cost no query of any kind"
     );
 
+    // A cursor beyond the head is answered at once with the head (the client
+    // must resync), not held for the wait.
+    let started = Instant::now();
+    let (status, body, _) = get(
+        app.port,
+        "/v1/rooms/quiet/events?since=9&wait=10",
+        &viewer,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["head"].clone(), body["events"].clone()),
+        (json!(5), json!([]))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a since beyond the head was held {:?}",
+        started.elapsed()
+    );
+
     // A stale If-None-Match gets the page (200).
     let (status, body, _) = get(
         app.port,

@@ -318,7 +318,10 @@ pub async fn poll(
         let not_modified = matches_etag(&req, head);
         let fresh = !answer.events().is_empty() && !not_modified;
         let stopping = *state.shutdown.borrow();
-        if fresh || stopping || tokio::time::Instant::now() >= deadline {
+        // A cursor beyond the head cannot be served by waiting: answer the
+        // head now so the client resyncs (docs/decisions.md).
+        let beyond = matches!(from, PollFrom::Seq(since) if since > head);
+        if fresh || beyond || stopping || tokio::time::Instant::now() >= deadline {
             return Ok(respond(&state, &key, &answer, not_modified));
         }
         // Hold the request until the room's known head passes what was seen.

@@ -297,6 +297,17 @@ impl WsClient {
             .expect("send");
     }
 
+    /// Sends several messages in one write (the server reads them together).
+    pub async fn send_all(&mut self, msgs: &[Value]) {
+        for m in msgs {
+            self.framed
+                .feed(ws::Message::Text(m.to_string().into()))
+                .await
+                .expect("feed");
+        }
+        self.framed.flush().await.expect("flush");
+    }
+
     pub async fn send_raw(&mut self, msg: ws::Message) {
         let _ = self.framed.send(msg).await;
     }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 struct Asset {
@@ -40,13 +41,14 @@ fn etag_of(bytes: &[u8]) -> String {
 fn serve(asset: &'static Asset, req: &HttpRequest) -> HttpResponse {
     let from_disk = std::env::var_os("ROOMCAST_WEB_DIR")
         .and_then(|dir| std::fs::read_to_string(std::path::Path::new(&dir).join(asset.name)).ok());
+    // The embedded bytes are served as they are (no copy per request).
     let (body, etag) = match from_disk {
         Some(text) => {
             let etag = etag_of(text.as_bytes());
-            (text, etag)
+            (Bytes::from(text), etag)
         }
         None => (
-            asset.embedded.to_owned(),
+            Bytes::from_static(asset.embedded.as_bytes()),
             asset
                 .etag
                 .get_or_init(|| etag_of(asset.embedded.as_bytes()))

@@ -53,6 +53,16 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_CATCHUP_PAGE", default_value_t = 500)]
     pub catchup_page: i64,
 
+    /// Bytes of event data a catch-up or poll page holds at most (at least
+    /// one event, whatever its size).
+    #[arg(long, env = "ROOMCAST_PAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub page_bytes: i64,
+
+    /// Longest a statement may run in PostgreSQL, in ms (`statement_timeout`
+    /// of every pool connection); 0 means no limit.
+    #[arg(long, env = "ROOMCAST_STATEMENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub statement_timeout_ms: u64,
+
     /// Subscriptions one WebSocket connection may hold.
     #[arg(long, env = "ROOMCAST_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
@@ -133,6 +143,8 @@ impl Config {
             heartbeat_ms: 15000,
             db_pool: 16,
             catchup_page: 500,
+            page_bytes: 1024 * 1024,
+            statement_timeout_ms: 10_000,
             max_subscriptions: 100,
             backlog_bytes: 256 * 1024,
             backlog_close_bytes: 4 * 1024 * 1024,

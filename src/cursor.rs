@@ -14,11 +14,14 @@ use actix::{Addr, Recipient};
 
 use crate::db::{Db, Snapshot};
 use crate::protocol::{Frame, RoomKey, RoomStatus};
-use crate::room::{Broadcaster, Deliver, Join};
+use crate::room::{Broadcaster, Deliver, Join, Joined};
 use crate::store::{RoomRow, StoreError};
 
 /// Frames held per subscription while a gap is read back.
 const MAX_HELD: usize = 4096;
+/// Longest wait for the router to learn a room's head before a
+/// subscription opens anyway.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Cursor {
     pub key: RoomKey,
@@ -35,6 +38,8 @@ pub struct Cursor {
     /// unsubscribe + subscribe makes a new one while the old one may still
     /// be opening).
     pub generation: u64,
+    /// Most frames held ahead of a gap.
+    capacity: usize,
 }
 
 impl Cursor {
@@ -46,6 +51,15 @@ impl Cursor {
             held: BTreeMap::new(),
             fetching: false,
             generation: 0,
+            capacity: MAX_HELD,
+        }
+    }
+
+    /// A cursor holding at most `capacity` frames ahead of a gap.
+    pub fn with_capacity(key: RoomKey, capacity: usize) -> Self {
+        Cursor {
+            capacity: capacity.max(1),
+            ..Cursor::new(key)
         }
     }
 
@@ -65,6 +79,11 @@ impl Cursor {
     /// answers false when the session's outbox is full: the cursor stops
     /// there and the rest is held (bounded) for when the outbox drains.
     ///
+    /// The frame that extends the cursor is never dropped: when the held
+    /// frames are at their bound, the highest seq is evicted instead (the
+    /// cheapest to read again, and the last to be needed), so a read-back
+    /// of `last + 1` always makes progress.
+    ///
     /// Returns the cursor to read back from when the subscription is behind
     /// (a gap, or `known_head` or the routed head ahead of it), the outbox
     /// has room and no read is running; the caller sends that read and it is
@@ -76,44 +95,29 @@ impl Cursor {
         mut send: impl FnMut(&Frame) -> bool,
     ) -> Option<i64> {
         let mut open = true;
-        // Frames that extend the cursor go straight out (the common case: no
-        // copy into the map); the rest are held until the gap is filled.
         for f in frames {
-            match self.last {
-                Some(l) if f.seq <= l => continue,
-                Some(l) if open && f.seq == l + 1 && self.held.is_empty() => {
+            if let Some(l) = self.last {
+                if f.seq <= l {
+                    continue;
+                }
+                // The common case: in order, nothing held, no copy.
+                if open && f.seq == l + 1 && self.held.is_empty() {
                     if send(f) {
                         self.last = Some(f.seq);
                         continue;
                     }
                     open = false;
                 }
-                _ => {}
             }
-            if self.held.len() < MAX_HELD {
-                self.held.insert(f.seq, f.clone());
-            }
-        }
-        let mut last = self.last?;
-        while open {
-            let Some(first) = self.held.first_entry() else {
-                break;
-            };
-            let seq = *first.key();
-            if seq <= last {
-                first.remove();
-            } else if seq == last + 1 {
-                if send(first.get()) {
-                    first.remove();
-                    last = seq;
-                } else {
-                    open = false;
-                }
-            } else {
-                break;
+            self.hold(f);
+            if open {
+                open = self.drain(&mut send);
             }
         }
-        self.last = Some(last);
+        if open {
+            open = self.drain(&mut send);
+        }
+        let last = self.last?;
         if !open {
             // The outbox is full: the session goes on when it drains.
             return None;
@@ -124,6 +128,54 @@ impl Cursor {
             return Some(last);
         }
         None
+    }
+
+    /// Keeps a frame ahead of the cursor, within the bound: past it the
+    /// highest seq goes (the incoming frame itself when it is the highest).
+    fn hold(&mut self, f: &Frame) {
+        if self.held.contains_key(&f.seq) {
+            return;
+        }
+        if self.held.len() >= self.capacity {
+            match self.held.last_key_value() {
+                Some((&top, _)) if top > f.seq => {
+                    self.held.pop_last();
+                }
+                _ => return,
+            }
+        }
+        self.held.insert(f.seq, f.clone());
+    }
+
+    /// Sends held frames that extend the cursor; false when the outbox
+    /// refused one.
+    fn drain(&mut self, send: &mut impl FnMut(&Frame) -> bool) -> bool {
+        let Some(mut last) = self.last else {
+            return true;
+        };
+        let mut open = true;
+        while let Some(first) = self.held.first_entry() {
+            let seq = *first.key();
+            if seq <= last {
+                first.remove();
+            } else if seq == last + 1 {
+                if !send(first.get()) {
+                    open = false;
+                    break;
+                }
+                first.remove();
+                last = seq;
+            } else {
+                break;
+            }
+        }
+        self.last = Some(last);
+        open
+    }
+
+    /// Frames held ahead of a gap (for tests and metrics).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 }
 
@@ -136,27 +188,57 @@ pub struct Opened {
     pub state: serde_json::Value,
 }
 
-/// Opens a subscription: joins the room's routing, then reads its snapshot.
-/// In that order, nothing committed after the snapshot can slip past unseen.
+/// Opens a subscription: joins the room's routing, waits until the router
+/// knows the room's head, then reads the room's snapshot. In that order,
+/// every event committed after the snapshot is routed to the session as a
+/// push: nothing slips past unseen, and nothing waits for the poll timer.
+///
+/// A snapshot read shared with other subscribers may predate an event the
+/// client has seen (`since` above its head): it is read again, alone, before
+/// the client is told `reset`.
 pub async fn open(
     router: Addr<Broadcaster>,
     db: Addr<Db>,
     key: RoomKey,
     session: u64,
+    generation: u64,
+    since: Option<i64>,
     deliver: Recipient<Deliver>,
 ) -> Result<Opened, StoreError> {
-    let routed = router
+    let joined = router
         .send(Join {
             key: key.clone(),
             session,
+            generation,
             deliver,
         })
         .await
         .ok();
-    let row = db
-        .send(Snapshot { key })
+    let routed = match joined {
+        Some(Joined { head, ready }) => {
+            if let Some(ready) = ready {
+                // Fired (or dropped) by the router; bounded all the same.
+                let _ = tokio::time::timeout(READY_WAIT, ready).await;
+            }
+            Some(head)
+        }
+        None => None,
+    };
+    let busy = |_| StoreError::Unavailable("server is busy".into());
+    let mut row = db
+        .send(Snapshot {
+            key: key.clone(),
+            fresh: false,
+        })
         .await
-        .map_err(|_| StoreError::Unavailable("server is busy".into()))??;
+        .map_err(busy)??;
+    let head_of = |row: &Option<RoomRow>| row.as_ref().map_or(0, |r| r.head);
+    if since.is_some_and(|s| s > head_of(&row)) {
+        row = db
+            .send(Snapshot { key, fresh: true })
+            .await
+            .map_err(busy)??;
+    }
     Ok(match row {
         Some(RoomRow {
             head,
@@ -194,7 +276,7 @@ mod tests {
     use super::*;
     use crate::protocol::{Event, RoomId, Via};
 
-    fn frame(seq: i64) -> Frame {
+    pub(super) fn frame(seq: i64) -> Frame {
         let ev = Event {
             seq,
             ty: "t".into(),
@@ -261,5 +343,162 @@ mod tests {
         assert_eq!(ask, None);
         // Behind the head with nothing held: read back.
         assert_eq!(c.advance(&[], 6, |_| true), Some(4));
+    }
+}
+
+/// The delivery rule over random interleavings: pushes (any subset, any
+/// order, duplicated), read-backs of any page size, outbox refusals and
+/// buffer bounds. What is sent is always exactly `since+1..k` in order, a
+/// read-back that starts at `last + 1` always moves the cursor, and once the
+/// outbox stays open the cursor reaches the head.
+#[cfg(test)]
+mod properties {
+    use super::tests::frame;
+    use super::*;
+    use crate::protocol::RoomId;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Frames pushed in this order (seqs, possibly known or repeated).
+        Push(Vec<i64>),
+        /// The running read-back answers with a page of this size.
+        ReadBack(usize),
+        /// The outbox takes this many more frames, then refuses.
+        Budget(usize),
+        /// The outbox drained: the session advances with nothing new.
+        Drain,
+    }
+
+    fn op(n: i64) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop::collection::vec(1..=n, 0..20).prop_map(Op::Push),
+            // A contiguous run, as the router hands them.
+            3 => (1..=n, 1..30i64).prop_map(move |(a, len)| Op::Push((a..=(a + len).min(n)).collect())),
+            3 => (1usize..120).prop_map(Op::ReadBack),
+            2 => (0usize..40).prop_map(Op::Budget),
+            2 => Just(Op::Drain),
+        ]
+    }
+
+    struct Sim {
+        cursor: Cursor,
+        sent: Vec<i64>,
+        /// Frames the outbox still takes (`None`: unbounded).
+        budget: Option<usize>,
+        /// The read-back the cursor asked for, if any.
+        asked: Option<i64>,
+        head: i64,
+    }
+
+    impl Sim {
+        fn advance(&mut self, frames: &[Frame], known: i64) {
+            let (sent, budget) = (&mut self.sent, &mut self.budget);
+            let ask = self.cursor.advance(frames, known, |f| {
+                if *budget == Some(0) {
+                    return false;
+                }
+                if let Some(b) = budget.as_mut() {
+                    *b -= 1;
+                }
+                sent.push(f.seq);
+                true
+            });
+            if let Some(after) = ask {
+                assert!(self.asked.is_none(), "a second read-back while one runs");
+                self.asked = Some(after);
+            }
+        }
+
+        fn read_back(&mut self, page: usize) {
+            let Some(after) = self.asked.take() else {
+                return;
+            };
+            self.cursor.fetching = false;
+            let frames: Vec<Frame> = (after + 1..=self.head).take(page).map(frame).collect();
+            let before = self.cursor.last;
+            let extends = frames.first().map(|f| f.seq) == before.map(|l| l + 1);
+            let can_send = self.budget != Some(0);
+            self.advance(&frames, self.head);
+            if extends && can_send {
+                assert!(
+                    self.cursor.last > before,
+                    "a read-back of last + 1 made no progress"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn exactly_once_in_order_and_always_progressing(
+            (n, since, capacity, ops) in (1i64..300).prop_flat_map(|n| (
+                Just(n),
+                0..=n,
+                1usize..64,
+                prop::collection::vec(op(n), 0..80),
+            ))
+        ) {
+            let key = RoomKey { org: "o".into(), room: RoomId::parse("r").unwrap() };
+            let mut sim = Sim {
+                cursor: Cursor::with_capacity(key, capacity),
+                sent: Vec::new(),
+                budget: None,
+                asked: None,
+                head: n,
+            };
+            sim.cursor.last = Some(since);
+            for op in ops {
+                match op {
+                    Op::Push(seqs) => {
+                        let frames: Vec<Frame> = seqs.into_iter().map(frame).collect();
+                        sim.advance(&frames, -1);
+                    }
+                    Op::ReadBack(page) => sim.read_back(page),
+                    Op::Budget(b) => sim.budget = Some(b),
+                    Op::Drain => sim.advance(&[], -1),
+                }
+                prop_assert!(sim.cursor.held() <= capacity);
+                let want: Vec<i64> = (since + 1..=since + sim.sent.len() as i64).collect();
+                prop_assert_eq!(&sim.sent, &want);
+            }
+            // The outbox stays open: read-backs bring the cursor to the head.
+            sim.budget = None;
+            sim.advance(&[], n);
+            for _ in 0..(n as usize + 2) {
+                if sim.asked.is_none() {
+                    break;
+                }
+                sim.read_back(7);
+            }
+            prop_assert_eq!(sim.cursor.last, Some(n));
+            let want: Vec<i64> = (since + 1..=n).collect();
+            prop_assert_eq!(sim.sent, want);
+        }
+    }
+
+    /// The reproduced stall: the held frames at their bound, all far ahead;
+    /// the read-back of `last + 1` used to be dropped for ever.
+    #[test]
+    fn a_full_buffer_never_drops_the_frame_that_extends_the_cursor() {
+        let key = RoomKey {
+            org: "o".into(),
+            room: RoomId::parse("r").unwrap(),
+        };
+        let mut c = Cursor::with_capacity(key, 4);
+        c.last = Some(0);
+        let ahead: Vec<Frame> = (100..110).map(frame).collect();
+        assert_eq!(c.advance(&ahead, -1, |_| true), Some(0));
+        assert_eq!(c.held(), 4);
+        c.fetching = false;
+        let page: Vec<Frame> = (1..=50).map(frame).collect();
+        let mut sent = vec![];
+        c.advance(&page, 109, |f| {
+            sent.push(f.seq);
+            true
+        });
+        assert_eq!(sent, (1..=50).collect::<Vec<_>>());
+        assert_eq!(c.last, Some(50));
     }
 }

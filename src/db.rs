@@ -41,6 +41,9 @@ pub struct Publish {
 #[rtype(result = "Result<Option<RoomRow>, StoreError>")]
 pub struct Snapshot {
     pub key: RoomKey,
+    /// Read now, alone: a read of the room already running may have started
+    /// before a commit the caller knows of.
+    pub fresh: bool,
 }
 
 /// A page of a room's log for a poller. Pollers asking for the same page
@@ -137,15 +140,18 @@ struct Reads {
 
 impl Reads {
     async fn get(&self) -> Result<(OwnedSemaphorePermit, deadpool_postgres::Object), StoreError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        // Bounded: a hung database answers "unavailable" instead of piling
+        // up reads that wait for ever.
+        let permit = tokio::time::timeout(READ_SLOT_WAIT, self.permits.clone().acquire_owned())
             .await
+            .map_err(|_| StoreError::Unavailable("no read slot: the database is slow".into()))?
             .map_err(|_| StoreError::Unavailable("shutting down".into()))?;
         Ok((permit, self.pool.get().await?))
     }
 }
+
+/// Longest wait for a read slot.
+const READ_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Pool connections kept for publishes whatever the reads do.
 const RESERVED_FOR_PUBLISH: usize = 4;
@@ -195,6 +201,8 @@ pub struct Db {
     router: Recipient<Committed>,
     /// Events per catch-up query.
     page: i64,
+    /// Bytes of event data per catch-up or poll page (at least one event).
+    page_bytes: i64,
     /// Pending catch-up requests per (room, label).
     queues: HashMap<(RoomKey, Via), Queue>,
     /// Snapshot reads running, with everyone waiting for each.
@@ -207,7 +215,13 @@ pub struct Db {
 }
 
 impl Db {
-    pub fn new(pool: Pool, metrics: Arc<Metrics>, router: Recipient<Committed>, page: i64) -> Self {
+    pub fn new(
+        pool: Pool,
+        metrics: Arc<Metrics>,
+        router: Recipient<Committed>,
+        page: i64,
+        page_bytes: i64,
+    ) -> Self {
         let readers = (pool.status().max_size.saturating_sub(RESERVED_FOR_PUBLISH)).max(2);
         let (hints, rx) = mpsc::unbounded_channel();
         actix_web::rt::spawn(notifier(pool.clone(), metrics.clone(), rx));
@@ -221,6 +235,7 @@ impl Db {
             metrics,
             router,
             page: page.max(1),
+            page_bytes: page_bytes.max(1),
             queues: HashMap::new(),
             snapshots: HashMap::new(),
             pages: HashMap::new(),
@@ -244,7 +259,7 @@ impl Db {
         }
         queue.running = true;
         waiting.sort_by_key(|w| w.after);
-        let page = self.page;
+        let (page, page_bytes) = (self.page, self.page_bytes);
         let mut clusters: Vec<(i64, Vec<Waiter>)> = Vec::new();
         for w in waiting {
             match clusters.last_mut() {
@@ -263,7 +278,7 @@ impl Db {
                 let key = key.clone();
                 async move {
                     let (_permit, client) = reads.get().await?;
-                    store::events_after(&client, &key, after, page).await
+                    store::events_after(&client, &key, after, page, page_bytes).await
                 }
             }))
             .await
@@ -271,8 +286,8 @@ impl Db {
         ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| {
             let (key, via) = &qkey;
             for ((_, members), result) in clusters.into_iter().zip(results) {
-                let more = matches!(&result, Ok(events) if events.len() as i64 >= page);
-                let frames = result.map(|events| encode(key, &events, *via));
+                let more = matches!(&result, Ok(p) if p.more);
+                let frames = result.map(|p| encode(key, &p.events, *via));
                 if let Err(e) = &frames {
                     log::warn!("catch-up query failed room={key}: {e}");
                 }
@@ -369,8 +384,10 @@ impl Db {
                     }
                     results.reverse();
                 }
-                Err(e) if counts.len() == 1 => results.push(Err(e)),
-                Err(_) => {
+                // An error that proves nothing was written and names one
+                // request's fault (a terminal status mid-round, bad input):
+                // each request again, alone, so it fails only its own.
+                Err(StoreError::RoomClosed(_) | StoreError::Invalid(_)) if counts.len() > 1 => {
                     let mut at = 0;
                     for &n in &counts {
                         metrics.queries(QueryKind::Publish, 3);
@@ -378,6 +395,11 @@ impl Db {
                         at += n;
                     }
                 }
+                // The database is unreachable, or the commit's outcome is
+                // unknown: every request of the round gets the same answer
+                // at once (retrying alone could store keyless events twice,
+                // and would make the k-th request wait k timeouts).
+                Err(e) => results.extend(counts.iter().map(|_| Err(e.clone()))),
             }
             (all, counts, replies, results)
         };
@@ -451,6 +473,14 @@ impl Handler<Snapshot> for Db {
 
     /// Snapshots of one room asked for while a read of it runs share that read.
     fn handle(&mut self, msg: Snapshot, ctx: &mut Context<Self>) -> Self::Result {
+        if msg.fresh {
+            self.metrics.queries(QueryKind::Head, 1);
+            let reads = self.reads.clone();
+            return Box::pin(async move {
+                let (_permit, client) = reads.get().await?;
+                store::room(&client, &msg.key).await
+            });
+        }
         let (tx, rx) = oneshot::channel();
         match self.snapshots.entry(msg.key.clone()) {
             Entry::Occupied(mut e) => e.get_mut().push(tx),
@@ -521,9 +551,12 @@ impl Handler<PollPage> for Db {
                 self.metrics.queries(QueryKind::Poll, 1);
                 let reads = self.reads.clone();
                 let (key, from, limit) = id.clone();
+                let page_bytes = self.page_bytes;
                 let read = async move {
                     let (_permit, client) = reads.get().await?;
-                    store::page(&client, &key, from, limit).await.map(Arc::new)
+                    store::page(&client, &key, from, limit, page_bytes)
+                        .await
+                        .map(Arc::new)
                 };
                 ctx.spawn(read.into_actor(self).map(move |res, act, _| {
                     for waiter in act.pages.remove(&id).unwrap_or_default() {

@@ -64,6 +64,8 @@ pub struct Metrics {
     /// Pushes the router could not hand to a full session mailbox; each one
     /// is later caught up from the database by that session.
     pub pushes_dropped: IntCounter,
+    /// Rooms the Broadcaster follows (for sessions or pollers).
+    pub router_rooms: IntGauge,
 }
 
 impl Metrics {
@@ -111,6 +113,11 @@ impl Metrics {
             "Pushes not handed to a full session mailbox (caught up from the database instead)",
         )
         .expect("static");
+        let router_rooms = IntGauge::new(
+            "roomcast_router_rooms",
+            "Rooms the router follows on this instance (for sessions or pollers)",
+        )
+        .expect("static");
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "roomcast_db_pool_connections",
@@ -130,6 +137,7 @@ impl Metrics {
             Box::new(publish_seconds.clone()),
             Box::new(session_backlog_bytes.clone()),
             Box::new(pushes_dropped.clone()),
+            Box::new(router_rooms.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -155,6 +163,7 @@ impl Metrics {
             publish_seconds,
             session_backlog_bytes,
             pushes_dropped,
+            router_rooms,
         }
     }
 

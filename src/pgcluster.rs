@@ -2,7 +2,11 @@
 //! with the machine's `initdb` under a data directory and started with
 //! `pg_ctl` on a free loopback port, so a newcomer needs nothing but
 //! PostgreSQL installed. As root the tools run as `postgres` through `runuser`
-//! (initdb refuses to run as root).
+//! (initdb refuses to run as root); when `postgres` cannot reach the data
+//! directory (a checkout under `/root`, mode 700, is the usual case), the
+//! cluster itself lives in a directory of its own under the system's
+//! temporary directory, named after the data directory's path, and the data
+//! directory records where (`pgdata.location`).
 
 use std::io;
 use std::net::TcpListener;
@@ -11,7 +15,11 @@ use std::process::Command;
 
 /// A cluster this process found or started.
 pub struct PrivateCluster {
+    /// The data directory asked for (the port file lives here).
     dir: PathBuf,
+    /// Where the cluster's files are: `dir`, or a directory `postgres` can
+    /// reach when it cannot reach `dir`.
+    home: PathBuf,
     bindir: PathBuf,
     pub port: u16,
     as_postgres: bool,
@@ -49,6 +57,20 @@ fn find_bindir() -> io::Result<PathBuf> {
     })
 }
 
+/// A directory any user can reach, named after `dir`'s path (so the same
+/// data directory finds its cluster again).
+fn reachable_home(dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let base = if Path::new("/var/tmp").is_dir() {
+        PathBuf::from("/var/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("roomcast-pg-{:016x}", h.finish()))
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -61,19 +83,33 @@ impl PrivateCluster {
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let mut cluster = PrivateCluster {
             dir: dir.clone(),
+            home: dir.clone(),
             bindir: find_bindir()?,
             port: 0,
             as_postgres,
             started_here: false,
         };
-        std::fs::create_dir_all(dir.join("run"))?;
         if as_postgres {
-            cluster.run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&dir),
-                false,
-            )?;
+            cluster.own(&dir)?;
+            if !cluster.postgres_reaches(&dir) {
+                let home = reachable_home(&dir);
+                std::fs::create_dir_all(&home)?;
+                cluster.own(&home)?;
+                std::fs::write(
+                    dir.join("pgdata.location"),
+                    format!("{}\n", home.join("pgdata").display()),
+                )?;
+                log::info!(
+                    "user postgres cannot reach {}: the cluster lives in {}",
+                    dir.display(),
+                    home.display()
+                );
+                cluster.home = home;
+            }
+        }
+        std::fs::create_dir_all(cluster.home.join("run"))?;
+        if as_postgres {
+            cluster.own(&cluster.home)?;
         }
         if !cluster.pgdata().join("PG_VERSION").is_file() {
             log::info!(
@@ -109,14 +145,14 @@ impl PrivateCluster {
             std::fs::write(&port_file, port.to_string())?;
             let opts = format!(
                 "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300",
-                dir.join("run").display()
+                cluster.home.join("run").display()
             );
             let mut start = cluster.tool("pg_ctl");
             start
                 .arg("-D")
                 .arg(cluster.pgdata())
                 .arg("-l")
-                .arg(dir.join("postgres.log"))
+                .arg(cluster.home.join("postgres.log"))
                 .args(["-w", "-t", "60", "-o", &opts, "start"]);
             if cluster.run(&mut start, true).is_ok() {
                 cluster.started_here = true;
@@ -127,12 +163,34 @@ impl PrivateCluster {
         Err(err(format!(
             "could not start PostgreSQL in {}; see {}",
             cluster.pgdata().display(),
-            dir.join("postgres.log").display()
+            cluster.home.join("postgres.log").display()
         )))
     }
 
-    fn pgdata(&self) -> PathBuf {
-        self.dir.join("pgdata")
+    /// The cluster's data directory (`pg_ctl -D`).
+    pub fn pgdata(&self) -> PathBuf {
+        self.home.join("pgdata")
+    }
+
+    /// Hands `dir` (and what is in it) to user `postgres`.
+    fn own(&self, dir: &Path) -> io::Result<()> {
+        self.run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir),
+            false,
+        )
+    }
+
+    /// Whether user `postgres` can enter and write `dir` (every directory
+    /// above it must let it through).
+    fn postgres_reaches(&self, dir: &Path) -> bool {
+        let mut test = Command::new("runuser");
+        test.args(["-u", "postgres", "--", "test", "-x"])
+            .arg(dir)
+            .args(["-a", "-w"])
+            .arg(dir);
+        self.run(&mut test, true).is_ok()
     }
 
     /// A libpq-style connection string for database `dbname`.
@@ -171,6 +229,22 @@ impl PrivateCluster {
         let mut status = self.tool("pg_ctl");
         status.arg("-D").arg(self.pgdata()).arg("status");
         self.run(&mut status, true).is_ok()
+    }
+
+    /// Stops the cluster and removes its files (the data directory, and the
+    /// directory it was moved to if `postgres` could not reach it).
+    pub fn destroy(self) {
+        self.force_stop();
+        let _ = std::fs::remove_dir_all(&self.home);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn force_stop(&self) {
+        let mut stop = self.tool("pg_ctl");
+        stop.arg("-D")
+            .arg(self.pgdata())
+            .args(["-w", "-m", "fast", "stop"]);
+        let _ = self.run(&mut stop, true);
     }
 
     /// Stops the cluster (fast shutdown) if this process started it.

@@ -8,6 +8,14 @@
 //! head in PostgreSQL with what was routed (one statement per tick for all
 //! rooms, whatever the number of connections). Out-of-order commits are held
 //! briefly and the gap is read from the database if it does not fill.
+//!
+//! A room's entry learns the room's head before a subscription opens (its
+//! snapshot is read after that), so everything committed after the
+//! subscriber's snapshot is routed to it as a push, never left to its poll
+//! timer. Heads of newly followed rooms are learned in batches (one
+//! statement for every room that arrived while the previous batch ran). A
+//! room followed only by pollers is never read back: a commit moves what is
+//! known of its head (which wakes long-polls), nothing more.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,11 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::db::{Catchup, CatchupDone, Db, Heads};
 use crate::metrics::Metrics;
-use crate::protocol::{EphemeralFrame, Frame, RoomKey, Via};
+use crate::protocol::{EphemeralFrame, Frame, RoomKey, RoomStatus, Via};
 use crate::store::RoomRow;
 
 /// How long an out-of-order commit waits for the missing ones before the gap
@@ -34,6 +42,10 @@ const MAX_HELD: usize = 10_000;
 const POLL_TTL: Duration = Duration::from_secs(60);
 /// How often rooms nobody follows any more are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// A read of the log that failed is tried again after this long (whatever
+/// the poll interval, even with the fallback off): a closed room's last
+/// events must still reach every subscriber.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// What the router hands a session.
 #[derive(Clone)]
@@ -88,23 +100,37 @@ pub struct Ephemeral {
     pub frame: Arc<EphemeralFrame>,
 }
 
-/// A session starts following a room. Answers the room's routed head, shared
-/// with the router (`-1` until known): sessions compare their cursor with it
-/// on their poll timer without a message or a query.
+/// A session starts following a room (subscription `generation` of that
+/// session: a later one replaces an earlier one, never the reverse).
 #[derive(Message)]
-#[rtype(result = "Arc<AtomicI64>")]
+#[rtype(result = "Joined")]
 pub struct Join {
     pub key: RoomKey,
     pub session: u64,
+    pub generation: u64,
     pub deliver: Recipient<Deliver>,
 }
 
-/// A session stops following a room.
+/// What a joining session gets back.
+pub struct Joined {
+    /// The room's routed head, shared with the router (`-1` until known):
+    /// sessions compare their cursor with it on their poll timer without a
+    /// message or a query.
+    pub head: Arc<AtomicI64>,
+    /// Fires once the router knows the room's head (`None`: it knows it
+    /// already). The subscription's snapshot is read after it, so every
+    /// event committed after the snapshot is routed to the session.
+    pub ready: Option<oneshot::Receiver<()>>,
+}
+
+/// A session stops following a room: subscription `generation` and any
+/// earlier one of that session (a later one stays).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave {
     pub key: RoomKey,
     pub session: u64,
+    pub generation: u64,
 }
 
 /// Events this instance committed, in seq order within the message.
@@ -139,7 +165,10 @@ struct RoomEntry {
     head: Arc<AtomicI64>,
     /// A terminal status was seen: no more events, no more head checks.
     closed: bool,
-    sessions: HashMap<u64, Recipient<Deliver>>,
+    /// Sessions following the room, each with its subscription generation.
+    sessions: HashMap<u64, (u64, Recipient<Deliver>)>,
+    /// Joins waiting for the head to be learned.
+    ready: Vec<oneshot::Sender<()>>,
     /// Frames that arrived ahead of a gap.
     held: BTreeMap<i64, Frame>,
     /// A read from the database is running for this room.
@@ -162,6 +191,7 @@ impl RoomEntry {
             head: Arc::new(AtomicI64::new(-1)),
             closed: false,
             sessions: HashMap::new(),
+            ready: Vec::new(),
             held: BTreeMap::new(),
             fetching: false,
             want: 0,
@@ -190,10 +220,40 @@ impl RoomEntry {
         });
     }
 
+    /// Hands `msg` to every session (never waiting: a full mailbox is
+    /// counted and skipped, a closed one forgotten).
+    fn deliver(&mut self, msg: Deliver, metrics: &Metrics) {
+        self.sessions
+            .retain(|_, (_, s)| match s.try_send(msg.clone()) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    metrics.pushes_dropped.inc();
+                    true
+                }
+                Err(SendError::Closed(_)) => false,
+            });
+    }
+
+    /// Nothing routed is missing: every seq known to exist was routed.
+    fn is_settled(&self) -> bool {
+        self.routed.is_some_and(|r| r >= self.want) && self.held.is_empty()
+    }
+
+    /// No session follows the room (pollers only): there is nobody to route
+    /// to, so what is known becomes the routed head with no read.
+    fn skip_to_known(&mut self) {
+        if let Some(r) = self.routed {
+            let to = r.max(self.want);
+            self.routed = Some(to);
+            self.head.store(to, Ordering::Release);
+            self.held.clear();
+        }
+    }
+
     /// Nobody follows the room any more: no session, no waiting poller, no
     /// recent poll.
     fn is_unused(&self) -> bool {
-        self.sessions.is_empty()
+        self.sessions.values().all(|(_, s)| !s.connected())
             && self.known.receiver_count() == 0
             && self.polled.is_none_or(|t| t.elapsed() > POLL_TTL)
     }
@@ -205,6 +265,12 @@ pub struct Broadcaster {
     rooms: HashMap<RoomKey, RoomEntry>,
     /// Head check interval; `None` turns the fallback off.
     poll: Option<Duration>,
+    /// A head check is running (a slow database never piles them up).
+    checking: bool,
+    /// Newly followed rooms whose head is to be learned, and whether a
+    /// batch is being read.
+    to_learn: Vec<RoomKey>,
+    learning: bool,
 }
 
 impl Broadcaster {
@@ -214,6 +280,9 @@ impl Broadcaster {
             metrics,
             rooms: HashMap::new(),
             poll,
+            checking: false,
+            to_learn: Vec::new(),
+            learning: false,
         }
     }
 
@@ -252,20 +321,15 @@ impl Broadcaster {
             entry.routed = Some(routed);
             entry.head.store(routed, Ordering::Release);
             entry.publish_known();
-            let msg = Deliver {
-                key: Arc::new(key.clone()),
-                push: Push::Events(out.into()),
-            };
-            let metrics = &self.metrics;
-            entry.sessions.retain(|_, s| match s.try_send(msg.clone()) {
-                Ok(()) => true,
-                Err(SendError::Full(_)) => {
-                    // The session finds the gap and reads it back itself.
-                    metrics.pushes_dropped.inc();
-                    true
-                }
-                Err(SendError::Closed(_)) => false,
-            });
+            // A session whose mailbox is full finds the gap and reads it
+            // back itself.
+            entry.deliver(
+                Deliver {
+                    key: Arc::new(key.clone()),
+                    push: Push::Events(out.into()),
+                },
+                &self.metrics,
+            );
         }
         if !entry.held.is_empty() && !entry.gap_timer && !entry.fetching {
             entry.gap_timer = true;
@@ -289,6 +353,11 @@ impl Broadcaster {
         let Some(routed) = entry.routed else {
             return;
         };
+        if entry.sessions.is_empty() {
+            entry.skip_to_known();
+            entry.publish_known();
+            return;
+        }
         if entry.fetching {
             return;
         }
@@ -301,36 +370,59 @@ impl Broadcaster {
         });
     }
 
-    /// One head check for every followed, open room.
+    /// One head check for every followed room that is open, or closed with
+    /// events known and not yet routed (its last reads may have failed).
     fn check_heads(&mut self, ctx: &mut Context<Self>) {
+        if self.checking {
+            return;
+        }
         let keys: Vec<RoomKey> = self
             .rooms
             .iter()
-            .filter(|(_, e)| !e.closed || e.routed.is_none())
+            .filter(|(_, e)| !e.closed || !e.is_settled())
             .map(|(k, _)| k.clone())
             .collect();
         if keys.is_empty() {
             return;
         }
+        self.checking = true;
         let asked = keys.clone();
         self.db
             .send(Heads { keys })
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(Ok(rows)) => {
-                    let mut found: HashMap<RoomKey, (i64, bool)> = rows
-                        .into_iter()
-                        .map(|(k, head, status)| (k, (head, status.is_terminal())))
-                        .collect();
-                    for key in asked {
-                        let (head, closed) = found.remove(&key).unwrap_or((0, false));
-                        act.saw_head(&key, head, closed, Via::Catchup, ctx);
-                    }
+                    act.checking = false;
+                    act.saw_heads(asked, rows, ctx);
                 }
-                Ok(Err(e)) => log::warn!("head check failed: {e}"),
-                Err(e) => log::warn!("head check not run: {e}"),
+                Ok(Err(e)) => {
+                    act.checking = false;
+                    log::warn!("head check failed: {e}");
+                }
+                Err(e) => {
+                    act.checking = false;
+                    log::warn!("head check not run: {e}");
+                }
             })
             .spawn(ctx);
+    }
+
+    /// The answer of a head statement for the rooms `asked` (a room absent
+    /// from `rows` was never published to: head 0).
+    fn saw_heads(
+        &mut self,
+        asked: Vec<RoomKey>,
+        rows: Vec<(RoomKey, i64, RoomStatus)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut found: HashMap<RoomKey, (i64, bool)> = rows
+            .into_iter()
+            .map(|(k, head, status)| (k, (head, status.is_terminal())))
+            .collect();
+        for key in asked {
+            let (head, closed) = found.remove(&key).unwrap_or((0, false));
+            self.saw_head(&key, head, closed, Via::Catchup, ctx);
+        }
     }
 
     fn saw_head(
@@ -352,6 +444,9 @@ impl Broadcaster {
                 entry.head.store(head, Ordering::Release);
                 entry.held.retain(|&s, _| s > head);
                 entry.publish_known();
+                for ready in entry.ready.drain(..) {
+                    let _ = ready.send(());
+                }
                 self.accept(key, std::iter::empty(), ctx);
             }
             Some(r) if head > r => {
@@ -371,9 +466,7 @@ impl Actor for Broadcaster {
         if let Some(every) = self.poll {
             ctx.run_interval(every, |act, ctx| act.check_heads(ctx));
         }
-        ctx.run_interval(SWEEP_EVERY, |act, _| {
-            act.rooms.retain(|_, e| !e.is_unused());
-        });
+        ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
     }
 }
 
@@ -386,36 +479,91 @@ impl Handler<Join> for Broadcaster {
             .rooms
             .entry(msg.key.clone())
             .or_insert_with(RoomEntry::new);
-        entry.sessions.insert(msg.session, msg.deliver);
+        match entry.sessions.get(&msg.session) {
+            // A later subscription of this session is registered already.
+            Some((g, _)) if *g > msg.generation => {}
+            _ => {
+                entry
+                    .sessions
+                    .insert(msg.session, (msg.generation, msg.deliver));
+            }
+        }
+        let ready = entry.routed.is_none().then(|| {
+            let (tx, rx) = oneshot::channel();
+            entry.ready.push(tx);
+            rx
+        });
         let head = entry.head.clone();
+        self.metrics.router_rooms.set(self.rooms.len() as i64);
         if is_new {
             self.learn_head(msg.key, ctx);
         }
-        MessageResult(head)
+        MessageResult(Joined { head, ready })
     }
 }
 
 impl Broadcaster {
     /// Learns where a newly followed room stands before routing anything in
-    /// it.
+    /// it: rooms that arrive while a batch is read are learned together by
+    /// the next one (one statement, whatever their number).
     fn learn_head(&mut self, key: RoomKey, ctx: &mut Context<Self>) {
+        self.to_learn.push(key);
+        self.learn_batch(ctx);
+    }
+
+    fn learn_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.learning || self.to_learn.is_empty() {
+            return;
+        }
+        let keys: Vec<RoomKey> = std::mem::take(&mut self.to_learn)
+            .into_iter()
+            .filter(|k| self.rooms.get(k).is_some_and(|e| e.routed.is_none()))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.learning = true;
+        let asked = keys.clone();
         self.db
-            .send(Heads {
-                keys: vec![key.clone()],
-            })
+            .send(Heads { keys })
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(rows)) => {
-                    let (head, closed) = rows
-                        .first()
-                        .map(|(_, h, s)| (*h, s.is_terminal()))
-                        .unwrap_or((0, false));
-                    act.saw_head(&key, head, closed, Via::Catchup, ctx);
+            .map(move |res, act, ctx| {
+                act.learning = false;
+                match res {
+                    Ok(Ok(rows)) => act.saw_heads(asked, rows, ctx),
+                    failed => {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => String::new(),
+                        };
+                        log::warn!("could not read the heads of {} rooms: {why}", asked.len());
+                        // The subscriptions open anyway (their poll timers
+                        // and the retry below cover what they miss).
+                        for key in &asked {
+                            if let Some(e) = act.rooms.get_mut(key) {
+                                for ready in e.ready.drain(..) {
+                                    let _ = ready.send(());
+                                }
+                            }
+                        }
+                        act.to_learn.extend(asked);
+                        ctx.run_later(RETRY_AFTER, |act, ctx| act.learn_batch(ctx));
+                        return;
+                    }
                 }
-                // The poll timer tries again.
-                _ => log::warn!("could not read the head of {key}"),
+                act.learn_batch(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// Forgets rooms nobody follows any more.
+    fn sweep(&mut self) {
+        for e in self.rooms.values_mut() {
+            e.sessions.retain(|_, (_, s)| s.connected());
+        }
+        self.rooms.retain(|_, e| !e.is_unused());
+        self.metrics.router_rooms.set(self.rooms.len() as i64);
     }
 }
 
@@ -471,22 +619,14 @@ impl Handler<Ephemeral> for Broadcaster {
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
             return;
         };
-        let deliver = Deliver {
-            key: Arc::new(msg.key),
-            push: Push::Ephemeral(msg.frame),
-        };
-        let metrics = &self.metrics;
-        entry
-            .sessions
-            .retain(|_, s| match s.try_send(deliver.clone()) {
-                Ok(()) => true,
-                // Interim events are best effort: a full mailbox skips one.
-                Err(SendError::Full(_)) => {
-                    metrics.pushes_dropped.inc();
-                    true
-                }
-                Err(SendError::Closed(_)) => false,
-            });
+        // Interim events are best effort: a full mailbox skips one.
+        entry.deliver(
+            Deliver {
+                key: Arc::new(msg.key),
+                push: Push::Ephemeral(msg.frame),
+            },
+            &self.metrics,
+        );
     }
 }
 
@@ -495,9 +635,16 @@ impl Handler<Leave> for Broadcaster {
 
     fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
         if let Some(entry) = self.rooms.get_mut(&msg.key) {
-            entry.sessions.remove(&msg.session);
+            if entry
+                .sessions
+                .get(&msg.session)
+                .is_some_and(|(g, _)| *g <= msg.generation)
+            {
+                entry.sessions.remove(&msg.session);
+            }
             if entry.is_unused() {
                 self.rooms.remove(&msg.key);
+                self.metrics.router_rooms.set(self.rooms.len() as i64);
             }
         }
     }
@@ -522,6 +669,12 @@ impl Handler<Hint> for Broadcaster {
             return;
         };
         entry.want = entry.want.max(msg.seq);
+        if entry.sessions.is_empty() {
+            // Pollers only: nothing to route, nothing to read.
+            entry.skip_to_known();
+            entry.publish_known();
+            return;
+        }
         entry.publish_known();
         if entry.routed.is_some_and(|r| msg.seq > r) && !entry.held.contains_key(&msg.seq) {
             self.fetch(&msg.key, Via::Push, ctx);
@@ -551,7 +704,16 @@ impl Handler<CatchupDone> for Broadcaster {
                 self.accept(&msg.key, frames.iter().cloned(), ctx);
                 any
             }
-            Err(_) => false,
+            Err(_) => {
+                // Tried again shortly, whatever the poll interval.
+                let key = msg.key.clone();
+                ctx.run_later(RETRY_AFTER, move |act, ctx| {
+                    if act.rooms.get(&key).is_some_and(|e| !e.is_settled()) {
+                        act.fetch(&key, Via::Push, ctx);
+                    }
+                });
+                false
+            }
         };
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
             return;

@@ -40,6 +40,9 @@ const FLOOD_CLOSE: u32 = 50;
 /// A connection whose token was accepted already expired (within the
 /// clock-skew leeway) has this long to renew it with `op: auth`.
 const AUTH_GRACE: Duration = Duration::from_secs(1);
+/// A catch-up read that failed is tried again after this long (even with
+/// the poll fallback off).
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// Starts a session on an upgraded request.
 pub fn start(
@@ -213,11 +216,13 @@ impl WsSession {
                         self.error(ctx, "forbidden", msg, Some(id.as_str()));
                     }
                 }
-                Ok(_) => self.error(
+                // A connection keeps its identity: a token of another sub or
+                // org is a policy violation, and the connection ends (the
+                // client reconnects with the new identity).
+                Ok(_) => self.close(
                     ctx,
-                    "forbidden",
+                    CloseCode::Policy,
                     "a new token must have the same sub and org",
-                    None,
                 ),
                 Err(e) => self.error(ctx, "unauthorized", &e.to_string(), None),
             },
@@ -269,14 +274,24 @@ impl WsSession {
         let opening = cursor::open(
             self.state.broadcaster.clone(),
             self.state.db.clone(),
-            key,
+            key.clone(),
             self.id,
+            generation,
+            since,
             ctx.address().recipient(),
         );
         ctx.spawn(opening.into_actor(self).map(move |opened, act, ctx| {
             let current = act.subs.get(&id);
             if !current.is_some_and(|s| s.last.is_none() && s.generation == generation) {
-                return; // unsubscribed meanwhile (and maybe subscribed again)
+                // Unsubscribed meanwhile (and maybe subscribed again): its
+                // unsubscribe may have reached the router before this join
+                // did, so leave again (a later subscription stays).
+                act.state.broadcaster.do_send(Leave {
+                    key,
+                    session: act.id,
+                    generation,
+                });
+                return;
             }
             let opened = match opened {
                 Ok(o) => o,
@@ -322,6 +337,7 @@ impl WsSession {
             self.state.broadcaster.do_send(Leave {
                 key: sub.key,
                 session: self.id,
+                generation: sub.generation,
             });
         }
     }
@@ -579,6 +595,12 @@ impl Handler<CatchupDone> for WsSession {
             }
             Err(e) => {
                 log::warn!("session={} catch-up room={id} failed: {e}", self.name);
+                // Tried again shortly, whatever the poll interval.
+                ctx.run_later(RETRY_AFTER, move |act, ctx| {
+                    if !act.pulling {
+                        act.advance(&id, &[], -1, ctx);
+                    }
+                });
             }
         }
     }

@@ -36,6 +36,8 @@ const DRAIN_CHECK: Duration = Duration::from_millis(50);
 const MAILBOX: usize = 1024;
 /// The EventSource reconnect delay the server asks for, in ms.
 const RETRY_MS: u64 = 1000;
+/// A catch-up read that failed is tried again after this long.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// The response body of an SSE stream: what the session writes, counted as
 /// the HTTP layer takes it.
@@ -129,6 +131,13 @@ impl SseSession {
         self.write(ctx, message(None, event, &msg.to_text()));
     }
 
+    /// A control message that moves the stream's position: it carries
+    /// `id: <cursor>`, so an EventSource that reconnects before the next
+    /// event resumes from where it stood (`Last-Event-ID`).
+    fn send_at(&mut self, ctx: &mut Context<Self>, id: i64, event: &str, msg: ServerMsg<'_>) {
+        self.write(ctx, message(Some(id), event, &msg.to_text()));
+    }
+
     fn advance(&mut self, frames: &[Frame], known_head: i64, ctx: &mut Context<Self>) {
         let SseSession {
             cursor, out, tx, ..
@@ -210,6 +219,8 @@ impl SseSession {
             self.state.db.clone(),
             self.cursor.key.clone(),
             self.id,
+            0,
+            self.since,
             ctx.address().recipient(),
         );
         ctx.spawn(opening.into_actor(self).map(|opened, act, ctx| {
@@ -233,15 +244,22 @@ impl SseSession {
                 status: opened.status,
                 state: &opened.state,
             };
-            act.send(ctx, "subscribed", subscribed);
             let (last, reset) = cursor::start_at(act.since, opened.head);
+            // `subscribed` carries where the stream starts: the head when it
+            // starts from now (or is reset), the cursor asked for otherwise.
+            act.send_at(
+                ctx,
+                if reset { opened.head } else { last },
+                "subscribed",
+                subscribed,
+            );
             if reset {
                 let msg = ServerMsg::Reset {
                     room: room.as_str(),
                     head: opened.head,
                     state: &opened.state,
                 };
-                act.send(ctx, "reset", msg);
+                act.send_at(ctx, opened.head, "reset", msg);
             }
             act.cursor.last = Some(last);
             act.cursor.head = opened.routed;
@@ -292,6 +310,7 @@ impl Actor for SseSession {
         self.state.broadcaster.do_send(Leave {
             key: self.cursor.key.clone(),
             session: self.id,
+            generation: 0,
         });
     }
 }
@@ -330,7 +349,15 @@ impl Handler<CatchupDone> for SseSession {
                     self.advance(&[], i64::MAX, ctx);
                 }
             }
-            Err(e) => log::warn!("sse session={} catch-up failed: {e}", self.id),
+            Err(e) => {
+                log::warn!("sse session={} catch-up failed: {e}", self.id);
+                // Tried again shortly, whatever the poll interval.
+                ctx.run_later(RETRY_AFTER, |act, ctx| {
+                    if !act.pulling {
+                        act.advance(&[], -1, ctx);
+                    }
+                });
+            }
         }
     }
 }

@@ -82,12 +82,23 @@ pub struct Application {
     pub state: web::Data<AppState>,
 }
 
-/// Builds a connection pool for `url`.
-pub fn pool(url: &str, size: usize) -> Result<(Pool, tokio_postgres::Config), StartError> {
+/// Builds a connection pool for `url`; every connection of it runs with
+/// `statement_timeout` (ms; 0: none), so a hung statement ends as an error
+/// instead of holding a connection for ever.
+pub fn pool(
+    url: &str,
+    size: usize,
+    statement_timeout_ms: u64,
+) -> Result<(Pool, tokio_postgres::Config), StartError> {
     let pg =
         tokio_postgres::Config::from_str(url).map_err(|e| StartError::BadUrl(e.to_string()))?;
+    let mut pooled = pg.clone();
+    if statement_timeout_ms > 0 {
+        let options = pooled.get_options().unwrap_or("").to_owned();
+        pooled.options(format!("{options} -c statement_timeout={statement_timeout_ms}").trim());
+    }
     let mgr = Manager::from_config(
-        pg.clone(),
+        pooled,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -113,6 +124,11 @@ pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
         .await
         .map_err(|e| StartError::Database(e.to_string()))?;
     let db = |e: tokio_postgres::Error| StartError::Database(e.to_string());
+    // A migration of a large database may run long: no statement timeout.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(db)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -124,6 +140,10 @@ pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
         .map_err(|e| StartError::Migrations(e.to_string()));
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    client
+        .batch_execute("SET statement_timeout TO DEFAULT")
         .await
         .map_err(db)?;
     result
@@ -169,18 +189,25 @@ impl Application {
             }
         };
         config.database_url = Some(url.clone());
-        let (pool, pg) = pool(&url, config.db_pool)?;
+        let (pool, pg) = pool(&url, config.db_pool, config.statement_timeout_ms)?;
         migrate(&pool).await?;
 
         let metrics = Arc::new(Metrics::new());
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
-        let page = config.catchup_page;
+        let (page, page_bytes) = (config.catchup_page, config.page_bytes);
         let (pool2, metrics2) = (pool.clone(), metrics.clone());
         let mut db_addr = None;
         // The Db actor reports commits to the Broadcaster, which asks the Db
         // actor for reads: both are made here, the Db actor first.
         let broadcaster = Broadcaster::create(|ctx| {
-            let db = Db::new(pool2, metrics2.clone(), ctx.address().recipient(), page).start();
+            let db = Db::new(
+                pool2,
+                metrics2.clone(),
+                ctx.address().recipient(),
+                page,
+                page_bytes,
+            )
+            .start();
             db_addr = Some(db.clone());
             Broadcaster::new(db, metrics2, poll)
         });

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// PostgreSQL cannot be reached now: answered 503 with Retry-After.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The connection broke during COMMIT and the outcome could not be
+    /// learned: answered 503; a retry is safe only with idempotency keys.
+    #[error("the database connection broke while committing ({0}); the events may or may not be stored: publish again with the same idempotency keys")]
+    Ambiguous(String),
     #[error("database error: {0}")]
     Internal(String),
 }
@@ -81,6 +85,14 @@ fn status_of(s: &str) -> RoomStatus {
 /// transaction: a transaction that notifies takes a database-wide lock at
 /// commit, which measured ~40% fewer commits per second (docs/decisions.md);
 /// the Db actor's notifier sends the hints after commit, batched.
+///
+/// An error before COMMIT proves nothing was written. An error *during*
+/// COMMIT (the connection broke) leaves the outcome unknown: the
+/// transaction's id is then looked up on a new connection
+/// (`txid_status`), so a commit that happened is answered as committed, one
+/// that did not as `Unavailable`, and one that cannot be told as
+/// `Ambiguous`. Never is a request retried blindly: that would store events
+/// without an idempotency key twice.
 pub async fn publish(
     pool: &Pool,
     key: &RoomKey,
@@ -90,7 +102,8 @@ pub async fn publish(
     let tx = client.transaction().await?;
     let stmt = tx
         .prepare_cached(
-            "SELECT o_seq, o_duplicate, o_ts FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
+               FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
         )
         .await?;
     let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
@@ -115,15 +128,61 @@ pub async fn publish(
             ],
         )
         .await?;
-    tx.commit().await?;
-    Ok(rows
+    let published: Vec<Published> = rows
         .iter()
         .map(|row| Published {
             seq: row.get(0),
             duplicate: row.get(1),
             ts: row.get(2),
         })
-        .collect())
+        .collect();
+    let txid: Option<i64> = rows.first().and_then(|r| r.get(3));
+    match tx.commit().await {
+        Ok(()) => Ok(published),
+        Err(e) => {
+            let Some(txid) = txid else {
+                // Nothing was written by this transaction.
+                return Err(e.into());
+            };
+            drop(client);
+            match commit_status(pool, txid).await {
+                Some(true) => {
+                    log::info!(
+                        "room={key}: the commit's answer was lost; it did commit (txid {txid})"
+                    );
+                    Ok(published)
+                }
+                Some(false) => Err(StoreError::Unavailable(format!(
+                    "not committed ({e}); publishing again is safe"
+                ))),
+                None => Err(StoreError::Ambiguous(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Whether transaction `txid` committed (`None`: cannot be told now). A
+/// transaction whose connection just broke may still show as in progress
+/// for a moment: asked again a few times.
+async fn commit_status(pool: &Pool, txid: i64) -> Option<bool> {
+    let ask = async {
+        let client = pool.get().await.ok()?;
+        let stmt = client.prepare_cached("SELECT txid_status($1)").await.ok()?;
+        for _ in 0..20 {
+            let row = client.query_one(&stmt, &[&txid]).await.ok()?;
+            match row.get::<_, Option<&str>>(0) {
+                Some("committed") => return Some(true),
+                Some("aborted") => return Some(false),
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                None => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The room's row, or `None` for a room that was never published to.
@@ -149,32 +208,58 @@ pub async fn room(
     }))
 }
 
-/// Up to `limit` events with seq > `after`, ascending.
+/// A page of a room's log read back for subscribers.
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// The page stopped at its length or byte bound: more may follow.
+    pub more: bool,
+}
+
+/// Up to `limit` events with seq > `after`, ascending, and no more than
+/// `max_bytes` of event data (at least one event, whatever its size): a page
+/// of large events stays small in memory.
 pub async fn events_after(
     client: &impl GenericClient,
     key: &RoomKey,
     after: i64,
     limit: i64,
-) -> Result<Vec<Event>, StoreError> {
+    max_bytes: i64,
+) -> Result<EventsPage, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT seq, type, data, roomcast_ts(ts) FROM events
-              WHERE org = $1 AND room = $2 AND seq > $3
-              ORDER BY seq LIMIT $4",
+            "SELECT seq, type, d, roomcast_ts(ts), n FROM (
+                SELECT seq, type, d, ts, count(*) OVER () AS n,
+                       sum(octet_length(d)) OVER (ORDER BY seq) - octet_length(d) AS before
+                  FROM (SELECT seq, type, data::text AS d, ts FROM events
+                         WHERE org = $1 AND room = $2 AND seq > $3
+                         ORDER BY seq LIMIT $4) e
+             ) p
+             WHERE before < $5
+             ORDER BY seq",
         )
         .await?;
     let rows = client
-        .query(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+        .query(
+            &stmt,
+            &[&key.org, &key.room.as_str(), &after, &limit, &max_bytes],
+        )
         .await?;
-    Ok(rows
+    let fetched: i64 = rows.first().map_or(0, |r| r.get(4));
+    let events = rows
         .into_iter()
-        .map(|r| Event {
-            seq: r.get(0),
-            ty: r.get(1),
-            data: r.get(2),
-            ts: r.get(3),
+        .map(|r| {
+            let data: &str = r.get(2);
+            Ok(Event {
+                seq: r.get(0),
+                ty: r.get(1),
+                data: serde_json::from_str(data)
+                    .map_err(|e| StoreError::Internal(format!("reading an event's data: {e}")))?,
+                ts: r.get(3),
+            })
         })
-        .collect())
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let more = fetched >= limit || (events.len() as i64) < fetched;
+    Ok(EventsPage { events, more })
 }
 
 /// Heads and statuses of many rooms in one statement (rooms never published
@@ -225,20 +310,25 @@ pub struct Page {
     pub events: Vec<Event>,
 }
 
-/// Up to `limit` events after `from`, ascending, with the room's row.
+/// Up to `limit` events after `from`, ascending, with the room's row; no
+/// more than `max_bytes` of event data (at least one event).
 pub async fn page(
     client: &impl GenericClient,
     key: &RoomKey,
     from: PollFrom,
     limit: i64,
+    max_bytes: i64,
 ) -> Result<Page, StoreError> {
     const HEAD: &str =
         "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
-           (SELECT coalesce(json_agg(json_build_object('seq', e.seq, 'type', e.type,
-                       'data', e.data, 'ts', roomcast_ts(e.ts)) ORDER BY e.seq), '[]'::json)
-              FROM (SELECT seq, type, data, ts FROM events
-                     WHERE org = r.org AND room = r.room AND ";
-    const TAIL: &str = " ORDER BY seq LIMIT $4) e)
+           (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
+                       'data', p.data, 'ts', roomcast_ts(p.ts)) ORDER BY p.seq), '[]'::json)
+              FROM (SELECT seq, type, data, ts,
+                           sum(octet_length(data::text)) OVER (ORDER BY seq)
+                             - octet_length(data::text) AS before
+                      FROM (SELECT seq, type, data, ts FROM events
+                             WHERE org = r.org AND room = r.room AND ";
+    const TAIL: &str = " ORDER BY seq LIMIT $4) e) p WHERE p.before < $5)
            FROM rooms r WHERE r.org = $1 AND r.room = $2";
     let row = match from {
         PollFrom::Seq(after) => {
@@ -246,7 +336,10 @@ pub async fn page(
                 .prepare_cached(&format!("{HEAD}seq > $3{TAIL}"))
                 .await?;
             client
-                .query_opt(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+                .query_opt(
+                    &stmt,
+                    &[&key.org, &key.room.as_str(), &after, &limit, &max_bytes],
+                )
                 .await?
         }
         PollFrom::Time(after) => {
@@ -254,7 +347,10 @@ pub async fn page(
                 .prepare_cached(&format!("{HEAD}ts > $3{TAIL}"))
                 .await?;
             client
-                .query_opt(&stmt, &[&key.org, &key.room.as_str(), &after, &limit])
+                .query_opt(
+                    &stmt,
+                    &[&key.org, &key.room.as_str(), &after, &limit, &max_bytes],
+                )
                 .await?
         }
     };

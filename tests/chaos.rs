@@ -431,8 +431,7 @@ async fn the_listener_connection_terminated_repeatedly() {
 #[actix_web::test]
 async fn postgresql_restarted_mid_stream() {
     let _one = serial();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("chaos-pg-{}", uuid::Uuid::new_v4().simple()));
+    let dir = tmp_dir().join(format!("chaos-pg-{}", uuid::Uuid::new_v4().simple()));
     let start = |d: std::path::PathBuf| {
         actix_web::web::block(move || roomcast::pgcluster::PrivateCluster::start(&d))
     };
@@ -500,8 +499,7 @@ async fn postgresql_restarted_mid_stream() {
     }
     .print();
     server.terminate();
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.destroy();
 }
 
 #[actix_web::test]

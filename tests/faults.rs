@@ -91,8 +91,7 @@ async fn clients_resume_exactly_once_across_kill_9_and_restart() {
 
 #[actix_web::test]
 async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_is_lost() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pg-down-{}", uuid::Uuid::new_v4().simple()));
+    let dir = tmp_dir().join(format!("pg-down-{}", uuid::Uuid::new_v4().simple()));
     let cluster = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
     let url = cluster.url("postgres");
     let mut cfg = roomcast::config::Config::new(url.clone(), SECRET);
@@ -152,8 +151,7 @@ async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_i
     assert_eq!(acknowledged, vec![1, 2, 3, 4, 5, 6]);
     let evs = ws.events_until("r", 6, Duration::from_secs(30)).await;
     assert_exactly(&evs, 1, 6);
-    cluster.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.destroy();
 }
 
 async fn web_block<T: Send + 'static>(

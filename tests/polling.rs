@@ -414,7 +414,8 @@ async fn sse_streams_and_resumes_with_last_event_id() {
     let first = sse.recv_within(WAIT).await.expect("subscribed");
     assert_eq!(first.event, "subscribed");
     assert_eq!(first.data["head"], 5);
-    assert_eq!(first.id, None);
+    // `subscribed` carries where the stream starts (the cursor asked for).
+    assert_eq!(first.id, Some(0));
     let got = sse.events_until(5, WAIT).await;
     assert_exactly(&SseClient::frames(&got), 1, 5);
     for m in &got {

@@ -139,6 +139,10 @@ impl From<StoreError> for ApiError {
                 log::warn!("database unavailable: {m}");
                 ApiError::Unavailable("the database is unavailable; retry shortly".into())
             }
+            e @ StoreError::Ambiguous(_) => {
+                log::warn!("{e}");
+                ApiError::Unavailable(e.to_string())
+            }
             StoreError::Internal(m) => ApiError::Internal(m),
         }
     }

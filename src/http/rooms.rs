@@ -51,7 +51,10 @@ pub async fn get(
     let (_, key) = super::caller_room(&state, &req, &path)?;
     let row = state
         .db
-        .send(Snapshot { key: key.clone() })
+        .send(Snapshot {
+            key: key.clone(),
+            fresh: false,
+        })
         .await
         .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
     match row {

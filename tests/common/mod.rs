@@ -27,6 +27,15 @@ use tokio_postgres::NoTls;
 
 pub const SECRET: &str = "test-secret";
 
+/// Where tests keep private PostgreSQL clusters: `ROOMCAST_TEST_TMPDIR` if
+/// set (CI points it into a mode-700 directory, as a checkout under `/root`
+/// is), else cargo's temporary directory under `target/`.
+pub fn tmp_dir() -> std::path::PathBuf {
+    std::env::var_os("ROOMCAST_TEST_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
+}
+
 /// The admin connection string of the PostgreSQL the tests use.
 pub fn admin_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
@@ -39,7 +48,7 @@ pub fn admin_url() -> &'static str {
         if !force_private && TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
             return "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into();
         }
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-pg");
+        let dir = tmp_dir().join("test-pg");
         let cluster = PrivateCluster::start(&dir).expect("start a private PostgreSQL cluster");
         let url = cluster.url("postgres");
         std::mem::forget(cluster); // left running for the other test binaries
@@ -653,5 +662,94 @@ pub fn refused_status(result: Result<WsClient, awc::error::WsClientError>) -> u1
         Err(awc::error::WsClientError::InvalidResponseStatus(s)) => s.as_u16(),
         Err(e) => panic!("upgrade failed otherwise: {e}"),
         Ok(_) => panic!("upgrade accepted"),
+    }
+}
+
+/// The port of the PostgreSQL the tests use.
+pub fn admin_port() -> u16 {
+    admin_url()
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432)
+}
+
+/// A TCP proxy in front of PostgreSQL that, once armed, breaks a connection
+/// right after PostgreSQL reports `COMMIT` (before the client hears it): the
+/// commit happened, the client cannot know.
+pub struct CutProxy {
+    pub port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CutProxy {
+    pub fn start(upstream: u16) -> CutProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s_out.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let (armed, cuts) = (a.clone(), c.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let commit = buf[..n].windows(7).any(|w| w == b"COMMIT\0");
+                        if commit
+                            && armed
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |k| {
+                                    k.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            cuts.fetch_add(1, Ordering::AcqRel);
+                            break;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Both);
+                    let _ = s_in.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CutProxy { port, armed, cuts }
+    }
+
+    /// Breaks the next `n` connections that report a COMMIT.
+    pub fn arm(&self, n: usize) {
+        self.armed.store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Connections broken so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::Acquire)
     }
 }

@@ -115,6 +115,17 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 
+    /// The bus between instances: unset = LISTEN/NOTIFY on the one
+    /// PostgreSQL; `nats://host:port` = NATS core; `redis://host:port` =
+    /// Redis pub/sub. Every instance of a deployment sets the same.
+    #[arg(long, env = "ROOMCAST_BUS")]
+    pub bus: Option<String>,
+
+    /// Prefix of the bus subjects (channels), to share a broker between
+    /// deployments.
+    #[arg(long, env = "ROOMCAST_BUS_PREFIX", default_value = "roomcast")]
+    pub bus_prefix: String,
+
     /// Worker threads of the HTTP server (0: one per core).
     #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -157,6 +168,8 @@ impl Config {
             client_msg_burst: 50,
             max_connections_per_sub: 100,
             allowed_origins: None,
+            bus: None,
+            bus_prefix: "roomcast".into(),
             workers: 0,
         }
     }

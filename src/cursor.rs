@@ -40,6 +40,8 @@ pub struct Cursor {
     pub generation: u64,
     /// Most frames held ahead of a gap.
     capacity: usize,
+    /// `last` at the previous poll tick, if it was behind then.
+    behind_at: Option<i64>,
 }
 
 impl Cursor {
@@ -52,6 +54,7 @@ impl Cursor {
             fetching: false,
             generation: 0,
             capacity: MAX_HELD,
+            behind_at: None,
         }
     }
 
@@ -74,6 +77,17 @@ impl Cursor {
             .is_some_and(|last| self.routed() > last || !self.held.is_empty())
     }
 
+    /// The poll timer's question: has this subscription been behind since
+    /// the previous tick without moving? Only then is it read back: frames
+    /// the router already routed are usually still in the session's mailbox
+    /// (a read-back then would be for nothing), and a push dropped on a full
+    /// mailbox is announced by the router's resync anyway.
+    pub fn stuck(&mut self) -> bool {
+        let now = self.is_behind().then_some(self.last).flatten();
+        let was = std::mem::replace(&mut self.behind_at, now);
+        !self.fetching && now.is_some() && now == was
+    }
+
     /// The delivery rule. Takes frames (pushed or read back, any order) and
     /// hands `send` exactly those that extend the cursor, in order. `send`
     /// answers false when the session's outbox is full: the cursor stops
@@ -85,9 +99,11 @@ impl Cursor {
     /// of `last + 1` always makes progress.
     ///
     /// Returns the cursor to read back from when the subscription is behind
-    /// (a gap, or `known_head` or the routed head ahead of it), the outbox
-    /// has room and no read is running; the caller sends that read and it is
-    /// marked running.
+    /// (a gap, or `known_head` ahead of it), the outbox has room and no read
+    /// is running; the caller sends that read and it is marked running. The
+    /// routed head alone is not a reason: what the router routed is on its
+    /// way in the session's mailbox. Callers that know pushes were missed
+    /// (a resync, the end of pulling) pass `routed()` as `known_head`.
     pub fn advance(
         &mut self,
         frames: &[Frame],
@@ -122,7 +138,7 @@ impl Cursor {
             // The outbox is full: the session goes on when it drains.
             return None;
         }
-        let behind = !self.held.is_empty() || known_head.max(self.routed()) > last;
+        let behind = !self.held.is_empty() || known_head > last;
         if behind && !self.fetching {
             self.fetching = true;
             return Some(last);

@@ -17,9 +17,10 @@ use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::bus::Bus;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
-use crate::room::Committed;
+use crate::room::{Broadcaster, CheckHeads, Committed, Hint};
 use crate::store::{self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, StoreError};
 
 /// The NOTIFY channel that carries ephemeral events to other instances.
@@ -136,9 +137,28 @@ struct Queue {
 struct Reads {
     pool: Pool,
     permits: Arc<Semaphore>,
+    /// Longest a read may take, all included.
+    bound: std::time::Duration,
 }
 
 impl Reads {
+    /// Runs a read with a bound on its whole time (slot, connection and
+    /// statement): a read that never answers (a connection black-holed by
+    /// the network) ends as `Unavailable` instead of holding its room's
+    /// queue for ever.
+    async fn run<T>(
+        &self,
+        read: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.bound, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "a read did not answer in time".into(),
+                ))
+            })
+    }
+
     async fn get(&self) -> Result<(OwnedSemaphorePermit, deadpool_postgres::Object), StoreError> {
         // Bounded: a hung database answers "unavailable" instead of piling
         // up reads that wait for ever.
@@ -198,7 +218,7 @@ pub struct Db {
     hints: mpsc::UnboundedSender<(RoomKey, i64)>,
     metrics: Arc<Metrics>,
     /// Where committed events go (the Broadcaster).
-    router: Recipient<Committed>,
+    router: Addr<Broadcaster>,
     /// Events per catch-up query.
     page: i64,
     /// Bytes of event data per catch-up or poll page (at least one event).
@@ -207,6 +227,9 @@ pub struct Db {
     queues: HashMap<(RoomKey, Via), Queue>,
     /// Snapshot reads running, with everyone waiting for each.
     snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<Option<RoomRow>, StoreError>>>>,
+    /// The bus to other instances: this instance's commits and ephemeral
+    /// events go there (`None`: NOTIFY hints and NOTIFY announcements).
+    bus: Option<Bus>,
     /// Poll pages being read, with everyone waiting for each.
     pages: HashMap<(RoomKey, PollFrom, i64), Vec<oneshot::Sender<Result<Arc<Page>, StoreError>>>>,
     /// Rooms with a publish round running, and the publishes that arrived
@@ -218,18 +241,24 @@ impl Db {
     pub fn new(
         pool: Pool,
         metrics: Arc<Metrics>,
-        router: Recipient<Committed>,
+        router: Addr<Broadcaster>,
         page: i64,
         page_bytes: i64,
+        bus: Option<Bus>,
+        read_bound: std::time::Duration,
     ) -> Self {
         let readers = (pool.status().max_size.saturating_sub(RESERVED_FOR_PUBLISH)).max(2);
         let (hints, rx) = mpsc::unbounded_channel();
-        actix_web::rt::spawn(notifier(pool.clone(), metrics.clone(), rx));
+        if bus.is_none() {
+            actix_web::rt::spawn(notifier(pool.clone(), metrics.clone(), rx));
+        }
         Db {
+            bus,
             hints,
             reads: Reads {
                 pool: pool.clone(),
                 permits: Arc::new(Semaphore::new(readers)),
+                bound: read_bound,
             },
             pool,
             metrics,
@@ -277,31 +306,45 @@ impl Db {
                 let reads = reads.clone();
                 let key = key.clone();
                 async move {
-                    let (_permit, client) = reads.get().await?;
-                    store::events_after(&client, &key, after, page, page_bytes).await
+                    reads
+                        .run(async {
+                            let (_permit, client) = reads.get().await?;
+                            store::events_after(&client, &key, after, page, page_bytes).await
+                        })
+                        .await
                 }
             }))
             .await
         };
         ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| {
             let (key, via) = &qkey;
+            let mut again = Vec::new();
             for ((_, members), result) in clusters.into_iter().zip(results) {
                 let more = matches!(&result, Ok(p) if p.more);
                 let frames = result.map(|p| encode(key, &p.events, *via));
                 if let Err(e) = &frames {
                     log::warn!("catch-up query failed room={key}: {e}");
                 }
+                let last = frames.as_ref().ok().and_then(|f| f.last().map(|f| f.seq));
                 let done = CatchupDone {
                     key: key.clone(),
                     frames,
                     more,
                 };
                 for m in members {
-                    m.reply.do_send(done.clone());
+                    // A page cut short (by its byte bound) before this
+                    // member's cursor holds nothing for it: it waits for the
+                    // next round, which reads from its own cursor.
+                    if more && last.is_some_and(|l| l <= m.after) {
+                        again.push(m);
+                    } else {
+                        m.reply.do_send(done.clone());
+                    }
                 }
             }
             if let Some(q) = act.queues.get_mut(&qkey) {
                 q.running = false;
+                q.waiting.extend(again);
             }
             act.run_round(qkey, ctx);
         }));
@@ -408,12 +451,19 @@ impl Db {
                 .map(move |(all, counts, replies, results), act, ctx| {
                     let mut frames = Vec::new();
                     let mut closed = false;
+                    // A retried publish answered `duplicate` may be the
+                    // retry of a commit whose answer was lost (and whose
+                    // event was never announced): it is announced now.
+                    let mut duplicate_seq = None;
+                    let mut unknown = false;
                     let mut events = all.into_iter();
                     for ((n, reply), result) in counts.into_iter().zip(replies).zip(results) {
                         let evs: Vec<NewEvent> = events.by_ref().take(n).collect();
+                        unknown |= matches!(result, Err(StoreError::Ambiguous(_)));
                         if let Ok(published) = &result {
                             for (ev, p) in evs.into_iter().zip(published) {
                                 if p.duplicate {
+                                    duplicate_seq = duplicate_seq.max(Some(p.seq));
                                     continue;
                                 }
                                 closed |= ev.status.is_some_and(RoomStatus::is_terminal);
@@ -428,8 +478,12 @@ impl Db {
                         }
                         let _ = reply.send(result);
                     }
-                    if let Some(last) = frames.last() {
-                        let _ = act.hints.send((key.clone(), last.seq));
+                    match (&act.bus, frames.last()) {
+                        (Some(bus), Some(_)) => bus.publish_frames(&key, &frames, closed),
+                        (None, Some(last)) => {
+                            let _ = act.hints.send((key.clone(), last.seq));
+                        }
+                        (_, None) => {}
                     }
                     if !frames.is_empty() {
                         act.metrics.events_published.inc_by(frames.len() as u64);
@@ -439,6 +493,13 @@ impl Db {
                             closed,
                         });
                     }
+                    if let Some(seq) = duplicate_seq {
+                        act.announce_hint(&key, seq);
+                    }
+                    if unknown {
+                        // The round may have committed unseen: look.
+                        act.router.do_send(CheckHeads);
+                    }
                     let next = act.next_group(&key);
                     if next.is_empty() {
                         act.publishing.remove(&key);
@@ -447,6 +508,21 @@ impl Db {
                     }
                 }),
         );
+    }
+
+    /// Tells every instance (this one included) that `seq` exists in `key`,
+    /// without its frames: they read it back if they miss it.
+    fn announce_hint(&self, key: &RoomKey, seq: i64) {
+        self.router.do_send(Hint {
+            key: key.clone(),
+            seq,
+        });
+        match &self.bus {
+            Some(bus) => bus.publish_hint(key, seq),
+            None => {
+                let _ = self.hints.send((key.clone(), seq));
+            }
+        }
     }
 
     /// The publishes waiting for `key`, up to `GROUP_MAX_EVENTS` events (at
@@ -477,8 +553,12 @@ impl Handler<Snapshot> for Db {
             self.metrics.queries(QueryKind::Head, 1);
             let reads = self.reads.clone();
             return Box::pin(async move {
-                let (_permit, client) = reads.get().await?;
-                store::room(&client, &msg.key).await
+                reads
+                    .run(async {
+                        let (_permit, client) = reads.get().await?;
+                        store::room(&client, &msg.key).await
+                    })
+                    .await
             });
         }
         let (tx, rx) = oneshot::channel();
@@ -491,8 +571,12 @@ impl Handler<Snapshot> for Db {
                 let key = msg.key;
                 let read_key = key.clone();
                 let read = async move {
-                    let (_permit, client) = reads.get().await?;
-                    store::room(&client, &read_key).await
+                    reads
+                        .run(async {
+                            let (_permit, client) = reads.get().await?;
+                            store::room(&client, &read_key).await
+                        })
+                        .await
                 };
                 ctx.spawn(read.into_actor(self).map(move |res, act, _| {
                     for waiter in act.snapshots.remove(&key).unwrap_or_default() {
@@ -515,8 +599,12 @@ impl Handler<Heads> for Db {
         let reads = self.reads.clone();
         self.metrics.queries(QueryKind::Head, 1);
         Box::pin(async move {
-            let (_permit, client) = reads.get().await?;
-            store::heads(&client, &msg.keys).await
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::heads(&client, &msg.keys).await
+                })
+                .await
         })
     }
 }
@@ -553,8 +641,11 @@ impl Handler<PollPage> for Db {
                 let (key, from, limit) = id.clone();
                 let page_bytes = self.page_bytes;
                 let read = async move {
-                    let (_permit, client) = reads.get().await?;
-                    store::page(&client, &key, from, limit, page_bytes)
+                    reads
+                        .run(async {
+                            let (_permit, client) = reads.get().await?;
+                            store::page(&client, &key, from, limit, page_bytes).await
+                        })
                         .await
                         .map(Arc::new)
                 };
@@ -579,12 +670,16 @@ impl Handler<ListRooms> for Db {
         let reads = self.reads.clone();
         self.metrics.queries(QueryKind::Other, 1);
         Box::pin(async move {
-            let (_permit, client) = reads.get().await?;
-            let filter = match &msg.claim {
-                None => RoomFilter::All,
-                Some(claim) => RoomFilter::Claim(claim),
-            };
-            store::list_rooms(&client, &msg.org, msg.status, filter, msg.limit).await
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    let filter = match &msg.claim {
+                        None => RoomFilter::All,
+                        Some(claim) => RoomFilter::Claim(claim),
+                    };
+                    store::list_rooms(&client, &msg.org, msg.status, filter, msg.limit).await
+                })
+                .await
         })
     }
 }
@@ -593,6 +688,9 @@ impl Handler<Announce> for Db {
     type Result = ();
 
     fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
+        if let Some(bus) = &self.bus {
+            return bus.publish_ephemeral(&msg.key, &msg.frame);
+        }
         let payload =
             serde_json::json!([&*msg.instance, msg.key.org, msg.key.room, &*msg.frame.text])
                 .to_string();
@@ -632,8 +730,12 @@ impl Handler<Health> for Db {
         let reads = self.reads.clone();
         self.metrics.queries(QueryKind::Other, 2);
         Box::pin(async move {
-            let (_permit, client) = reads.get().await?;
-            store::org_health(&client, &msg.org, msg.stalled_after_s).await
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::org_health(&client, &msg.org, msg.stalled_after_s).await
+                })
+                .await
         })
     }
 }

@@ -32,7 +32,12 @@
 //! - [`db`]: the **Db** actor: publishes, and coalesced catch-up, snapshot
 //!   and poll reads.
 //! - [`listener`]: the dedicated LISTEN connection for commits of other
-//!   instances and SQL producers; reconnects by itself.
+//!   instances and SQL producers; reconnects by itself; with a bus, holds
+//!   the relay lock on one instance.
+//! - [`bus`]: the bus between instances (`ROOMCAST_BUS`: NATS or Redis):
+//!   committed frames of a room on its subject, subscribed by interest.
+//! - [`relay`]: the **Relay** actor: with a bus, SQL producers' commits read
+//!   back once (by the instance holding the relay lock) and put on the bus.
 //! - [`store`]: every SQL statement the server sends.
 //! - [`http`]: the REST surface, one file per resource, one error type.
 //! - [`metrics`]: the Prometheus registry.
@@ -44,6 +49,7 @@
 //! - [`demo`]: `roomcast demo`, a meeting room fed by a simulated pipeline.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod cursor;
 pub mod db;
@@ -55,6 +61,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pgcluster;
 pub mod protocol;
+pub mod relay;
 pub mod room;
 pub mod session;
 pub mod sse;

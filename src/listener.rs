@@ -8,6 +8,13 @@
 //! (the connection drops, the listener is restarted), so after every
 //! (re)connect the Broadcaster is told to check every followed room's head,
 //! and its poll timer covers the rest.
+//!
+//! With a bus (`ROOMCAST_BUS`) this instance's own commits and ephemeral
+//! events travel on the bus, and only SQL producers still notify. Their
+//! hints are then relayed onto the bus by one instance: the listener that
+//! holds the relay advisory lock (session-level, on this very connection,
+//! so it is released when the instance dies and another listener takes it
+//! within a second). The other listeners ignore hints.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,13 +27,29 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
-use crate::room::{Broadcaster, Ephemeral, Hint, ListenerReconnected};
+use crate::relay::Relay;
+use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
 
 /// The `application_name` of the listener's connection (operators and tests
 /// find it in `pg_stat_activity` by this name).
 pub const APPLICATION_NAME: &str = "roomcast-listener";
 /// How often the idle listener checks that its connection is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// How often a listener that is not the relay tries to become it.
+const RELAY_TRY: Duration = Duration::from_secs(1);
+/// Advisory lock of the instance relaying SQL producers' commits onto the bus.
+const RELAY_LOCK: i64 = 0x7263_7265_6c61_7901; // "rcrelay" + 1
+
+/// Where hints go.
+#[derive(Clone)]
+pub enum Hints {
+    /// No bus: every hint to the Broadcaster (and ephemeral announcements of
+    /// other instances too).
+    Router,
+    /// A bus: hints to the relay while this instance holds the relay lock,
+    /// nowhere otherwise.
+    Relay(Addr<Relay>),
+}
 
 /// Runs the listener for ever on the current (actix) runtime.
 ///
@@ -39,17 +62,22 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
     instance: Arc<str>,
+    hints: Hints,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(&config, &router, &metrics, &connected, &instance).await {
+            match listen(&config, &router, &metrics, &connected, &instance, &hints).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => log::warn!("listener: {e}; reconnecting in {backoff:?}"),
             }
             connected.store(false, Ordering::Release);
+            if metrics.relay_leader.get() == 1 {
+                log::warn!("no longer the relay (the listener connection ended)");
+            }
+            metrics.relay_leader.set(0);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -62,6 +90,7 @@ async fn listen(
     metrics: &Metrics,
     connected: &AtomicBool,
     instance: &str,
+    hints: &Hints,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -90,21 +119,25 @@ async fn listen(
         connected.store(true, Ordering::Release);
         log::info!("listener connected");
         // Whatever was committed while we were not listening is found now.
-        router.do_send(ListenerReconnected);
+        router.do_send(CheckHeads);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
+        let mut relay_try = tokio::time::interval(RELAY_TRY);
+        let mut leader = false;
         loop {
             tokio::select! {
                 n = rx.recv() => match n {
                     Some(n) if n.channel() == EPHEMERAL_CHANNEL => {
-                        if let Some(e) = parse_ephemeral(n.payload(), instance) {
+                        if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(n.payload(), instance)) {
                             router.do_send(e);
                         }
                     }
                     Some(n) => {
                         metrics.notifications.inc();
-                        if let Some(hint) = parse_hint(n.payload()) {
-                            router.do_send(hint);
+                        match (hints, parse_hint(n.payload())) {
+                            (Hints::Router, Some(hint)) => router.do_send(hint),
+                            (Hints::Relay(relay), Some(hint)) if leader => relay.do_send(hint),
+                            _ => {}
                         }
                     }
                     None => return Ok(()), // the connection ended
@@ -112,6 +145,19 @@ async fn listen(
                 _ = keepalive.tick() => {
                     metrics.queries(QueryKind::Other, 1);
                     client.simple_query("SELECT 1").await?;
+                }
+                _ = relay_try.tick(), if matches!(hints, Hints::Relay(_)) && !leader => {
+                    metrics.queries(QueryKind::Other, 1);
+                    let row = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+                        .await?;
+                    if row.get::<_, bool>(0) {
+                        leader = true;
+                        metrics.relay_leader.set(1);
+                        log::info!("this instance relays SQL producers' commits onto the bus");
+                        // Commits made before it took over are found by the head checks.
+                        router.do_send(CheckHeads);
+                    }
                 }
             }
         }

@@ -66,6 +66,12 @@ pub struct Metrics {
     pub pushes_dropped: IntCounter,
     /// Rooms the Broadcaster follows (for sessions or pollers).
     pub router_rooms: IntGauge,
+    /// Messages put on (`out`) and taken from (`in`) the bus.
+    pub bus_messages: IntCounterVec,
+    /// 1 while the bus connection is up (0 without a bus).
+    pub bus_connected: IntGauge,
+    /// 1 on the instance that relays SQL producers' commits onto the bus.
+    pub relay_leader: IntGauge,
 }
 
 impl Metrics {
@@ -118,6 +124,22 @@ impl Metrics {
             "Rooms the router follows on this instance (for sessions or pollers)",
         )
         .expect("static");
+        let bus_messages = IntCounterVec::new(
+            Opts::new(
+                "roomcast_bus_messages_total",
+                "Bus messages sent (out) and received (in)",
+            ),
+            &["dir"],
+        )
+        .expect("static metric");
+        let bus_connected =
+            IntGauge::new("roomcast_bus_connected", "1 while the bus connection is up")
+                .expect("static");
+        let relay_leader = IntGauge::new(
+            "roomcast_relay_leader",
+            "1 on the instance relaying SQL producers' commits onto the bus",
+        )
+        .expect("static");
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "roomcast_db_pool_connections",
@@ -138,6 +160,9 @@ impl Metrics {
             Box::new(session_backlog_bytes.clone()),
             Box::new(pushes_dropped.clone()),
             Box::new(router_rooms.clone()),
+            Box::new(bus_messages.clone()),
+            Box::new(bus_connected.clone()),
+            Box::new(relay_leader.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -146,6 +171,9 @@ impl Metrics {
         }
         for via in ["push", "catchup", "poll", "sse"] {
             events_delivered.with_label_values(&[via]);
+        }
+        for dir in ["in", "out"] {
+            bus_messages.with_label_values(&[dir]);
         }
         for transport in ["ws", "sse", "poll"] {
             connections.with_label_values(&[transport]);
@@ -164,6 +192,9 @@ impl Metrics {
             session_backlog_bytes,
             pushes_dropped,
             router_rooms,
+            bus_messages,
+            bus_connected,
+            relay_leader,
         }
     }
 

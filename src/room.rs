@@ -17,7 +17,7 @@
 //! room followed only by pollers is never read back: a commit moves what is
 //! known of its head (which wakes long-polls), nothing more.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
+use crate::bus::Bus;
 use crate::db::{Catchup, CatchupDone, Db, Heads};
 use crate::metrics::Metrics;
 use crate::protocol::{EphemeralFrame, Frame, RoomKey, RoomStatus, Via};
@@ -33,6 +34,9 @@ use crate::store::RoomRow;
 /// How long an out-of-order commit waits for the missing ones before the gap
 /// is read from the database.
 const GAP_WAIT: Duration = Duration::from_millis(50);
+/// With a bus connected, how long a head check that found a room ahead
+/// waits for the bus to deliver its events before reading them back.
+const BUS_GRACE: Duration = Duration::from_millis(250);
 /// Frames held per room while a gap is open; past it they are dropped and
 /// read back from the database.
 const MAX_HELD: usize = 10_000;
@@ -42,6 +46,9 @@ const MAX_HELD: usize = 10_000;
 const POLL_TTL: Duration = Duration::from_secs(60);
 /// How often rooms nobody follows any more are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Sessions whose mailbox was full are told to resync this often until one
+/// message gets through.
+const RESYNC_EVERY: Duration = Duration::from_millis(20);
 /// A read of the log that failed is tried again after this long (whatever
 /// the poll interval, even with the fallback off): a closed room's last
 /// events must still reach every subscriber.
@@ -54,6 +61,10 @@ pub enum Push {
     Events(Arc<[Frame]>),
     /// An ephemeral event (no seq, never stored).
     Ephemeral(Arc<EphemeralFrame>),
+    /// Events were routed that this session was not handed (its mailbox
+    /// was full, or it subscribed before the router knew the head): read
+    /// back what is missing.
+    Resync,
 }
 
 /// A push to a session.
@@ -133,7 +144,8 @@ pub struct Leave {
     pub generation: u64,
 }
 
-/// Events this instance committed, in seq order within the message.
+/// Events committed by this instance, or by another one and received over
+/// the bus, in seq order within the message.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Committed {
@@ -151,11 +163,11 @@ pub struct Hint {
     pub seq: i64,
 }
 
-/// The listener was (re)connected: any notification may have been missed, so
-/// every followed room's head is checked now.
+/// The listener or the bus was (re)connected: any notification may have
+/// been missed, so every followed room's head is checked now.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ListenerReconnected;
+pub struct CheckHeads;
 
 struct RoomEntry {
     /// Highest seq routed to sessions in order; `None` until the head has
@@ -169,6 +181,10 @@ struct RoomEntry {
     sessions: HashMap<u64, (u64, Recipient<Deliver>)>,
     /// Joins waiting for the head to be learned.
     ready: Vec<oneshot::Sender<()>>,
+    /// Sessions a push could not be handed to (full mailbox): they are told
+    /// to resync as soon as their mailbox takes a message.
+    missed: HashSet<u64>,
+    resync_timer: bool,
     /// Frames that arrived ahead of a gap.
     held: BTreeMap<i64, Frame>,
     /// A read from the database is running for this room.
@@ -192,6 +208,8 @@ impl RoomEntry {
             closed: false,
             sessions: HashMap::new(),
             ready: Vec::new(),
+            missed: HashSet::new(),
+            resync_timer: false,
             held: BTreeMap::new(),
             fetching: false,
             want: 0,
@@ -221,17 +239,40 @@ impl RoomEntry {
     }
 
     /// Hands `msg` to every session (never waiting: a full mailbox is
-    /// counted and skipped, a closed one forgotten).
+    /// counted and skipped, and for durable events remembered so that the
+    /// session resyncs; a closed one is forgotten).
     fn deliver(&mut self, msg: Deliver, metrics: &Metrics) {
+        let durable = !matches!(msg.push, Push::Ephemeral(_));
+        let missed = &mut self.missed;
         self.sessions
-            .retain(|_, (_, s)| match s.try_send(msg.clone()) {
+            .retain(|id, (_, s)| match s.try_send(msg.clone()) {
                 Ok(()) => true,
                 Err(SendError::Full(_)) => {
                     metrics.pushes_dropped.inc();
+                    if durable {
+                        missed.insert(*id);
+                    }
                     true
                 }
                 Err(SendError::Closed(_)) => false,
             });
+    }
+
+    /// Tells the sessions that missed pushes to resync; answers whether
+    /// some still could not be told.
+    fn resync(&mut self, key: &Arc<RoomKey>) -> bool {
+        let sessions = &self.sessions;
+        self.missed.retain(|id| {
+            let Some((_, s)) = sessions.get(id) else {
+                return false;
+            };
+            let msg = Deliver {
+                key: key.clone(),
+                push: Push::Resync,
+            };
+            matches!(s.try_send(msg), Err(SendError::Full(_)))
+        });
+        !self.missed.is_empty()
     }
 
     /// Nothing routed is missing: every seq known to exist was routed.
@@ -267,20 +308,33 @@ pub struct Broadcaster {
     poll: Option<Duration>,
     /// A head check is running (a slow database never piles them up).
     checking: bool,
+    /// Another check was asked for while one ran (a listener or bus
+    /// reconnect): it runs when that one ends.
+    recheck: bool,
     /// Newly followed rooms whose head is to be learned, and whether a
     /// batch is being read.
     to_learn: Vec<RoomKey>,
     learning: bool,
+    /// The bus to other instances (`None`: LISTEN/NOTIFY): a room is
+    /// subscribed on it while followed here.
+    bus: Option<Bus>,
 }
 
 impl Broadcaster {
-    pub fn new(db: Addr<Db>, metrics: Arc<Metrics>, poll: Option<Duration>) -> Self {
+    pub fn new(
+        db: Addr<Db>,
+        metrics: Arc<Metrics>,
+        poll: Option<Duration>,
+        bus: Option<Bus>,
+    ) -> Self {
         Broadcaster {
+            bus,
             db,
             metrics,
             rooms: HashMap::new(),
             poll,
             checking: false,
+            recheck: false,
             to_learn: Vec::new(),
             learning: false,
         }
@@ -321,8 +375,6 @@ impl Broadcaster {
             entry.routed = Some(routed);
             entry.head.store(routed, Ordering::Release);
             entry.publish_known();
-            // A session whose mailbox is full finds the gap and reads it
-            // back itself.
             entry.deliver(
                 Deliver {
                     key: Arc::new(key.clone()),
@@ -331,18 +383,56 @@ impl Broadcaster {
                 &self.metrics,
             );
         }
-        if !entry.held.is_empty() && !entry.gap_timer && !entry.fetching {
-            entry.gap_timer = true;
-            let key = key.clone();
-            ctx.run_later(GAP_WAIT, move |act, ctx| {
-                if let Some(e) = act.rooms.get_mut(&key) {
-                    e.gap_timer = false;
-                    if !e.held.is_empty() {
-                        act.fetch(&key, Via::Push, ctx);
-                    }
-                }
-            });
+        let (missed, held) = (!entry.missed.is_empty(), !entry.held.is_empty());
+        if missed {
+            self.resync_later(key, ctx);
         }
+        if held {
+            self.settle_later(key, GAP_WAIT, ctx);
+        }
+    }
+
+    /// Tells the sessions that missed pushes to resync, as soon as their
+    /// mailboxes take it.
+    fn resync_later(&mut self, key: &RoomKey, ctx: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if entry.resync_timer {
+            return;
+        }
+        entry.resync_timer = true;
+        let key = Arc::new(key.clone());
+        ctx.run_later(RESYNC_EVERY, move |act, ctx| {
+            if let Some(e) = act.rooms.get_mut(&*key) {
+                e.resync_timer = false;
+                if e.resync(&key) {
+                    act.resync_later(&key, ctx);
+                }
+            }
+        });
+    }
+
+    /// Gives what is missing a moment to arrive on the live path (an
+    /// out-of-order commit, a bus message in flight), then reads it from the
+    /// database if it did not.
+    fn settle_later(&mut self, key: &RoomKey, wait: Duration, ctx: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if entry.gap_timer || entry.fetching {
+            return;
+        }
+        entry.gap_timer = true;
+        let key = key.clone();
+        ctx.run_later(wait, move |act, ctx| {
+            if let Some(e) = act.rooms.get_mut(&key) {
+                e.gap_timer = false;
+                if !e.is_settled() {
+                    act.fetch(&key, Via::Push, ctx);
+                }
+            }
+        });
     }
 
     /// Reads the room's log after what was routed, unless a read is running.
@@ -374,6 +464,7 @@ impl Broadcaster {
     /// events known and not yet routed (its last reads may have failed).
     fn check_heads(&mut self, ctx: &mut Context<Self>) {
         if self.checking {
+            self.recheck = true;
             return;
         }
         let keys: Vec<RoomKey> = self
@@ -390,18 +481,15 @@ impl Broadcaster {
         self.db
             .send(Heads { keys })
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(rows)) => {
-                    act.checking = false;
-                    act.saw_heads(asked, rows, ctx);
+            .map(move |res, act, ctx| {
+                act.checking = false;
+                match res {
+                    Ok(Ok(rows)) => act.saw_heads(asked, rows, ctx),
+                    Ok(Err(e)) => log::warn!("head check failed: {e}"),
+                    Err(e) => log::warn!("head check not run: {e}"),
                 }
-                Ok(Err(e)) => {
-                    act.checking = false;
-                    log::warn!("head check failed: {e}");
-                }
-                Err(e) => {
-                    act.checking = false;
-                    log::warn!("head check not run: {e}");
+                if std::mem::take(&mut act.recheck) {
+                    act.check_heads(ctx);
                 }
             })
             .spawn(ctx);
@@ -447,11 +535,25 @@ impl Broadcaster {
                 for ready in entry.ready.drain(..) {
                     let _ = ready.send(());
                 }
+                // Subscriptions that opened before the head was known (the
+                // lookup failed or was slow) may stand below it.
+                if !entry.sessions.is_empty() {
+                    entry.missed.extend(entry.sessions.keys().copied());
+                    self.resync_later(key, ctx);
+                }
                 self.accept(key, std::iter::empty(), ctx);
+                if self.rooms.get(key).is_some_and(|e| !e.is_settled()) {
+                    self.settle_later(key, GAP_WAIT, ctx);
+                }
             }
             Some(r) if head > r => {
                 entry.publish_known();
-                self.fetch(key, via, ctx)
+                // With a bus the events are most likely on their way.
+                if self.bus.as_ref().is_some_and(Bus::is_connected) {
+                    self.settle_later(key, BUS_GRACE, ctx)
+                } else {
+                    self.fetch(key, via, ctx)
+                }
             }
             Some(_) => {}
         }
@@ -464,7 +566,12 @@ impl Actor for Broadcaster {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         if let Some(every) = self.poll {
-            ctx.run_interval(every, |act, ctx| act.check_heads(ctx));
+            ctx.run_interval(every, |act, ctx| {
+                // The tick never queues a second check behind a slow one.
+                if !act.checking {
+                    act.check_heads(ctx)
+                }
+            });
         }
         ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
     }
@@ -506,9 +613,38 @@ impl Broadcaster {
     /// Learns where a newly followed room stands before routing anything in
     /// it: rooms that arrive while a batch is read are learned together by
     /// the next one (one statement, whatever their number).
+    ///
+    /// With a bus, the room's subject is subscribed first and its head
+    /// learned once the broker confirmed it: every commit after the head
+    /// read reaches this instance over the bus.
     fn learn_head(&mut self, key: RoomKey, ctx: &mut Context<Self>) {
-        self.to_learn.push(key);
-        self.learn_batch(ctx);
+        match &self.bus {
+            Some(bus) => {
+                bus.subscribe(&key)
+                    .into_actor(self)
+                    .map(move |(), act, ctx| {
+                        if act.rooms.contains_key(&key) {
+                            act.to_learn.push(key);
+                            act.learn_batch(ctx);
+                        }
+                    })
+                    .spawn(ctx);
+            }
+            None => {
+                self.to_learn.push(key);
+                self.learn_batch(ctx);
+            }
+        }
+    }
+
+    /// Forgets a room nobody follows any more.
+    fn forget(&mut self, key: &RoomKey) {
+        if self.rooms.remove(key).is_some() {
+            if let Some(bus) = &self.bus {
+                bus.unsubscribe(key);
+            }
+        }
+        self.metrics.router_rooms.set(self.rooms.len() as i64);
     }
 
     fn learn_batch(&mut self, ctx: &mut Context<Self>) {
@@ -562,7 +698,15 @@ impl Broadcaster {
         for e in self.rooms.values_mut() {
             e.sessions.retain(|_, (_, s)| s.connected());
         }
-        self.rooms.retain(|_, e| !e.is_unused());
+        let unused: Vec<RoomKey> = self
+            .rooms
+            .iter()
+            .filter(|(_, e)| e.is_unused())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in unused {
+            self.forget(&key);
+        }
         self.metrics.router_rooms.set(self.rooms.len() as i64);
     }
 }
@@ -643,8 +787,7 @@ impl Handler<Leave> for Broadcaster {
                 entry.sessions.remove(&msg.session);
             }
             if entry.is_unused() {
-                self.rooms.remove(&msg.key);
-                self.metrics.router_rooms.set(self.rooms.len() as i64);
+                self.forget(&msg.key);
             }
         }
     }
@@ -682,10 +825,10 @@ impl Handler<Hint> for Broadcaster {
     }
 }
 
-impl Handler<ListenerReconnected> for Broadcaster {
+impl Handler<CheckHeads> for Broadcaster {
     type Result = ();
 
-    fn handle(&mut self, _: ListenerReconnected, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: CheckHeads, ctx: &mut Context<Self>) {
         self.check_heads(ctx);
     }
 }

@@ -40,6 +40,8 @@ const FLOOD_CLOSE: u32 = 50;
 /// A connection whose token was accepted already expired (within the
 /// clock-skew leeway) has this long to renew it with `op: auth`.
 const AUTH_GRACE: Duration = Duration::from_secs(1);
+/// Ephemeral events kept (one per room and key) while the outbox is full.
+const MAX_PENDING: usize = 1024;
 /// A catch-up read that failed is tried again after this long (even with
 /// the poll fallback off).
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -400,9 +402,21 @@ impl WsSession {
         for (_, frame) in std::mem::take(&mut self.pending) {
             self.write(ctx, frame.text.clone());
         }
-        let ids: Vec<RoomId> = self.subs.keys().cloned().collect();
-        for id in ids {
-            self.advance(&id, &[], -1, ctx);
+        // Pushes were not taken while pulling: whatever was routed since is
+        // read back.
+        self.resync_all(ctx);
+    }
+
+    /// Reads back whatever the router routed that this session has not
+    /// sent (after pulling, or when the router could not push to it).
+    fn resync_all(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let ids: Vec<(RoomId, i64)> = self
+            .subs
+            .iter()
+            .map(|(id, s)| (id.clone(), s.routed()))
+            .collect();
+        for (id, routed) in ids {
+            self.advance(&id, &[], routed, ctx);
         }
     }
 
@@ -418,24 +432,29 @@ impl WsSession {
         if self.out.has_room() && !self.pulling {
             self.write(ctx, frame.text.clone());
         } else if let Some(k) = frame.key.clone() {
-            // Behind: only the latest interim event of each key is kept.
-            self.pending.insert((id.clone(), k), frame);
+            // Behind: only the latest interim event of each key is kept (of
+            // a bounded number of keys).
+            if self.pending.len() < MAX_PENDING
+                || self.pending.contains_key(&(id.clone(), k.clone()))
+            {
+                self.pending.insert((id.clone(), k), frame);
+            }
         }
     }
 
-    /// The per-session poll timer: in memory, a read-back only when behind.
+    /// The per-session poll timer: in memory; a read-back only for a
+    /// subscription that stayed behind the routed head a whole interval.
     fn poll(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         if self.pulling {
             return;
         }
-        let behind: Vec<RoomId> = self
+        let stuck: Vec<(RoomId, i64)> = self
             .subs
-            .iter()
-            .filter(|(_, s)| !s.fetching && s.is_behind())
-            .map(|(id, _)| id.clone())
+            .iter_mut()
+            .filter_map(|(id, s)| s.stuck().then(|| (id.clone(), s.routed())))
             .collect();
-        for id in behind {
-            self.advance(&id, &[], -1, ctx);
+        for (id, routed) in stuck {
+            self.advance(&id, &[], routed, ctx);
         }
     }
 
@@ -570,6 +589,13 @@ impl Handler<Deliver> for WsSession {
             // Pulling: the events are read back once the outbox drains.
             Push::Events(_) => {}
             Push::Ephemeral(frame) => self.ephemeral(id, frame, ctx),
+            // The router could not push to this session: read back what it
+            // routed meanwhile.
+            Push::Resync if !self.pulling => {
+                let routed = self.subs.get(id).map_or(-1, |s| s.routed());
+                self.advance(id, &[], routed, ctx);
+            }
+            Push::Resync => {}
         }
     }
 }

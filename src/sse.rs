@@ -36,6 +36,8 @@ const DRAIN_CHECK: Duration = Duration::from_millis(50);
 const MAILBOX: usize = 1024;
 /// The EventSource reconnect delay the server asks for, in ms.
 const RETRY_MS: u64 = 1000;
+/// Ephemeral events kept (one per key) while the outbox is full.
+const MAX_PENDING: usize = 1024;
 /// A catch-up read that failed is tried again after this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -187,7 +189,9 @@ impl SseSession {
         for (_, frame) in std::mem::take(&mut self.pending) {
             self.write(ctx, message(None, &frame.ty, &frame.text));
         }
-        self.advance(&[], -1, ctx);
+        // Pushes were not taken while pulling.
+        let routed = self.cursor.routed();
+        self.advance(&[], routed, ctx);
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -283,8 +287,9 @@ impl Actor for SseSession {
         }
         if poll > 0 {
             ctx.run_interval(Duration::from_millis(poll), |act, ctx| {
-                if !act.pulling && !act.cursor.fetching && act.cursor.is_behind() {
-                    act.advance(&[], -1, ctx);
+                if !act.pulling && act.cursor.stuck() {
+                    let routed = act.cursor.routed();
+                    act.advance(&[], routed, ctx);
                 }
             });
         }
@@ -322,6 +327,12 @@ impl Handler<Deliver> for SseSession {
         match msg.push {
             Push::Events(frames) if !self.pulling => self.advance(&frames, -1, ctx),
             Push::Events(_) => {}
+            Push::Resync => {
+                if !self.pulling {
+                    let routed = self.cursor.routed();
+                    self.advance(&[], routed, ctx);
+                }
+            }
             Push::Ephemeral(frame) => {
                 if self.cursor.last.is_none() {
                     return;
@@ -329,7 +340,9 @@ impl Handler<Deliver> for SseSession {
                 if self.out.has_room() && !self.pulling {
                     self.write(ctx, message(None, &frame.ty, &frame.text));
                 } else if let Some(k) = frame.key.clone() {
-                    self.pending.insert(k, frame);
+                    if self.pending.len() < MAX_PENDING || self.pending.contains_key(&k) {
+                        self.pending.insert(k, frame);
+                    }
                 }
             }
         }

@@ -16,12 +16,14 @@ use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use crate::auth::Authenticator;
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::Db;
 use crate::http::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pgcluster::PrivateCluster;
+use crate::relay::Relay;
 use crate::room::Broadcaster;
 use crate::webhook::Secrets;
 use crate::{http, listener};
@@ -43,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The Listener's connection is up (for `/readyz`).
     pub listener_up: Arc<AtomicBool>,
+    /// The bus to other instances, if one is set (for `/readyz`, health).
+    pub bus: Option<Bus>,
     /// Flips to true on shutdown: every session closes with 1001.
     pub shutdown: watch::Receiver<bool>,
     /// This process among the instances sharing the database.
@@ -69,6 +73,8 @@ pub enum StartError {
     Migrations(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("bus: {0}")]
+    Bus(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,8 +96,16 @@ pub fn pool(
     size: usize,
     statement_timeout_ms: u64,
 ) -> Result<(Pool, tokio_postgres::Config), StartError> {
-    let pg =
+    let mut pg =
         tokio_postgres::Config::from_str(url).map_err(|e| StartError::BadUrl(e.to_string()))?;
+    // A connection whose peer vanished without a reset (a failover, a NAT
+    // dropping the flow) is found dead within seconds, not the kernel's
+    // default two hours: its statement fails and the pool replaces it.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
     let mut pooled = pg.clone();
     if statement_timeout_ms > 0 {
         let options = pooled.get_options().unwrap_or("").to_owned();
@@ -195,31 +209,67 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
         let (page, page_bytes) = (config.catchup_page, config.page_bytes);
+        // A read's whole time: its statement's timeout and a margin for the
+        // slot and the connection (10 s more).
+        let read_bound = Duration::from_millis(match config.statement_timeout_ms {
+            0 => 60_000,
+            ms => ms + 10_000,
+        });
         let (pool2, metrics2) = (pool.clone(), metrics.clone());
-        let mut db_addr = None;
+        let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let mut made = None;
+        let mut bus_error = None;
         // The Db actor reports commits to the Broadcaster, which asks the Db
-        // actor for reads: both are made here, the Db actor first.
+        // actor for reads, and the bus hands other instances' commits to the
+        // Broadcaster: all are made here, around the Broadcaster's address.
         let broadcaster = Broadcaster::create(|ctx| {
+            let bus = match config.bus.as_deref() {
+                None => None,
+                Some(url) => match Bus::start(
+                    url,
+                    &config.bus_prefix,
+                    instance.clone(),
+                    metrics2.clone(),
+                    ctx.address(),
+                ) {
+                    Ok(bus) => Some(bus),
+                    Err(e) => {
+                        bus_error = Some(e);
+                        None
+                    }
+                },
+            };
             let db = Db::new(
                 pool2,
                 metrics2.clone(),
-                ctx.address().recipient(),
+                ctx.address(),
                 page,
                 page_bytes,
+                bus.clone(),
+                read_bound,
             )
             .start();
-            db_addr = Some(db.clone());
-            Broadcaster::new(db, metrics2, poll)
+            made = Some((db.clone(), bus.clone()));
+            Broadcaster::new(db, metrics2, poll, bus)
         });
-        let db = db_addr.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
+        if let Some(e) = bus_error {
+            return Err(StartError::Bus(e.to_string()));
+        }
+        let (db, bus) = made.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
         let listener_up = Arc::new(AtomicBool::new(false));
-        let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let hints = match &bus {
+            None => listener::Hints::Router,
+            Some(bus) => listener::Hints::Relay(
+                Relay::new(db.clone(), broadcaster.clone(), bus.clone()).start(),
+            ),
+        };
         listener::spawn(
             pg,
             broadcaster.clone(),
             metrics.clone(),
             listener_up.clone(),
             instance.clone(),
+            hints,
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -249,6 +299,7 @@ impl Application {
             broadcaster,
             metrics,
             listener_up,
+            bus,
             shutdown: shutdown_rx,
             instance,
             next_session: AtomicU64::new(1),

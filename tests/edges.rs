@@ -210,7 +210,7 @@ async fn data_under_64_kib_of_compact_json_is_accepted_on_every_path() {
 #[actix_web::test]
 async fn an_ambiguous_commit_never_stores_a_request_twice() {
     let db = TestDb::new().await;
-    let proxy = CutProxy::start(admin_port());
+    let proxy = Proxy::start(admin_port());
     let url = db.url.replace(
         &format!("port={}", admin_port()),
         &format!("port={}", proxy.port),
@@ -779,4 +779,217 @@ async fn a_publish_in_flight_when_sigterm_arrives_is_finished() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
     assert_eq!(db.event_count().await, 2);
+}
+
+/// A push the router could not hand to a session (its mailbox was full)
+/// is followed by a resync as soon as the mailbox takes a message: the
+/// session does not depend on its poll timer (or on a later event) to learn
+/// it missed something.
+#[actix_web::test]
+async fn a_push_dropped_on_a_full_mailbox_is_followed_by_a_resync() {
+    use actix::prelude::*;
+    use roomcast::protocol::{Event, Frame, RoomId, RoomKey, Via};
+    use roomcast::room::{Committed, Deliver, Join, Push};
+
+    /// A session stand-in whose mailbox holds one message and whose first
+    /// message takes 300 ms to handle.
+    struct Slow {
+        seen: Vec<String>,
+        tx: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
+    }
+    impl Actor for Slow {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            ctx.set_mailbox_capacity(1);
+        }
+    }
+    impl Handler<Deliver> for Slow {
+        type Result = ();
+        fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+            let what = match &msg.push {
+                Push::Events(f) => format!("events {}..{}", f[0].seq, f[f.len() - 1].seq),
+                Push::Resync => "resync".to_string(),
+                Push::Ephemeral(_) => "ephemeral".to_string(),
+            };
+            if what == "resync" && self.seen.is_empty() {
+                return; // told when the router learned the head: not this
+            }
+            if self.seen.is_empty() {
+                ctx.wait(actix::fut::wrap_future(tokio::time::sleep(
+                    Duration::from_millis(300),
+                )));
+            }
+            self.seen.push(what);
+            if self.seen.last().is_some_and(|w| w == "resync") {
+                if let Some(tx) = self.tx.take() {
+                    let _ = tx.send(self.seen.clone());
+                }
+            }
+        }
+    }
+
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.poll_ms = 0;
+    let app = roomcast::startup::Application::build(cfg).await.unwrap();
+    let router = app.state.broadcaster.clone();
+    let key = RoomKey {
+        org: "acme".into(),
+        room: RoomId::parse("full").unwrap(),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let slow = Slow {
+        seen: Vec::new(),
+        tx: Some(tx),
+    }
+    .start();
+    let joined = router
+        .send(Join {
+            key: key.clone(),
+            session: 9999,
+            generation: 1,
+            deliver: slow.recipient(),
+        })
+        .await
+        .unwrap();
+    if let Some(ready) = joined.ready {
+        let _ = ready.await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let frame = |seq| {
+        let ev = Event {
+            seq,
+            ty: "t".into(),
+            data: json!(seq),
+            ts: "2026-11-29T00:00:00.000Z".into(),
+        };
+        Frame::encode(&key.room, &ev, Via::Push)
+    };
+    for seq in 1..=4 {
+        router.do_send(Committed {
+            key: key.clone(),
+            frames: vec![frame(seq)],
+            closed: false,
+        });
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(5), rx)
+        .await
+        .expect("a resync within 5 s")
+        .unwrap();
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("events 1..1"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.len() < 5,
+        "every push fitted, nothing to show: {seen:?}"
+    );
+    drop(app);
+}
+
+/// A publish whose commit answer was lost and whose outcome could not be
+/// looked up (503), retried with its idempotency key (200 duplicate), used
+/// to be announced to nobody: another instance with the poll fallback off
+/// never delivered it. The duplicate answer now announces it.
+#[actix_web::test]
+async fn a_retried_publish_of_a_lost_commit_answer_is_announced() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(admin_port());
+    let url = db.url.replace(
+        &format!("port={}", admin_port()),
+        &format!("port={}", proxy.port),
+    );
+    let mut a_cfg = roomcast::config::Config::new(url, SECRET);
+    a_cfg.poll_ms = 0;
+    a_cfg.rate_limits = roomcast::config::Switch::Off;
+    let a = spawn_app(a_cfg).await;
+    let mut b_cfg = no_limits(&db);
+    b_cfg.poll_ms = 0;
+    let b = spawn_app(b_cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    publish(a.port, &producer, "lost", "seg", json!(1)).await;
+    let mut ws =
+        WsClient::connect(b.port, &format!("/v1/rooms/lost/ws?since=1&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    // The commit happens, its answer is cut, and the database cannot be
+    // reached to ask what happened.
+    proxy.arm(1);
+    let refusing = async {
+        while proxy.cuts() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proxy.refuse(true);
+        proxy.cut_all();
+    };
+    let body = json!({"type": "seg", "data": 2, "id": "only-once"});
+    let ((s, b1, _), ()) = tokio::join!(
+        post(a.port, "/v1/rooms/lost/events", &producer, &body),
+        refusing
+    );
+    assert_eq!(s, 503, "{b1}");
+    proxy.refuse(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, b2, _) = post(a.port, "/v1/rooms/lost/events", &producer, &body).await;
+        if s == 200 {
+            assert_eq!(
+                (b2["seq"].clone(), b2["duplicate"].clone()),
+                (json!(2), json!(true))
+            );
+            break;
+        }
+        assert_eq!(s, 503, "{b2}");
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let evs = ws.events_until("lost", 2, Duration::from_secs(5)).await;
+    assert_exactly(&evs, 2, 2);
+}
+
+/// Subscribers of one room whose cursors share a catch-up round, on a room
+/// of large events (the page stops at its byte bound before the later
+/// cursors): each gets exactly what follows its own cursor, at once, with
+/// the poll fallback off.
+#[actix_web::test]
+async fn cursors_beyond_a_page_cut_by_its_byte_bound_are_served_too() {
+    let db = TestDb::new().await;
+    let mut cfg = no_limits(&db);
+    cfg.poll_ms = 0;
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let big = "x".repeat(60_000);
+    for i in 0..40 {
+        publish(
+            app.port,
+            &producer,
+            "cut",
+            "seg",
+            json!({"i": i, "pad": big}),
+        )
+        .await;
+    }
+    for round in 0..5 {
+        let got = join_all([0i64, 5, 18, 25, 30, 36].map(|since| {
+            let viewer = viewer.clone();
+            async move {
+                let mut ws = WsClient::connect(
+                    app.port,
+                    &format!("/v1/rooms/cut/ws?since={since}&token={viewer}"),
+                )
+                .await;
+                (
+                    since,
+                    ws.events_until("cut", 40, Duration::from_secs(10)).await,
+                )
+            }
+        }))
+        .await;
+        for (since, evs) in got {
+            assert!(evs.iter().all(|e| e["via"] == "catchup"), "round {round}");
+            assert_exactly(&evs, since + 1, 40);
+        }
+    }
 }

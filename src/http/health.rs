@@ -1,5 +1,6 @@
 //! `/healthz` (the process is alive), `/readyz` (it can serve: database
-//! reachable, migrations applied, listener connected) and `/v1/health` (an
+//! reachable, migrations applied, listener connected, bus connected when one
+//! is set) and `/v1/health` (an
 //! org's view, with a token: is live delivery working, are its pipelines
 //! moving).
 
@@ -35,6 +36,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         return Err(ApiError::Unavailable(
             "the notification listener is not connected".into(),
         ));
+    }
+    if let Some(bus) = &state.bus {
+        if !bus.is_connected() {
+            return Err(ApiError::Unavailable(format!(
+                "the bus ({}) is not connected",
+                bus.kind().as_str()
+            )));
+        }
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }
@@ -107,11 +116,21 @@ pub async fn org(
     } else {
         json!(((push as f64 / (push + catchup) as f64) * 1000.0).round() / 1000.0)
     };
-    let degraded = !listener || !stalled.is_empty();
+    let bus = state.bus.as_ref().map(|b| {
+        json!({
+            "kind": b.kind().as_str(),
+            "connected": b.is_connected(),
+            "relay": state.metrics.relay_leader.get() == 1,
+        })
+    });
+    let bus_down = state.bus.as_ref().is_some_and(|b| !b.is_connected());
+    let degraded = !listener || bus_down || !stalled.is_empty();
     Ok(HttpResponse::Ok().json(json!({
         "org": principal.org,
         "status": if degraded { "degraded" } else { "ok" },
         "listener": if listener { "connected" } else { "disconnected" },
+        // `null` without a bus (LISTEN/NOTIFY).
+        "bus": bus,
         "rooms_in_progress": h.rooms_in_progress,
         "last_publish_at": h.last_publish_at,
         "stalled_after_s": stalled_after,

@@ -674,33 +674,48 @@ pub fn admin_port() -> u16 {
         .unwrap_or(5432)
 }
 
-/// A TCP proxy in front of PostgreSQL that, once armed, breaks a connection
-/// right after PostgreSQL reports `COMMIT` (before the client hears it): the
-/// commit happened, the client cannot know.
-pub struct CutProxy {
+/// A TCP proxy (in front of PostgreSQL or a broker) that can cut every
+/// connection it carries at once, and, once armed, break a connection right
+/// after PostgreSQL reports `COMMIT` (before the client hears it: the commit
+/// happened, the client cannot know).
+pub struct Proxy {
     pub port: u16,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
-impl CutProxy {
-    pub fn start(upstream: u16) -> CutProxy {
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Arc;
+        use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("addr").port();
         let armed = Arc::new(AtomicUsize::new(0));
         let cuts = Arc::new(AtomicUsize::new(0));
-        let (a, c) = (armed.clone(), cuts.clone());
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (a, c, l, r) = (armed.clone(), cuts.clone(), live.clone(), refusing.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                if r.load(Ordering::Acquire) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
+                {
+                    let mut live = l.lock().unwrap();
+                    live.retain(|s| s.peer_addr().is_ok());
+                    live.push(client.try_clone().unwrap());
+                    live.push(server.try_clone().unwrap());
+                }
                 let (mut c_in, mut s_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
@@ -740,7 +755,13 @@ impl CutProxy {
                 });
             }
         });
-        CutProxy { port, armed, cuts }
+        Proxy {
+            port,
+            refusing,
+            armed,
+            cuts,
+            live,
+        }
     }
 
     /// Breaks the next `n` connections that report a COMMIT.
@@ -748,8 +769,135 @@ impl CutProxy {
         self.armed.store(n, std::sync::atomic::Ordering::Release);
     }
 
-    /// Connections broken so far.
+    /// Connections broken after a COMMIT so far.
     pub fn cuts(&self) -> usize {
         self.cuts.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// While on, new connections are closed at once (an outage).
+    pub fn refuse(&self, on: bool) {
+        self.refusing
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Cuts every connection open now (new ones are carried again).
+    pub fn cut_all(&self) {
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Finds a program on PATH or in the system directories Debian puts
+/// servers in (`/usr/sbin` is not on every user's PATH).
+pub fn program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"].map(Into::into))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A message broker of the test's own (`nats-server` or `redis-server`) on
+/// a free port, killed when dropped.
+pub struct Broker {
+    pub kind: &'static str,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn nats() -> Broker {
+        Self::start("nats", free_port())
+    }
+
+    pub fn redis() -> Broker {
+        Self::start("redis", free_port())
+    }
+
+    /// `nats` or `redis`.
+    pub fn of(kind: &str) -> Broker {
+        match kind {
+            "nats" => Self::nats(),
+            _ => Self::redis(),
+        }
+    }
+
+    fn start(kind: &'static str, port: u16) -> Broker {
+        let mut b = Broker {
+            kind,
+            port,
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// The `ROOMCAST_BUS` URL of this broker.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.kind, self.port)
+    }
+
+    /// The URL of this broker reached through `proxy`.
+    pub fn url_via(&self, proxy: &Proxy) -> String {
+        format!("{}://127.0.0.1:{}", self.kind, proxy.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on its port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            "nats" => {
+                let mut c = Command::new(program("nats-server").expect("nats-server is installed"));
+                c.args(["-a", "127.0.0.1", "-p", &port]);
+                c
+            }
+            _ => {
+                let mut c =
+                    Command::new(program("redis-server").expect("redis-server is installed"));
+                c.args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let addr = format!("127.0.0.1:{}", self.port).parse().expect("address");
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not start",
+                self.kind
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,0 +1,796 @@
+//! The bus between instances (`ROOMCAST_BUS`): NATS core or Redis pub/sub.
+//!
+//! PostgreSQL stays the source of truth and the cursor the guarantee; the
+//! bus is only a faster path, and at most once. After a commit the
+//! publishing instance puts the encoded frames on the room's subject (the
+//! same bytes its own sessions get, with their seqs), one message per room
+//! per commit round; the other instances route them through the same
+//! Broadcaster path as their own commits, with no database read. A message
+//! lost or late is a gap, which the delivery rule reads back from
+//! PostgreSQL; frames too large for one message travel as a hint (the seq
+//! only) and are read back the same way.
+//!
+//! Interest-based: an instance subscribes to a room's subject when the room
+//! gets its first follower there (session, SSE stream or long-poll) and
+//! unsubscribes when the Broadcaster forgets it, so traffic follows interest,
+//! not cluster size. The rest of the server sees one `Bus` handle and never
+//! which broker is behind it.
+//!
+//! Message layout (binary, little endian):
+//! `1u8 version, kind u8, instance (u8 len + bytes), org (u16 len + bytes),
+//! room (u8 len + bytes)`, then per kind: frames: `closed u8, count u32`,
+//! each `seq i64, type (u8 len + bytes), text (u32 len + bytes)`; hint:
+//! `seq i64`; ephemeral: `text (u32 len + bytes)`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
+use crate::room::{Broadcaster, CheckHeads, Committed, Ephemeral, Hint};
+
+/// The largest message put on the bus (NATS' default `max_payload` is
+/// 1 MiB); a round's frames past it travel as a hint.
+const MAX_MESSAGE: usize = 1024 * 1024 - 4096;
+/// How long a subscription waits to be confirmed by the broker before the
+/// room opens anyway (the head check covers what it misses).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+const VERSION: u8 = 1;
+const KIND_FRAMES: u8 = 1;
+const KIND_HINT: u8 = 2;
+const KIND_EPHEMERAL: u8 = 3;
+
+/// Which broker `ROOMCAST_BUS` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Nats,
+    Redis,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Nats => "nats",
+            Kind::Redis => "redis",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("ROOMCAST_BUS must be nats://host:port or redis://host:port, not {0:?}")]
+    Scheme(String),
+    #[error("ROOMCAST_BUS: {0}")]
+    Url(String),
+}
+
+/// What the broker's task is asked to do.
+enum Command {
+    Publish {
+        subject: String,
+        payload: Bytes,
+        /// Sent instead when the broker refuses `payload` (too large).
+        fallback: Option<Bytes>,
+    },
+    Subscribe {
+        subject: String,
+        ready: oneshot::Sender<()>,
+    },
+    Unsubscribe {
+        subject: String,
+    },
+}
+
+/// Shared between the handle and the broker's task.
+struct Shared {
+    kind: Kind,
+    connected: AtomicBool,
+    /// This instance's id: its own messages are not routed twice.
+    instance: Arc<str>,
+    prefix: String,
+    metrics: Arc<Metrics>,
+}
+
+/// The handle every part of the server uses.
+#[derive(Clone)]
+pub struct Bus {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Bus {
+    /// Starts the broker's task (it connects, and reconnects, by itself; the
+    /// server starts whether or not the broker answers yet). Messages of
+    /// other instances go to `router`.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        instance: Arc<str>,
+        metrics: Arc<Metrics>,
+        router: Addr<Broadcaster>,
+    ) -> Result<Bus, BusError> {
+        let kind = if url.starts_with("nats://") {
+            Kind::Nats
+        } else if url.starts_with("redis://") {
+            Kind::Redis
+        } else {
+            return Err(BusError::Scheme(url.to_owned()));
+        };
+        let shared = Arc::new(Shared {
+            kind,
+            connected: AtomicBool::new(false),
+            instance,
+            prefix: prefix.to_owned(),
+            metrics,
+        });
+        let (commands, rx) = mpsc::unbounded_channel();
+        let inbound = Inbound {
+            shared: shared.clone(),
+            router,
+        };
+        match kind {
+            Kind::Nats => {
+                actix_web::rt::spawn(nats::run(url.to_owned(), shared.clone(), rx, inbound));
+            }
+            Kind::Redis => {
+                let client = redis::Client::open(url).map_err(|e| BusError::Url(e.to_string()))?;
+                actix_web::rt::spawn(redis_bus::run(client, rx, inbound));
+            }
+        }
+        Ok(Bus { commands, shared })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.shared.kind
+    }
+
+    /// The connection to the broker is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    /// The subject (NATS) or channel (Redis) of a room.
+    fn subject(&self, key: &RoomKey) -> String {
+        subject(&self.shared.prefix, key)
+    }
+
+    /// Puts one commit round of a room on the bus: its frames, or a hint
+    /// (the last seq) when they do not fit in one message.
+    pub fn publish_frames(&self, key: &RoomKey, frames: &[Frame], closed: bool) {
+        let Some(last) = frames.last() else {
+            return;
+        };
+        let hint = encode_hint(&self.shared.instance, key, last.seq);
+        let size: usize = frames.iter().map(|f| f.text.len() + f.ty.len() + 13).sum();
+        let (payload, fallback) = if size > MAX_MESSAGE {
+            (hint, None)
+        } else {
+            (
+                encode_frames(&self.shared.instance, key, frames, closed),
+                Some(hint),
+            )
+        };
+        self.send(Command::Publish {
+            subject: self.subject(key),
+            payload,
+            fallback,
+        });
+    }
+
+    /// Tells the other instances that `seq` exists in `key` (they read it
+    /// back if they miss it).
+    pub fn publish_hint(&self, key: &RoomKey, seq: i64) {
+        self.send(Command::Publish {
+            subject: self.subject(key),
+            payload: encode_hint(&self.shared.instance, key, seq),
+            fallback: None,
+        });
+    }
+
+    /// Puts an ephemeral event on the bus.
+    pub fn publish_ephemeral(&self, key: &RoomKey, frame: &EphemeralFrame) {
+        let payload = encode_ephemeral(&self.shared.instance, key, frame);
+        self.send(Command::Publish {
+            subject: self.subject(key),
+            payload,
+            fallback: None,
+        });
+    }
+
+    /// Starts receiving a room's messages; the answer fires once the broker
+    /// has confirmed the subscription (or after a bounded wait).
+    pub fn subscribe(&self, key: &RoomKey) -> impl std::future::Future<Output = ()> {
+        let (ready, rx) = oneshot::channel();
+        self.send(Command::Subscribe {
+            subject: self.subject(key),
+            ready,
+        });
+        async move {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, rx).await;
+        }
+    }
+
+    /// Stops receiving a room's messages.
+    pub fn unsubscribe(&self, key: &RoomKey) {
+        self.send(Command::Unsubscribe {
+            subject: self.subject(key),
+        });
+    }
+
+    fn send(&self, c: Command) {
+        // The task lives as long as the server.
+        let _ = self.commands.send(c);
+    }
+}
+
+/// Escapes an org or room id into one subject token: `[A-Za-z0-9_-]` as is,
+/// every other byte as `~XX` (NATS tokens cannot hold `.`, `*`, `>` or
+/// whitespace; Redis would take anything, the same names serve both).
+fn escape(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push('~');
+            out.push_str(&format!("{b:02X}"));
+        }
+    }
+}
+
+/// `<prefix>.room.<org>.<room>`, both escaped.
+pub fn subject(prefix: &str, key: &RoomKey) -> String {
+    let mut s = String::with_capacity(prefix.len() + key.org.len() + key.room.as_str().len() + 8);
+    s.push_str(prefix);
+    s.push_str(".room.");
+    escape(&mut s, &key.org);
+    s.push('.');
+    escape(&mut s, key.room.as_str());
+    s
+}
+
+fn header(buf: &mut BytesMut, kind: u8, instance: &str, key: &RoomKey) {
+    buf.put_u8(VERSION);
+    buf.put_u8(kind);
+    buf.put_u8(instance.len().min(255) as u8);
+    buf.put_slice(&instance.as_bytes()[..instance.len().min(255)]);
+    let org = &key.org.as_bytes()[..key.org.len().min(u16::MAX as usize)];
+    buf.put_u16_le(org.len() as u16);
+    buf.put_slice(org);
+    let room = key.room.as_str().as_bytes();
+    buf.put_u8(room.len() as u8);
+    buf.put_slice(room);
+}
+
+fn encode_frames(instance: &str, key: &RoomKey, frames: &[Frame], closed: bool) -> Bytes {
+    let size: usize = frames.iter().map(|f| f.text.len() + f.ty.len() + 13).sum();
+    let mut buf = BytesMut::with_capacity(size + 64 + key.org.len());
+    header(&mut buf, KIND_FRAMES, instance, key);
+    buf.put_u8(closed as u8);
+    buf.put_u32_le(frames.len() as u32);
+    for f in frames {
+        buf.put_i64_le(f.seq);
+        buf.put_u8(f.ty.len() as u8);
+        buf.put_slice(f.ty.as_bytes());
+        buf.put_u32_le(f.text.len() as u32);
+        buf.put_slice(f.text.as_bytes());
+    }
+    buf.freeze()
+}
+
+fn encode_hint(instance: &str, key: &RoomKey, seq: i64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + key.org.len());
+    header(&mut buf, KIND_HINT, instance, key);
+    buf.put_i64_le(seq);
+    buf.freeze()
+}
+
+fn encode_ephemeral(instance: &str, key: &RoomKey, frame: &EphemeralFrame) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + key.org.len() + frame.text.len());
+    header(&mut buf, KIND_EPHEMERAL, instance, key);
+    buf.put_u32_le(frame.text.len() as u32);
+    buf.put_slice(frame.text.as_bytes());
+    buf.freeze()
+}
+
+/// A message of another instance, decoded.
+#[derive(Debug)]
+pub enum Message {
+    Frames {
+        key: RoomKey,
+        frames: Vec<Frame>,
+        closed: bool,
+    },
+    Hint {
+        key: RoomKey,
+        seq: i64,
+    },
+    Ephemeral {
+        key: RoomKey,
+        frame: EphemeralFrame,
+    },
+}
+
+/// Takes `n` bytes off `buf` (None when it holds fewer).
+fn take(buf: &mut Bytes, n: usize) -> Option<Bytes> {
+    (buf.remaining() >= n).then(|| buf.split_to(n))
+}
+
+fn text(buf: &mut Bytes, n: usize) -> Option<ByteString> {
+    ByteString::try_from(take(buf, n)?).ok()
+}
+
+/// Decodes a bus message; `None` for this instance's own messages and for
+/// anything malformed (logged by the caller).
+pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
+    if buf.remaining() < 3 || buf.get_u8() != VERSION {
+        return None;
+    }
+    let kind = buf.get_u8();
+    let n = buf.get_u8() as usize;
+    let instance = take(&mut buf, n)?;
+    if &instance[..] == me.as_bytes() {
+        return Some(None);
+    }
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let n = buf.get_u16_le() as usize;
+    let org = String::from_utf8(take(&mut buf, n)?.to_vec()).ok()?;
+    if buf.remaining() < 1 {
+        return None;
+    }
+    let n = buf.get_u8() as usize;
+    let room = RoomId::parse(std::str::from_utf8(&take(&mut buf, n)?).ok()?).ok()?;
+    let key = RoomKey { org, room };
+    let msg = match kind {
+        KIND_FRAMES => {
+            if buf.remaining() < 5 {
+                return None;
+            }
+            let closed = buf.get_u8() != 0;
+            let count = buf.get_u32_le() as usize;
+            let mut frames = Vec::with_capacity(count.min(4096));
+            for _ in 0..count {
+                if buf.remaining() < 9 {
+                    return None;
+                }
+                let seq = buf.get_i64_le();
+                let n = buf.get_u8() as usize;
+                let ty = text(&mut buf, n)?;
+                if buf.remaining() < 4 {
+                    return None;
+                }
+                let n = buf.get_u32_le() as usize;
+                let text = text(&mut buf, n)?;
+                frames.push(Frame {
+                    seq,
+                    via: Via::Push,
+                    ty,
+                    text,
+                });
+            }
+            Message::Frames {
+                key,
+                frames,
+                closed,
+            }
+        }
+        KIND_HINT => {
+            if buf.remaining() < 8 {
+                return None;
+            }
+            Message::Hint {
+                key,
+                seq: buf.get_i64_le(),
+            }
+        }
+        KIND_EPHEMERAL => {
+            if buf.remaining() < 4 {
+                return None;
+            }
+            let n = buf.get_u32_le() as usize;
+            let text = text(&mut buf, n)?;
+            let frame = EphemeralFrame::decode(&key.room, &text)?;
+            Message::Ephemeral { key, frame }
+        }
+        _ => return None,
+    };
+    Some(Some(msg))
+}
+
+/// Where the broker's tasks hand what arrives.
+#[derive(Clone)]
+struct Inbound {
+    shared: Arc<Shared>,
+    router: Addr<Broadcaster>,
+}
+
+impl Inbound {
+    fn message(&self, payload: Bytes) {
+        self.shared
+            .metrics
+            .bus_messages
+            .with_label_values(&["in"])
+            .inc();
+        match decode(payload, &self.shared.instance) {
+            None => log::warn!("bus: a malformed message was ignored"),
+            Some(None) => {}
+            Some(Some(Message::Frames {
+                key,
+                frames,
+                closed,
+            })) => self.router.do_send(Committed {
+                key,
+                frames,
+                closed,
+            }),
+            Some(Some(Message::Hint { key, seq })) => self.router.do_send(Hint { key, seq }),
+            Some(Some(Message::Ephemeral { key, frame })) => self.router.do_send(Ephemeral {
+                key,
+                frame: Arc::new(frame),
+            }),
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        let was = self.shared.connected.swap(up, Ordering::AcqRel);
+        self.shared.metrics.bus_connected.set(up as i64);
+        if up && !was {
+            log::info!("bus ({}) connected", self.shared.kind.as_str());
+            // Whatever went by while it was down is found now.
+            self.router.do_send(CheckHeads);
+        } else if !up && was {
+            log::warn!(
+                "bus ({}) disconnected; delivery goes on through the head check",
+                self.shared.kind.as_str()
+            );
+        }
+    }
+
+    fn sent(&self) {
+        self.shared
+            .metrics
+            .bus_messages
+            .with_label_values(&["out"])
+            .inc();
+    }
+}
+
+/// NATS core through `async-nats`: it reconnects and resubscribes by itself.
+mod nats {
+    use super::*;
+    use async_nats::{ConnectOptions, Event};
+
+    pub(super) async fn run(
+        url: String,
+        shared: Arc<Shared>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        inbound: Inbound,
+    ) {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let options = ConnectOptions::new()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100u64 << attempts.min(5)).min(2000))
+            })
+            .event_callback(move |event| {
+                let tx = events_tx.clone();
+                async move {
+                    let _ = tx.send(event);
+                }
+            });
+        let client = match options.connect(url.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("bus: cannot use {url}: {e}");
+                return;
+            }
+        };
+        let mut readers: HashMap<String, actix_web::rt::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Connected) => inbound.connected(true),
+                    Some(Event::Disconnected) | Some(Event::Closed) => inbound.connected(false),
+                    Some(e) => log::debug!("bus (nats): {e}"),
+                    None => {}
+                },
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Command::Publish { subject, payload, fallback }) => {
+                        if !shared.connected.load(Ordering::Acquire) {
+                            continue; // at most once: the head check covers it
+                        }
+                        match client.publish(subject.clone(), payload).await {
+                            Ok(()) => inbound.sent(),
+                            Err(e) => {
+                                if let Some(hint) = fallback {
+                                    if client.publish(subject, hint).await.is_ok() {
+                                        inbound.sent();
+                                    }
+                                }
+                                log::debug!("bus (nats): publish: {e}");
+                            }
+                        }
+                    }
+                    Some(Command::Subscribe { subject, ready }) => {
+                        if readers.contains_key(&subject) {
+                            let _ = ready.send(());
+                            continue;
+                        }
+                        match client.subscribe(subject.clone()).await {
+                            Ok(mut sub) => {
+                                let inbound = inbound.clone();
+                                readers.insert(subject, actix_web::rt::spawn(async move {
+                                    while let Some(m) = sub.next().await {
+                                        inbound.message(m.payload);
+                                    }
+                                }));
+                                // Confirmed once the server has it (a round trip).
+                                let client = client.clone();
+                                actix_web::rt::spawn(async move {
+                                    let _ = tokio::time::timeout(SUBSCRIBE_WAIT, client.flush()).await;
+                                    let _ = ready.send(());
+                                });
+                            }
+                            Err(e) => {
+                                log::warn!("bus (nats): subscribe {subject}: {e}");
+                                let _ = ready.send(());
+                            }
+                        }
+                    }
+                    Some(Command::Unsubscribe { subject }) => {
+                        // Dropping the subscriber unsubscribes.
+                        if let Some(reader) = readers.remove(&subject) {
+                            reader.abort();
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Redis pub/sub through the `redis` crate: one connection subscribed to
+/// the rooms' channels, one (multiplexed) for PUBLISH, both reconnected here.
+mod redis_bus {
+    use super::*;
+    use redis::aio::{MultiplexedConnection, PubSubSink};
+
+    /// Publishes taken in one pipeline at most.
+    const PIPELINE: usize = 256;
+
+    pub(super) async fn run(
+        client: redis::Client,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        inbound: Inbound,
+    ) {
+        // Channels this instance wants, kept across reconnects.
+        let mut channels: HashSet<String> = HashSet::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = async {
+                let pubsub = client.get_async_pubsub().await?;
+                let conn = client.get_multiplexed_async_connection().await?;
+                Ok::<_, redis::RedisError>((pubsub, conn))
+            };
+            let (pubsub, mut conn) =
+                match tokio::time::timeout(Duration::from_secs(2), connected).await {
+                    Ok(Ok(c)) => c,
+                    failed => {
+                        if let Ok(Err(e)) = failed {
+                            log::debug!("bus (redis): connect: {e}");
+                        }
+                        inbound.connected(false);
+                        // While down: keep track of interest, drop publishes.
+                        let until = tokio::time::sleep(backoff);
+                        tokio::pin!(until);
+                        loop {
+                            tokio::select! {
+                                _ = &mut until => break,
+                                c = commands.recv() => match c {
+                                    None => return,
+                                    Some(c) => offline(&mut channels, c),
+                                },
+                            }
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                };
+            backoff = Duration::from_millis(100);
+            let (mut sink, mut stream) = pubsub.split();
+            if !channels.is_empty() {
+                let all: Vec<&String> = channels.iter().collect();
+                if let Err(e) = sink.subscribe(all).await {
+                    log::warn!("bus (redis): resubscribe: {e}");
+                    continue;
+                }
+            }
+            inbound.connected(true);
+            let lost = loop {
+                tokio::select! {
+                    m = stream.next() => match m {
+                        Some(m) => inbound.message(Bytes::copy_from_slice(m.get_payload_bytes())),
+                        None => break "the subscribed connection closed".to_owned(),
+                    },
+                    c = commands.recv() => match c {
+                        None => return,
+                        Some(c) => {
+                            if let Err(e) = online(&mut channels, &mut sink, &mut conn, &mut commands, &inbound, c).await {
+                                break e.to_string();
+                            }
+                        }
+                    },
+                }
+            };
+            log::warn!("bus (redis): {lost}; reconnecting");
+            inbound.connected(false);
+        }
+    }
+
+    fn offline(channels: &mut HashSet<String>, c: Command) {
+        match c {
+            Command::Publish { .. } => {}
+            Command::Subscribe { subject, ready } => {
+                channels.insert(subject);
+                let _ = ready.send(());
+            }
+            Command::Unsubscribe { subject } => {
+                channels.remove(&subject);
+            }
+        }
+    }
+
+    async fn online(
+        channels: &mut HashSet<String>,
+        sink: &mut PubSubSink,
+        conn: &mut MultiplexedConnection,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        inbound: &Inbound,
+        first: Command,
+    ) -> redis::RedisResult<()> {
+        match first {
+            Command::Publish {
+                subject, payload, ..
+            } => {
+                // Every publish waiting now goes in one pipeline.
+                let mut pipe = redis::pipe();
+                pipe.cmd("PUBLISH").arg(subject).arg(&payload[..]).ignore();
+                let mut n = 1;
+                let mut rest = Vec::new();
+                while n < PIPELINE {
+                    match commands.try_recv() {
+                        Ok(Command::Publish {
+                            subject, payload, ..
+                        }) => {
+                            pipe.cmd("PUBLISH").arg(subject).arg(&payload[..]).ignore();
+                            n += 1;
+                        }
+                        Ok(other) => {
+                            rest.push(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                pipe.query_async::<()>(conn).await?;
+                for _ in 0..n {
+                    inbound.sent();
+                }
+                for c in rest {
+                    Box::pin(online(channels, sink, conn, commands, inbound, c)).await?;
+                }
+            }
+            Command::Subscribe { subject, ready } => {
+                if channels.insert(subject.clone()) {
+                    sink.subscribe(&subject).await?;
+                }
+                let _ = ready.send(());
+            }
+            Command::Unsubscribe { subject } => {
+                if channels.remove(&subject) {
+                    sink.unsubscribe(&subject).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EphemeralEvent, Event, EventType};
+
+    fn key(org: &str, room: &str) -> RoomKey {
+        RoomKey {
+            org: org.into(),
+            room: RoomId::parse(room).unwrap(),
+        }
+    }
+
+    #[test]
+    fn subjects_escape_everything_but_plain_tokens() {
+        assert_eq!(
+            subject("roomcast", &key("acme", "call-7")),
+            "roomcast.room.acme.call-7"
+        );
+        assert_eq!(
+            subject("rc", &key("a.b *>", "m:1.x")),
+            "rc.room.a~2Eb~20~2A~3E.m~3A1~2Ex"
+        );
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let k = key("acme", "r");
+        let frames: Vec<Frame> = (1..=3)
+            .map(|seq| {
+                let ev = Event {
+                    seq,
+                    ty: "t.x".into(),
+                    data: serde_json::json!({"n": seq, "s": "é\"\\"}),
+                    ts: "2026-11-21T22:00:00.000Z".into(),
+                };
+                Frame::encode(&k.room, &ev, Via::Push)
+            })
+            .collect();
+        let bytes = encode_frames("me", &k, &frames, true);
+        assert!(
+            matches!(decode(bytes.clone(), "me"), Some(None)),
+            "own message"
+        );
+        match decode(bytes, "other") {
+            Some(Some(Message::Frames {
+                key,
+                frames: got,
+                closed,
+            })) => {
+                assert_eq!(key, k);
+                assert!(closed);
+                assert_eq!(got.len(), 3);
+                for (a, b) in got.iter().zip(&frames) {
+                    assert_eq!((a.seq, &a.ty, &a.text), (b.seq, &b.ty, &b.text));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(encode_hint("me", &k, 42), "other") {
+            Some(Some(Message::Hint { seq, .. })) => assert_eq!(seq, 42),
+            other => panic!("{other:?}"),
+        }
+        let e = EphemeralFrame::encode(
+            &k.room,
+            &EphemeralEvent {
+                ty: EventType::parse("t.partial").unwrap(),
+                data: serde_json::json!("hel"),
+                key: Some("s1".into()),
+            },
+        );
+        match decode(encode_ephemeral("me", &k, &e), "other") {
+            Some(Some(Message::Ephemeral { frame, .. })) => assert_eq!(frame.text, e.text),
+            other => panic!("{other:?}"),
+        }
+        // Truncated or garbage input is refused, never a panic.
+        let whole = encode_frames("me", &k, &frames, false);
+        for cut in 0..whole.len() {
+            assert!(
+                decode(whole.slice(..cut), "other").is_none(),
+                "cut at {cut}"
+            );
+        }
+        assert!(decode(Bytes::from_static(b"\x07garbage"), "x").is_none());
+    }
+}

@@ -1,0 +1,335 @@
+//! Scale-out over a real bus (issue 12): NATS core and Redis pub/sub, each
+//! test with its own `nats-server` / `redis-server` on a free port. Several
+//! instances share one PostgreSQL; commits reach the other instances over
+//! the bus with no database read; a lost message, a cut connection or a
+//! broker restart is repaired by the delivery rule; SQL producers' commits
+//! are relayed once by an elected instance.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn bus_config(db: &TestDb, bus: Option<String>) -> roomcast::config::Config {
+    let mut c = config(db);
+    c.rate_limits = roomcast::config::Switch::Off;
+    c.bus = bus;
+    c
+}
+
+/// Follows `room` from 0 on `port` until seq `until`; answers the events.
+async fn follow(port: u16, room: String, until: i64) -> Vec<Value> {
+    let viewer = token("acme", "viewer", false);
+    let mut ws =
+        WsClient::connect(port, &format!("/v1/rooms/{room}/ws?since=0&token={viewer}")).await;
+    ws.events_until(&room, until, WAIT).await
+}
+
+/// Waits until every instance reports its bus connected.
+async fn bus_up(ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &p in ports {
+        while metric(p, "roomcast_bus_connected").await != 1 {
+            assert!(Instant::now() < deadline, "the bus of :{p} never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Three instances, 10 rooms, 5 subscribers per room per instance, 1,000
+/// REST publishes on one instance: with a bus the two remote instances read
+/// nothing back from PostgreSQL (every event came over the bus); without one
+/// (LISTEN/NOTIFY) they read about one query per event.
+async fn remote_reads(bus: Option<&Broker>) -> (u64, u64) {
+    let db = TestDb::new().await;
+    let url = bus.map(Broker::url);
+    let apps = [
+        spawn_app(bus_config(&db, url.clone())).await,
+        spawn_app(bus_config(&db, url.clone())).await,
+        spawn_app(bus_config(&db, url.clone())).await,
+    ];
+    let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
+    if bus.is_some() {
+        bus_up(&ports).await;
+    }
+    const ROOMS: usize = 10;
+    const PER_ROOM: i64 = 100;
+    let viewer = token("acme", "viewer", false);
+    let mut clients = Vec::new();
+    for app in &apps {
+        for r in 0..ROOMS {
+            for _ in 0..5 {
+                let mut ws = WsClient::connect(
+                    app.port,
+                    &format!("/v1/rooms/room-{r}/ws?since=0&token={viewer}"),
+                )
+                .await;
+                ws.expect_op("subscribed").await;
+                clients.push((r, ws));
+            }
+        }
+    }
+    let before = [
+        apps[1].queries("catchup").await,
+        apps[2].queries("catchup").await,
+    ];
+    let producer = token("acme", "producer", true);
+    // 1,000 publishes on the first instance, 10 rooms interleaved, 8 at once.
+    join_all((0..8).map(|w| {
+        let producer = producer.clone();
+        let port = apps[0].port;
+        async move {
+            for i in (w..ROOMS * PER_ROOM as usize).step_by(8) {
+                publish(
+                    port,
+                    &producer,
+                    &format!("room-{}", i % ROOMS),
+                    "seg",
+                    json!(i),
+                )
+                .await;
+            }
+        }
+    }))
+    .await;
+    let got = join_all(clients.into_iter().map(|(r, mut ws)| async move {
+        let evs = ws.events_until(&format!("room-{r}"), PER_ROOM, WAIT).await;
+        assert_exactly(&evs, 1, PER_ROOM);
+    }));
+    got.await;
+    let after = [
+        apps[1].queries("catchup").await,
+        apps[2].queries("catchup").await,
+    ];
+    (after[0] - before[0], after[1] - before[1])
+}
+
+#[actix_web::test]
+async fn remote_instances_read_nothing_for_events_that_came_over_nats() {
+    let nats = Broker::nats();
+    let (b, c) = remote_reads(Some(&nats)).await;
+    eprintln!("NATS: remote catch-up queries for 1,000 events: {b} and {c}");
+    assert_eq!(
+        (b, c),
+        (0, 0),
+        "remote instances read events back although the bus carried them"
+    );
+}
+
+#[actix_web::test]
+async fn remote_instances_read_nothing_for_events_that_came_over_redis() {
+    let redis = Broker::redis();
+    let (b, c) = remote_reads(Some(&redis)).await;
+    eprintln!("Redis: remote catch-up queries for 1,000 events: {b} and {c}");
+    assert_eq!(
+        (b, c),
+        (0, 0),
+        "remote instances read events back although the bus carried them"
+    );
+}
+
+/// Without a bus (LISTEN/NOTIFY hints carry no payload) every remote
+/// instance reads the events back: about one query per event, growing with
+/// the number of instances. This documents the cost the bus removes.
+#[actix_web::test]
+async fn without_a_bus_remote_instances_read_back_about_one_query_per_event() {
+    let (b, c) = remote_reads(None).await;
+    eprintln!("LISTEN/NOTIFY: remote catch-up queries for 1,000 events: {b} and {c}");
+    assert!(
+        b >= 300 && c >= 300,
+        "expected hundreds of reads per remote instance, got {b} and {c}"
+    );
+}
+
+/// Publishers and subscribers spread over three instances, a durable and an
+/// ephemeral stream; meanwhile the broker is killed and restarted, and every
+/// instance's connection to it is cut. Every client gets exactly 1..N, and
+/// delivery is back on the bus afterwards.
+async fn broker_lost_and_back(kind: &str) {
+    let mut broker = Broker::of(kind);
+    let proxy = Proxy::start(broker.port);
+    let db = TestDb::new().await;
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let mut c = bus_config(&db, Some(broker.url_via(&proxy)));
+        c.poll_ms = 500;
+        apps.push(spawn_app(c).await);
+    }
+    let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
+    bus_up(&ports).await;
+    const ROOMS: usize = 4;
+    const N: i64 = 240;
+    // Ephemeral events reach subscribers of other instances over the bus.
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut eph = WsClient::connect(ports[2], &format!("/v1/rooms/room-0/ws?token={viewer}")).await;
+    eph.expect_op("subscribed").await;
+    let (s, b, _) = post(
+        ports[0],
+        "/v1/rooms/room-0/events",
+        &producer,
+        &json!({"type": "partial", "data": "hel", "ephemeral": true, "key": "k"}),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let m = eph.expect_op("event").await;
+    assert_eq!(
+        (m["ephemeral"].clone(), m["data"].clone()),
+        (json!(true), json!("hel"))
+    );
+
+    let followers = join_all((0..ROOMS).flat_map(|r| {
+        ports
+            .iter()
+            .map(move |&p| follow(p, format!("room-{r}"), N))
+    }));
+    let published = Arc::new(AtomicI64::new(0));
+    let producing = join_all((0..ROOMS).map(|r| {
+        let (producer, ports, published) = (producer.clone(), ports.clone(), published.clone());
+        async move {
+            for i in 1..=N {
+                let port = ports[(i as usize + r) % ports.len()];
+                publish(port, &producer, &format!("room-{r}"), "seg", json!(i)).await;
+                published.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }));
+    let chaos = async {
+        let total = ROOMS as i64 * N;
+        while published.load(Ordering::Relaxed) < total / 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.cut_all();
+        while published.load(Ordering::Relaxed) < total / 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        broker.kill();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        broker.restart();
+    };
+    let (got, _, _) = tokio::join!(followers, producing, chaos);
+    for evs in &got {
+        assert_exactly(evs, 1, N);
+    }
+    // Delivery is back on the bus: a fresh event reaches another instance
+    // as a bus message, and is pushed.
+    bus_up(&ports).await;
+    let before = metric(ports[1], "roomcast_bus_messages_total{dir=\"in\"}").await;
+    let mut ws = WsClient::connect(
+        ports[1],
+        &format!("/v1/rooms/room-0/ws?since={N}&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+    publish(ports[0], &producer, "room-0", "seg", json!("after")).await;
+    let evs = ws.events_until("room-0", N + 1, WAIT).await;
+    assert_exactly(&evs, N + 1, N + 1);
+    assert!(metric(ports[1], "roomcast_bus_messages_total{dir=\"in\"}").await > before);
+}
+
+#[actix_web::test]
+async fn nats_killed_restarted_and_cut_mid_stream_loses_and_repeats_nothing() {
+    broker_lost_and_back("nats").await;
+}
+
+#[actix_web::test]
+async fn redis_killed_restarted_and_cut_mid_stream_loses_and_repeats_nothing() {
+    broker_lost_and_back("redis").await;
+}
+
+/// SQL producers' commits are relayed onto the bus by one instance (the
+/// relay lock). It is killed with kill -9 while SQL producers publish:
+/// another instance takes over, and every SQL-published event reaches every
+/// subscriber exactly once.
+async fn relay_leader_killed(kind: &str) {
+    let broker = Broker::of(kind);
+    let db = TestDb::new().await;
+    let env = [
+        ("ROOMCAST_BUS", broker.url()),
+        ("ROOMCAST_POLL_MS", "500".to_string()),
+        ("ROOMCAST_RATE_LIMITS", "off".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|_| ServerProcess::start(&db.url, 0, &env))
+        .collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    bus_up(&ports).await;
+    // Exactly one relay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let mut leaders = Vec::new();
+        for (i, &p) in ports.iter().enumerate() {
+            if metric(p, "roomcast_relay_leader").await == 1 {
+                leaders.push(i);
+            }
+        }
+        if leaders.len() == 1 {
+            break leaders[0];
+        }
+        assert!(leaders.len() <= 1, "two relays at once: {leaders:?}");
+        assert!(Instant::now() < deadline, "no relay elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != leader).map(|i| ports[i]).collect();
+    const N: i64 = 150;
+    let followers = join_all(survivors.iter().map(|&p| follow(p, "sql-room".into(), N)));
+    let killed = Arc::new(AtomicBool::new(false));
+    let client = db.client().await;
+    let producing = async {
+        for i in 1..=N {
+            client
+                .query_one(
+                    "SELECT roomcast_publish('acme', 'sql-room', 'seg', $1::text::jsonb)",
+                    &[&i.to_string()],
+                )
+                .await
+                .expect("SQL publish");
+            if i == N / 3 {
+                servers[leader].kill9();
+                killed.store(true, Ordering::Release);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (got, ()) = tokio::join!(followers, producing);
+    assert!(killed.load(Ordering::Acquire));
+    for evs in &got {
+        assert_exactly(evs, 1, N);
+    }
+    // Another instance relays now.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut n = 0;
+        for &p in &survivors {
+            n += metric(p, "roomcast_relay_leader").await;
+        }
+        if n == 1 {
+            break;
+        }
+        assert!(n <= 1, "two relays at once");
+        assert!(Instant::now() < deadline, "nobody took the relay over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in &mut servers {
+        s.kill9();
+    }
+}
+
+#[actix_web::test]
+async fn the_relay_killed_on_nats_is_taken_over_and_sql_events_arrive_once() {
+    relay_leader_killed("nats").await;
+}
+
+#[actix_web::test]
+async fn the_relay_killed_on_redis_is_taken_over_and_sql_events_arrive_once() {
+    relay_leader_killed("redis").await;
+}

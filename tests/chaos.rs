@@ -298,16 +298,42 @@ async fn random_client_disconnects_with_resume() {
 
 #[actix_web::test]
 async fn kill_9_of_one_of_two_instances_and_restart() {
+    kill9_one_instance(None).await;
+}
+
+#[actix_web::test]
+async fn kill_9_of_one_of_three_instances_on_nats_and_restart() {
+    kill9_one_instance(Some("nats")).await;
+}
+
+#[actix_web::test]
+async fn kill_9_of_one_of_three_instances_on_redis_and_restart() {
+    kill9_one_instance(Some("redis")).await;
+}
+
+/// Publishers and subscribers spread over the instances (two without a bus,
+/// three with one); one instance is killed with kill -9 after a third of
+/// the events and restarted a second later on the same port.
+async fn kill9_one_instance(bus: Option<&str>) {
     let _one = serial();
     let db = TestDb::new().await;
-    let env = [
+    let broker = bus.map(Broker::of);
+    let url = broker.as_ref().map(Broker::url);
+    let mut env = vec![
         ("ROOMCAST_RATE_LIMITS", "off"),
         ("ROOMCAST_POLL_MS", "1000"),
     ];
-    let mut a = ServerProcess::start(&db.url, 0, &env);
+    if let Some(url) = &url {
+        env.push(("ROOMCAST_BUS", url.as_str()));
+    }
+    let mut others: Vec<ServerProcess> = (0..if bus.is_some() { 2 } else { 1 })
+        .map(|_| ServerProcess::start(&db.url, 0, &env))
+        .collect();
     let b_port = free_port();
     let mut b = ServerProcess::start(&db.url, b_port, &env);
-    let ports = Arc::new(vec![a.port, b.port]);
+    let mut all: Vec<u16> = others.iter().map(|s| s.port).collect();
+    all.push(b.port);
+    let ports = Arc::new(all);
     let rooms = rooms(4);
     const PER_ROOM: i64 = 300;
     let n = Arc::new(AtomicU64::new(0));
@@ -327,6 +353,7 @@ async fn kill_9_of_one_of_two_instances_and_restart() {
         let n = n.clone();
         let peak_b = &mut peak_b;
         let url = db.url.clone();
+        let env = env.clone();
         async move {
             while n.load(Ordering::Acquire) < PER_ROOM as u64 / 3 {
                 actix_web::rt::time::sleep(Duration::from_millis(20)).await;
@@ -344,20 +371,31 @@ async fn kill_9_of_one_of_two_instances_and_restart() {
     );
     let mut b2 = b2;
     let (losses, duplicates) = verify(&seen, |_| PER_ROOM);
+    let peak = others
+        .iter()
+        .map(|s| peak_rss_mib(s.child.id()))
+        .fold(peak_b.max(peak_rss_mib(b2.child.id())), f64::max);
+    let scenario = match bus {
+        None => "kill9_one_of_two".to_string(),
+        Some(kind) => format!("kill9_one_of_three_{kind}"),
+    };
     Report {
-        scenario: "kill9_one_of_two",
+        scenario: &scenario,
         events: PER_ROOM * rooms.len() as i64,
         clients: seen.len(),
         losses,
         duplicates,
-        peak_rss_mib: peak_rss_mib(a.child.id())
-            .max(peak_b)
-            .max(peak_rss_mib(b2.child.id())),
+        peak_rss_mib: peak,
         seconds: started.elapsed().as_secs_f64(),
-        extra: json!({"killed": "instance b after a third of the events, restarted 1 s later"}),
+        extra: json!({
+            "killed": "one instance after a third of the events, restarted 1 s later",
+            "bus": bus.unwrap_or("LISTEN/NOTIFY"),
+        }),
     }
     .print();
-    a.terminate();
+    for s in &mut others {
+        s.terminate();
+    }
     b2.terminate();
 }
 

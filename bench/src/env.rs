@@ -83,12 +83,15 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// `roomcast serve` in a child process on its own database.
+/// `roomcast serve` in a child process on its own database (or on a
+/// database another server of the scenario owns).
 pub struct Server {
     child: Child,
     pub port: u16,
     pub pid: u32,
     pub db: TestDb,
+    /// The database is this server's to drop when it stops.
+    owns_db: bool,
 }
 
 impl Server {
@@ -101,6 +104,30 @@ impl Server {
         env: &[(&str, String)],
     ) -> Result<Server> {
         let db = pg.create().await?;
+        Self::start_on(bin, db, true, log, env).await
+    }
+
+    /// Another instance on `db` (owned by another server of the scenario).
+    pub async fn start_shared(
+        bin: &PathBuf,
+        db: &TestDb,
+        log: PathBuf,
+        env: &[(&str, String)],
+    ) -> Result<Server> {
+        let db = TestDb {
+            name: db.name.clone(),
+            url: db.url.clone(),
+        };
+        Self::start_on(bin, db, false, log, env).await
+    }
+
+    async fn start_on(
+        bin: &PathBuf,
+        db: TestDb,
+        owns_db: bool,
+        log: PathBuf,
+        env: &[(&str, String)],
+    ) -> Result<Server> {
         let log = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -139,6 +166,7 @@ impl Server {
             port,
             pid,
             db,
+            owns_db,
         })
     }
 
@@ -174,7 +202,9 @@ impl Server {
         {
             let _ = self.child.kill().await;
         }
-        pg.drop_db(&self.db).await;
+        if self.owns_db {
+            pg.drop_db(&self.db).await;
+        }
     }
 }
 
@@ -298,4 +328,67 @@ pub fn token(sub: &str, publish: bool) -> String {
             publish: publish.then_some(true),
         },
     )
+}
+
+/// A message broker of the scenario's own (`nats-server` or `redis-server`)
+/// on a free port; `None` when it is not installed.
+pub struct Broker {
+    child: Child,
+    pub url: String,
+}
+
+impl Broker {
+    pub async fn start(kind: &str) -> Result<Option<Broker>> {
+        let (name,) = match kind {
+            "nats" => ("nats-server",),
+            _ => ("redis-server",),
+        };
+        let Some(bin) = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
+            .iter()
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.is_file())
+        else {
+            return Ok(None);
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = Command::new(bin);
+        match kind {
+            "nats" => cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+            _ => cmd.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("{name} did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Some(Broker {
+            child,
+            url: format!("{kind}://127.0.0.1:{port}"),
+        }))
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }

@@ -204,6 +204,26 @@ fn chart(r: &Outcome) -> Option<String> {
             &[],
             true,
         )),
+        "scale_out" => {
+            let mut bars = Vec::new();
+            for run in d["runs"].as_array()? {
+                let (bus, n) = (run["bus"].as_str()?, run["instances"].as_u64()?);
+                bars.push((
+                    format!("{bus} x{n} local p50"),
+                    run["local_ms"]["p50"].as_f64()?,
+                    "#2b8a3e",
+                ));
+                if let Some(remote) = run["remote_ms"]["p50"].as_f64() {
+                    bars.push((format!("{bus} x{n} remote p50"), remote, "#1971c2"));
+                }
+            }
+            Some(bar_chart(
+                "Scale-out: publish -> delivery p50 (ms), local vs remote instances",
+                &bars,
+                &[],
+                false,
+            ))
+        }
         _ => None,
     }
 }

@@ -7,6 +7,7 @@ mod latency;
 mod limits;
 mod polls;
 mod safety_net;
+mod scale_out;
 mod storm;
 
 use anyhow::{bail, Result};
@@ -27,6 +28,7 @@ pub const ALL: &[&str] = &[
     "safety_net",
     "uptodate_polls",
     "storm",
+    "scale_out",
 ];
 
 pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
@@ -41,6 +43,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "safety_net" => safety_net::run(ctx).await,
         "uptodate_polls" => polls::run(ctx).await,
         "storm" => storm::run(ctx).await,
+        "scale_out" => scale_out::run(ctx).await,
         other => bail!("no scenario {other:?} (known: {})", ALL.join(", ")),
     }
 }

@@ -1,0 +1,99 @@
+"""HS256 JWTs for roomcast, with the standard library only.
+
+:func:`mint_token` is for backends that hold ``ROOMCAST_JWT_SECRET`` and hand
+short-lived tokens to their clients. :func:`token_expiry` reads ``exp`` from
+a token *without verifying it* (a client only needs to know when to renew).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["mint_token", "token_claims", "token_expiry"]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def mint_token(
+    secret: str | bytes,
+    *,
+    org: str,
+    sub: str,
+    ttl: float = 3600,
+    rooms: Sequence[str] | None = None,
+    publish: bool = False,
+    info: Mapping[str, Any] | None = None,
+    now: float | None = None,
+) -> str:
+    """A roomcast client token (HS256 JWT signed with ``secret``).
+
+    Args:
+        secret: the server's ``ROOMCAST_JWT_SECRET``.
+        org: the tenant; the token sees nothing of any other org.
+        sub: who the caller is (the presence member, when presence exists).
+        ttl: seconds until ``exp``.
+        rooms: room ids, or prefixes ending in ``*``, the token may use;
+            ``None`` means every room of the org.
+        publish: adds ``"pub": true`` (may publish through the REST API).
+        info: a JSON object shown to other presence members (display name,
+            avatar, role); at most 1 KiB serialized.
+        now: the clock to count ``ttl`` from (unix seconds; tests).
+    """
+    if not org or not sub:
+        raise ValueError("mint_token: org and sub must not be empty")
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {"sub": sub, "org": org, "exp": int(issued + ttl)}
+    if rooms is not None:
+        if isinstance(rooms, str):
+            raise TypeError("mint_token: rooms must be a list of room ids or prefixes, not a string")
+        claims["rooms"] = list(rooms)
+    if publish:
+        claims["pub"] = True
+    if info is not None:
+        if len(_compact(dict(info))) > 1024:
+            raise ValueError("mint_token: info is over 1 KiB serialized")
+        claims["info"] = dict(info)
+    header = {"alg": "HS256", "typ": "JWT"}
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    signing_input = f"{_b64url(_compact(header))}.{_b64url(_compact(claims))}"
+    sig = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64url(sig)}"
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT, decoded WITHOUT verifying its signature."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(_b64url_decode(payload))
+    except (IndexError, ValueError) as e:
+        raise ValueError("not a JWT (expected header.payload.signature)") from e
+    if not isinstance(claims, dict):
+        raise ValueError("the JWT payload is not a JSON object")
+    return claims
+
+
+def token_expiry(token: str) -> float | None:
+    """``exp`` of a JWT (unix seconds), unverified; ``None`` if absent or unreadable."""
+    try:
+        exp = token_claims(token).get("exp")
+    except ValueError:
+        return None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    return float(exp)

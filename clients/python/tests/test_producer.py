@@ -1,0 +1,114 @@
+"""Producers against the real server: idempotency, batches, state, status, errors."""
+
+from __future__ import annotations
+
+import pytest
+from _support import ORG
+
+from roomcast import (
+    AsyncProducer,
+    BadRequest,
+    Forbidden,
+    Producer,
+    RetryPolicy,
+    RoomClosed,
+    Unauthorized,
+    mint_token,
+    token_claims,
+    token_expiry,
+)
+
+
+def test_publish_batch_state_status_and_reads(server, token) -> None:
+    with Producer(server.url, token(publish=True)) as p:
+        r1 = p.publish("meeting-1", "transcript.segment", {"text": "hi"}, state={"stage": "transcription", "progress": 10})
+        assert (r1.room, r1.seq, r1.duplicate) == ("meeting-1", 1, False)
+        assert r1.id  # a generated idempotency key
+        again = p.publish("meeting-1", "transcript.segment", {"text": "hi"}, id=r1.id)
+        assert (again.seq, again.duplicate) == (1, True)
+
+        b = p.publish_batch("meeting-1", [{"type": "a", "data": 1}, {"type": "b", "id": "k-b", "state": {"progress": 50}}])
+        assert b.seqs == [2, 3] and not b.duplicate and b.ids[1] == "k-b" and len(b.ids) == 2
+
+        snap = p.snapshot("meeting-1")
+        assert snap is not None and snap.head == 3 and snap.status == "in_progress"
+        assert snap.state == {"stage": "transcription", "progress": 50}  # merge patches
+        assert p.snapshot("never-published") is None
+
+        done = p.complete("meeting-1", "meeting.completed", {"duration_s": 5}, state={"stage": "completed"})
+        assert done.seq == 4
+        with pytest.raises(RoomClosed) as ei:
+            p.publish("meeting-1", "late")
+        assert ei.value.code == "room_closed" and ei.value.status == 409
+        # A retried final event is a duplicate, not a 409.
+        assert p.complete("meeting-1", "meeting.completed", id=done.id).duplicate
+
+        page = p.events("meeting-1", since=0, limit=2)
+        assert [e.seq for e in page.events] == [1, 2] and page.head == 4 and page.status == "completed"
+        page = p.events("meeting-1", since=2)
+        assert [e.type for e in page.events] == ["b", "meeting.completed"]
+
+        p.publish("meeting-2", "x")
+        p.fail("meeting-3", "job.failed", {"why": "boom"})
+        assert {r.room for r in p.rooms()} == {"meeting-1", "meeting-2", "meeting-3"}
+        assert [r.room for r in p.rooms(status="in_progress")] == ["meeting-2"]
+        assert p.snapshot("meeting-3").status == "failed"  # type: ignore[union-attr]
+
+        eph = p.ephemeral("meeting-2", "transcript.partial", {"text": "so the ne"}, key="spk-1")
+        assert eph.ephemeral and eph.seq is None
+        assert p.snapshot("meeting-2").head == 1  # type: ignore[union-attr]  # never stored
+
+
+def test_typed_errors(server, token) -> None:
+    with Producer(server.url, token(publish=False)) as p, pytest.raises(Forbidden) as ei:
+        p.publish("r", "x")
+    assert ei.value.code == "forbidden" and ei.value.status == 403
+    with Producer(server.url, "not-a-jwt") as p, pytest.raises(Unauthorized):
+        p.publish("r", "x")
+    with Producer(server.url, token(publish=True)) as p:
+        with pytest.raises(BadRequest) as bi:
+            p.publish("r", "Not A Type")
+        assert bi.value.code == "bad_request" and bi.value.message
+        with pytest.raises(ValueError):
+            p.publish_batch("r", [])
+        with pytest.raises(ValueError):
+            p.publish_batch("r", [{"type": "a"}] * 1001)
+    # Errors are not retried unless retryable.
+    with Producer(server.url, token(publish=True), retry=RetryPolicy(max_attempts=5)) as p:
+        with pytest.raises(BadRequest):
+            p.publish("r", "x", state=[1])  # type: ignore[arg-type]
+        assert p.retries == 0
+
+
+async def test_async_producer_and_token_callable(server, token) -> None:
+    calls = 0
+
+    async def provide() -> str:
+        nonlocal calls
+        calls += 1
+        return token(publish=True)
+
+    async with AsyncProducer(server.url, provide) as p:
+        r = await p.publish("room-a", "x", {"n": 1})
+        b = await p.publish_batch("room-a", [{"type": "y"}] * 3)
+        assert r.seq == 1 and b.seqs == [2, 3, 4]
+        assert (await p.snapshot("room-a")).head == 4  # type: ignore[union-attr]
+        page = await p.events("room-a", since=1)
+        assert [e.seq for e in page.events] == [2, 3, 4]
+    assert calls == 4
+
+
+def test_connection_refused_is_retried_then_raised() -> None:
+    from roomcast import ConnectionFailed
+
+    with Producer("http://127.0.0.1:9", "t", retry=RetryPolicy(max_attempts=3, base=0.01, cap=0.02)) as p:
+        with pytest.raises(ConnectionFailed) as ei:
+            p.publish("r", "x")
+    assert ei.value.code == "unavailable" and p.retries == 2
+
+
+def test_mint_token_claims() -> None:
+    t = mint_token("s", org=ORG, sub="u", ttl=60, rooms=["meeting-*"], publish=True, info={"name": "Ana"}, now=1000)
+    assert token_claims(t) == {"sub": "u", "org": ORG, "exp": 1060, "rooms": ["meeting-*"], "pub": True, "info": {"name": "Ana"}}
+    assert token_expiry(t) == 1060
+    assert "pub" not in token_claims(mint_token("s", org=ORG, sub="u"))

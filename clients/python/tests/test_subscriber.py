@@ -1,0 +1,238 @@
+"""The subscriber against the real server: exactly once, in order, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from _support import TcpProxy, take, wait_until
+
+from roomcast import AsyncProducer, Client, Event, Forbidden, Reset, RetryPolicy
+
+FAST = RetryPolicy(max_attempts=200, base=0.05, cap=0.5, deadline=60)
+
+
+def seqs(items: list) -> list:  # type: ignore[type-arg]
+    return [getattr(x, "seq", x) for x in items]
+
+
+async def publish_range(p: AsyncProducer, room: str, lo: int, hi: int) -> None:
+    for i in range(lo, hi + 1):
+        r = await p.publish(room, "tick", {"n": i}, id=f"{room}-{i}")
+        assert r.seq == i
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_history_then_live_on_several_rooms(server, token, mode) -> None:
+    async with AsyncProducer(server.url, token(publish=True)) as p, Client(server.url, token=token(), mode=mode) as client:
+        await publish_range(p, "room-a", 1, 3)
+        await p.publish("room-c", "old")
+        a = client.room("room-a", since=0)
+        b = client.room("room-b", since=0)
+        now = client.room("room-c")  # from now: no history
+        got = await take(a, 3)
+        assert seqs(got) == [1, 2, 3] and all(isinstance(e, Event) for e in got)
+        await asyncio.gather(b.wait_ready(10), now.wait_ready(10))
+        assert now.cursor == 1
+        await publish_range(p, "room-b", 1, 2)
+        await publish_range(p, "room-a", 4, 5)
+        await p.publish("room-c", "new", {"x": 1})
+        assert seqs(await take(b, 2)) == [1, 2]
+        assert seqs(await take(a, 2)) == [4, 5]
+        (c2,) = await take(now, 1)
+        assert (c2.seq, c2.type, c2.data) == (2, "new", {"x": 1})
+        counts = client.counts
+        assert counts.push + counts.catchup + counts.poll == 8
+        if mode == "realtime":
+            assert client.transport == "websocket" and client.connections == 1  # one socket, three rooms
+            assert counts.push >= 1
+        else:
+            assert client.transport == "longpoll" and counts.poll == 8
+        assert client.status == "live"
+        await a.close()
+        with pytest.raises(StopAsyncIteration):
+            await a.__anext__()
+
+
+async def test_exactly_once_across_socket_cut_and_kill9_restart(make_server, token) -> None:
+    """Required (1): 1..N in order across a killed client socket, then across
+    kill -9 of the server and a restart on the same port (events published
+    through the restarted server while the client was still away)."""
+    server = make_server()
+    proxy = await TcpProxy("127.0.0.1", server.port).start()
+    room = "meeting-42"
+    got: list = []  # type: ignore[type-arg]
+    async with (
+        AsyncProducer(server.url, token(publish=True), retry=FAST) as p,
+        Client(server.url, token=token(), mode="realtime", ws_url=proxy.url, backoff_base=0.05, backoff_max=1.0) as client,
+    ):
+        sub = client.room(room, since=0)
+        await sub.wait_ready(10)
+        publisher = asyncio.create_task(publish_range(p, room, 1, 40))
+        got += await take(sub, 10)
+        await proxy.refuse()  # the client's socket dies mid-stream; reconnects are refused
+        await publisher
+        await publish_range(p, room, 41, 45)  # surely missed: no socket can exist now
+        await proxy.restore()
+        got += await take(sub, 35)
+        assert client.counts.reconnects == 1 and client.counts.catchup >= 5
+
+        server.kill9()
+        await asyncio.to_thread(server.start)  # same port, same database
+        await publish_range(p, room, 46, 60)  # through the restarted server
+        got += await take(sub, 15)
+        assert client.counts.reconnects == 2
+        assert sub._queue.empty()  # nothing more was delivered
+
+    assert seqs(got) == list(range(1, 61))
+    assert [e.data["n"] for e in got] == list(range(1, 61))
+    c = client.counts
+    assert c.push + c.catchup + c.poll == 60
+
+
+async def test_fallback_to_long_poll_and_back(make_server, token) -> None:
+    """Required (4): WebSocket refused (HTTP 503 at the upgrade) -> long-poll;
+    upgrades allowed again -> back on WebSocket; exactly once throughout."""
+    server = make_server()
+    gate = await TcpProxy("127.0.0.1", server.port).start()
+    gate.mode = "http503"
+    room = "fallback"
+    got: list = []  # type: ignore[type-arg]
+    async with (
+        AsyncProducer(server.url, token(publish=True)) as p,
+        Client(
+            server.url,
+            token=token(),
+            mode="auto",
+            ws_url=gate.url,
+            backoff_base=0.05,
+            backoff_max=0.2,
+            fallback_after=3,
+            probe_interval=0.5,
+        ) as client,
+    ):
+        await publish_range(p, room, 1, 5)
+        sub = client.room(room, since=0)
+        got += await take(sub, 5)
+        assert client.transport == "longpoll" and gate.refused_http >= 3
+        await publish_range(p, room, 6, 10)  # delivered by the held long-poll
+        got += await take(sub, 5)
+        assert client.counts.poll == 10
+
+        gate.mode = "pass"
+        await wait_until(lambda: client.transport == "websocket" and client.status == "live", 20, "the switch back to WebSocket")
+        await publish_range(p, room, 11, 20)
+        got += await take(sub, 10)
+        assert client.counts.push >= 1
+
+        # And back to long-poll when the socket dies and upgrades are refused again.
+        gate.mode = "http503"
+        gate.cut()
+        await wait_until(lambda: client.transport == "longpoll", 20, "the second fallback")
+        await publish_range(p, room, 21, 25)
+        got += await take(sub, 5)
+        assert sub._queue.empty()
+
+    assert seqs(got) == list(range(1, 26))
+    c = client.counts
+    assert c.push + c.catchup + c.poll == 25
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_reset_when_since_is_beyond_head(server, token, mode) -> None:
+    """Required (5): since beyond the head -> a Reset item, then events from the head."""
+    async with AsyncProducer(server.url, token(publish=True)) as p, Client(server.url, token=token(), mode=mode) as client:
+        await p.publish("r", "a", state={"stage": "upload"})
+        await p.publish("r", "b", state={"stage": "transcription"})
+        await p.publish("r", "c")
+        sub = client.room("r", since=10)
+        (reset,) = await take(sub, 1)
+        assert isinstance(reset, Reset)
+        assert (reset.room, reset.head, reset.cursor) == ("r", 3, 10)
+        assert reset.state == {"stage": "transcription"}
+        assert sub.cursor == 3
+        await p.publish("r", "d")
+        (ev,) = await take(sub, 1)
+        assert (ev.seq, ev.type) == (4, "d")
+
+
+async def test_token_renewal_keeps_the_connection(server, token) -> None:
+    """Required (6): a 4 s token renewed with op auth 2.5 s before exp: the same
+    WebSocket session goes on past the first token's expiry."""
+    issued: list[str] = []
+
+    async def provider() -> str:
+        issued.append(token(ttl=4))
+        return issued[-1]
+
+    from roomcast import token_expiry
+
+    async with (
+        AsyncProducer(server.url, token(publish=True)) as p,
+        Client(server.url, token_provider=provider, mode="realtime", renew_before=2.5) as client,
+    ):
+        sub = client.room("renewing", since=0)
+        await sub.wait_ready(10)
+        session = client.session
+        first_exp = token_expiry(issued[0])
+        assert session is not None and first_exp is not None
+        await p.publish("renewing", "before")
+        await take(sub, 1)
+        # Past the first token's expiry (when the server would close with 4001).
+        await wait_until(lambda: time.time() > first_exp + 1.0 and client.auth_renewals >= 2, 15, "two renewals past exp")
+        await p.publish("renewing", "after")
+        (ev,) = await take(sub, 1)
+        assert (ev.seq, ev.type, ev.source) == (2, "after", "push")
+        assert client.session == session and client.connections == 1
+        assert client.counts.reconnects == 0 and len(issued) >= 3
+
+
+async def test_watchdog_replaces_a_silent_socket(make_server, token) -> None:
+    """A socket that stays open but carries nothing: the client's own ping
+    goes unanswered, the socket is replaced, and nothing is lost."""
+    server = make_server()
+    proxy = await TcpProxy("127.0.0.1", server.port).start()
+    async with (
+        AsyncProducer(server.url, token(publish=True)) as p,
+        Client(server.url, token=token(), mode="realtime", ws_url=proxy.url, ping_interval=0.3, pong_timeout=0.3, backoff_base=0.05) as client,
+    ):
+        sub = client.room("quiet", since=0)
+        await publish_range(p, "quiet", 1, 3)
+        got = await take(sub, 3)
+        session = client.session
+        assert proxy.stall() == 1
+        await publish_range(p, "quiet", 4, 6)  # pushed into the void
+        got += await take(sub, 3)
+        assert client.session != session and client.counts.reconnects == 1
+    assert seqs(got) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_gap_is_read_back_and_duplicates_dropped(server, token) -> None:
+    """The delivery rule on its own: an event ahead of the cursor waits while
+    the gap is read back over REST; events at or below the cursor are dropped."""
+    async with AsyncProducer(server.url, token(publish=True)) as p:
+        await publish_range(p, "gappy", 1, 4)
+    # No transport gets through (closed port, no fallback): only REST works.
+    async with Client(server.url, token=token(), mode="realtime", ws_url="ws://127.0.0.1:9", backoff_base=5) as client:
+        sub = client.room("gappy", since=0)
+        ahead = Event(room="gappy", seq=3, type="tick", data={"n": 3}, ts="", source="push")
+        client._deliver(sub, ahead)  # 1 and 2 are missing: read back over REST
+        got = await take(sub, 4)
+        assert seqs(got) == [1, 2, 3, 4] and [e.data["n"] for e in got] == [1, 2, 3, 4]
+        assert got[0].source == "catchup"
+        client._deliver(sub, Event(room="gappy", seq=2, type="tick", data=None, ts="", source="push"))
+        c = client.counts
+        assert c.gaps == 1
+        assert c.duplicates == 2  # the read-back's copy of 3, and the late 2
+        assert c.push + c.catchup == 4 and sub._queue.empty()
+
+
+async def test_forbidden_room_raises_typed_error(server, token) -> None:
+    async with Client(server.url, token=token(rooms=["meeting-*"]), mode="realtime") as client:
+        ok = client.room("meeting-1", since=0)
+        bad = client.room("other-1", since=0)
+        with pytest.raises(Forbidden) as ei:
+            await bad.next(timeout=10)
+        assert ei.value.code == "forbidden" and ei.value.room == "other-1"
+        await ok.wait_ready(10)

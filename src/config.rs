@@ -2,6 +2,7 @@
 //! environment variables of the same names.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
@@ -126,12 +127,56 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_BUS_PREFIX", default_value = "roomcast")]
     pub bus_prefix: String,
 
+    /// How long a closed room's events are kept after it closed (`90s`,
+    /// `15m`, `12h`, `7d`).
+    #[arg(long, env = "ROOMCAST_RETAIN_CLOSED", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retain_closed: Duration,
+
+    /// The longest any event is kept, in an open room too.
+    #[arg(long, env = "ROOMCAST_RETAIN_MAX_AGE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retain_max_age: Duration,
+
+    /// The most events kept per room (unset: no such bound).
+    #[arg(long, env = "ROOMCAST_RETAIN_MAX_EVENTS")]
+    pub retain_max_events: Option<u64>,
+
+    /// How long a room whose events are all gone keeps its row (a tombstone:
+    /// its head, status and state) after its last activity; then the row is
+    /// compacted into its org's floor.
+    #[arg(long, env = "ROOMCAST_RETAIN_TOMBSTONES", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retain_tombstones: Duration,
+
+    /// How often the pruner runs (unset: a sixth of the time an expired
+    /// event may stay, which is the longer of 30 s and a tenth of the
+    /// shortest retention).
+    #[arg(long, env = "ROOMCAST_PRUNE_EVERY", value_parser = humantime::parse_duration)]
+    pub prune_every: Option<Duration>,
+
     /// Worker threads of the HTTP server (0: one per core).
     #[arg(long, env = "ROOMCAST_WORKERS", default_value_t = 0)]
     pub workers: usize,
 }
 
 impl Config {
+    /// The retention settings.
+    pub fn retention(&self) -> crate::store::Retention {
+        crate::store::Retention {
+            closed: self.retain_closed,
+            max_age: self.retain_max_age,
+            max_events: self.retain_max_events.map(|n| n.max(1) as i64),
+            tombstones: self.retain_tombstones,
+        }
+    }
+
+    /// How often the pruner runs: an expired event is gone within the longer
+    /// of 30 s and a tenth of the shortest retention, so at a sixth of that.
+    pub fn prune_interval(&self) -> Duration {
+        self.prune_every.unwrap_or_else(|| {
+            let shortest = self.retain_closed.min(self.retain_max_age);
+            (shortest / 10).max(Duration::from_secs(30)) / 6
+        })
+    }
+
     /// The backlog bounds of a WebSocket or SSE session.
     pub fn backlog(&self) -> crate::outbox::Bounds {
         crate::outbox::Bounds {
@@ -170,6 +215,11 @@ impl Config {
             allowed_origins: None,
             bus: None,
             bus_prefix: "roomcast".into(),
+            retain_closed: Duration::from_secs(24 * 3600),
+            retain_max_age: Duration::from_secs(7 * 24 * 3600),
+            retain_max_events: None,
+            retain_tombstones: Duration::from_secs(30 * 24 * 3600),
+            prune_every: None,
             workers: 0,
         }
     }

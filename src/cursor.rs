@@ -42,6 +42,9 @@ pub struct Cursor {
     capacity: usize,
     /// `last` at the previous poll tick, if it was behind then.
     behind_at: Option<i64>,
+    /// The events after `last` fell out of the retention: the client is
+    /// being sent `reset` (no read-back meanwhile).
+    pub resetting: bool,
 }
 
 impl Cursor {
@@ -55,6 +58,7 @@ impl Cursor {
             generation: 0,
             capacity: MAX_HELD,
             behind_at: None,
+            resetting: false,
         }
     }
 
@@ -134,7 +138,7 @@ impl Cursor {
             open = self.drain(&mut send);
         }
         let last = self.last?;
-        if !open {
+        if !open || self.resetting {
             // The outbox is full: the session goes on when it drains.
             return None;
         }
@@ -200,6 +204,8 @@ pub struct Opened {
     /// The room's routed head, shared by the Broadcaster.
     pub routed: Option<Arc<AtomicI64>>,
     pub head: i64,
+    /// The lowest seq still stored.
+    pub first: i64,
     pub status: RoomStatus,
     pub state: serde_json::Value,
 }
@@ -248,41 +254,45 @@ pub async fn open(
         })
         .await
         .map_err(busy)??;
-    let head_of = |row: &Option<RoomRow>| row.as_ref().map_or(0, |r| r.head);
-    if since.is_some_and(|s| s > head_of(&row)) {
+    if since.is_some_and(|s| s > row.head()) {
         row = db
             .send(Snapshot { key, fresh: true })
             .await
             .map_err(busy)??;
     }
-    Ok(match row {
-        Some(RoomRow {
-            head,
-            status,
-            state,
-            ..
-        }) => Opened {
+    let (head, first) = (row.head(), row.first());
+    Ok(match row.row {
+        Some(RoomRow { status, state, .. }) => Opened {
             routed,
             head,
+            first,
             status,
             state,
         },
         None => Opened {
             routed,
-            head: 0,
+            head,
+            first,
             status: RoomStatus::InProgress,
             state: serde_json::json!({}),
         },
     })
 }
 
+/// Whether a read-back that found the room's lowest stored seq at `first`
+/// shows that the events after the cursor fell out of the retention.
+pub fn pruned_past(last: Option<i64>, first: Option<i64>) -> bool {
+    matches!((last, first), (Some(l), Some(f)) if l < f - 1)
+}
+
 /// Where a subscription asking for `since` starts, and whether the client
-/// must be sent `reset` (`since` beyond the head: the log it knows is gone).
+/// must be sent `reset`: `since` beyond the head (the log it knows is gone),
+/// or below `first - 1` (the events after it fell out of the retention).
 /// `since` absent means from now.
-pub fn start_at(since: Option<i64>, head: i64) -> (i64, bool) {
+pub fn start_at(since: Option<i64>, head: i64, first: i64) -> (i64, bool) {
     match since {
         None => (head, false),
-        Some(s) if s > head => (head, true),
+        Some(s) if s > head || s < first - 1 => (head, true),
         Some(s) => (s, false),
     }
 }

@@ -21,7 +21,9 @@ use crate::bus::Bus;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
 use crate::room::{Broadcaster, CheckHeads, Committed, Hint};
-use crate::store::{self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, StoreError};
+use crate::store::{
+    self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, RoomView, StoreError,
+};
 
 /// The NOTIFY channel that carries ephemeral events to other instances.
 pub const EPHEMERAL_CHANNEL: &str = "roomcast_ephemeral";
@@ -37,9 +39,10 @@ pub struct Publish {
     pub events: Vec<NewEvent>,
 }
 
-/// A room's row (None: never published to).
+/// A room as readers see it (its row, or the floor of a room never
+/// published to).
 #[derive(Message)]
-#[rtype(result = "Result<Option<RoomRow>, StoreError>")]
+#[rtype(result = "Result<RoomView, StoreError>")]
 pub struct Snapshot {
     pub key: RoomKey,
     /// Read now, alone: a read of the room already running may have started
@@ -116,6 +119,9 @@ pub struct CatchupDone {
     pub frames: Result<Arc<[Frame]>, StoreError>,
     /// The page was full: more events may follow.
     pub more: bool,
+    /// The room's lowest stored seq when the page was read: a cursor below
+    /// `first - 1` fell out of the retention (`reset`).
+    pub first: Option<i64>,
 }
 
 struct Waiter {
@@ -226,7 +232,7 @@ pub struct Db {
     /// Pending catch-up requests per (room, label).
     queues: HashMap<(RoomKey, Via), Queue>,
     /// Snapshot reads running, with everyone waiting for each.
-    snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<Option<RoomRow>, StoreError>>>>,
+    snapshots: HashMap<RoomKey, Vec<oneshot::Sender<Result<RoomView, StoreError>>>>,
     /// The bus to other instances: this instance's commits and ephemeral
     /// events go there (`None`: NOTIFY hints and NOTIFY announcements).
     bus: Option<Bus>,
@@ -319,8 +325,15 @@ impl Db {
         ctx.spawn(fut.into_actor(self).map(move |results, act, ctx| {
             let (key, via) = &qkey;
             let mut again = Vec::new();
-            for ((_, members), result) in clusters.into_iter().zip(results) {
+            for ((start, members), result) in clusters.into_iter().zip(results) {
                 let more = matches!(&result, Ok(p) if p.more);
+                // The lowest seq stored: the room's `first`, or the page's
+                // first event if it starts past the cursor (the pruner
+                // deleted those events and has not moved `first` yet).
+                let first = result.as_ref().ok().and_then(|p| {
+                    let shown = p.events.first().map(|e| e.seq).filter(|&q| q > start + 1);
+                    p.first.max(shown)
+                });
                 let frames = result.map(|p| encode(key, &p.events, *via));
                 if let Err(e) = &frames {
                     log::warn!("catch-up query failed room={key}: {e}");
@@ -330,6 +343,7 @@ impl Db {
                     key: key.clone(),
                     frames,
                     more,
+                    first,
                 };
                 for m in members {
                     // A page cut short (by its byte bound) before this
@@ -545,7 +559,7 @@ impl Db {
 }
 
 impl Handler<Snapshot> for Db {
-    type Result = ResponseFuture<Result<Option<RoomRow>, StoreError>>;
+    type Result = ResponseFuture<Result<RoomView, StoreError>>;
 
     /// Snapshots of one room asked for while a read of it runs share that read.
     fn handle(&mut self, msg: Snapshot, ctx: &mut Context<Self>) -> Self::Result {

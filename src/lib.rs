@@ -38,6 +38,8 @@
 //!   committed frames of a room on its subject, subscribed by interest.
 //! - [`relay`]: the **Relay** actor: with a bus, SQL producers' commits read
 //!   back once (by the instance holding the relay lock) and put on the bus.
+//! - [`pruner`]: retention: expired events deleted in small batches by one
+//!   instance at a time (an advisory lock), tombstones compacted.
 //! - [`store`]: every SQL statement the server sends.
 //! - [`http`]: the REST surface, one file per resource, one error type.
 //! - [`metrics`]: the Prometheus registry.
@@ -61,6 +63,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pgcluster;
 pub mod protocol;
+pub mod pruner;
 pub mod relay;
 pub mod room;
 pub mod session;

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Weak};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// What kind of statement the server sent to PostgreSQL.
@@ -72,6 +72,12 @@ pub struct Metrics {
     pub bus_connected: IntGauge,
     /// 1 on the instance that relays SQL producers' commits onto the bus.
     pub relay_leader: IntGauge,
+    /// Events the pruner deleted (retention).
+    pub events_pruned: IntCounter,
+    /// Age of the oldest event still stored, seconds.
+    pub oldest_event_age: Gauge,
+    /// The events table's size on disk (table, TOAST, indexes), bytes.
+    pub events_table_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -140,6 +146,21 @@ impl Metrics {
             "1 on the instance relaying SQL producers' commits onto the bus",
         )
         .expect("static");
+        let events_pruned = IntCounter::new(
+            "roomcast_events_pruned_total",
+            "Events deleted by the pruner (retention)",
+        )
+        .expect("static");
+        let oldest_event_age = Gauge::new(
+            "roomcast_oldest_event_age_seconds",
+            "Age of the oldest event still stored",
+        )
+        .expect("static");
+        let events_table_bytes = IntGauge::new(
+            "roomcast_events_table_bytes",
+            "Size of the events table on disk (table, TOAST and indexes)",
+        )
+        .expect("static");
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "roomcast_db_pool_connections",
@@ -163,6 +184,9 @@ impl Metrics {
             Box::new(bus_messages.clone()),
             Box::new(bus_connected.clone()),
             Box::new(relay_leader.clone()),
+            Box::new(events_pruned.clone()),
+            Box::new(oldest_event_age.clone()),
+            Box::new(events_table_bytes.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -195,6 +219,9 @@ impl Metrics {
             bus_messages,
             bus_connected,
             relay_leader,
+            events_pruned,
+            oldest_event_age,
+            events_table_bytes,
         }
     }
 

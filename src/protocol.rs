@@ -364,6 +364,9 @@ pub struct RoomSnapshot {
     pub status: RoomStatus,
     /// Highest committed seq.
     pub head: i64,
+    /// Lowest seq still stored (head + 1 when none is): a cursor below
+    /// `first - 1` can no longer be replayed.
+    pub first: i64,
     #[schema(value_type = Object)]
     pub state: Value,
     pub created_at: String,
@@ -382,11 +385,17 @@ pub struct PollAnswer<'a> {
     #[schema(value_type = String)]
     pub room: &'a RoomId,
     pub head: i64,
+    /// Lowest seq still stored (retention).
+    pub first: i64,
     pub status: RoomStatus,
     #[schema(value_type = Object)]
     pub state: &'a Value,
     #[schema(value_type = Vec<Event>)]
     pub events: &'a [Event],
+    /// `since` fell out of the retention (below `first - 1`): nothing after
+    /// it can be replayed; resync from `state` and go on from `head`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 /// How a frame reached the client: the live path or a read from the log.
@@ -583,6 +592,7 @@ pub enum ServerMsg<'a> {
     Reset {
         room: &'a str,
         head: i64,
+        first: i64,
         state: &'a Value,
     },
     Error {

@@ -841,6 +841,19 @@ impl Handler<CatchupDone> for Broadcaster {
             return;
         };
         entry.fetching = false;
+        // The events after what was routed fell out of the retention: route
+        // on from there (sessions that stood before it are told to resync,
+        // find the same and send their clients `reset`).
+        if let (Some(first), Some(routed)) = (msg.first, entry.routed) {
+            if routed < first - 1 {
+                entry.routed = Some(first - 1);
+                entry.head.store(first - 1, Ordering::Release);
+                entry.held.retain(|&s, _| s >= first);
+                entry.missed.extend(entry.sessions.keys().copied());
+                entry.publish_known();
+                self.resync_later(&msg.key, ctx);
+            }
+        }
         let got_any = match msg.frames {
             Ok(frames) => {
                 let any = !frames.is_empty();

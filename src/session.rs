@@ -313,13 +313,14 @@ impl WsSession {
                     state: &opened.state,
                 },
             );
-            let (last, reset) = cursor::start_at(since, opened.head);
+            let (last, reset) = cursor::start_at(since, opened.head, opened.first);
             if reset {
                 act.send(
                     ctx,
                     ServerMsg::Reset {
                         room: id.as_str(),
                         head: opened.head,
+                        first: opened.first,
                         state: &opened.state,
                     },
                 );
@@ -329,6 +330,50 @@ impl WsSession {
                 sub.head = opened.routed;
             }
             act.advance(&id, &[], opened.head, ctx);
+        }));
+    }
+
+    /// The events after the cursor fell out of the retention (found by a
+    /// read-back): the client is sent `reset` with the room's snapshot and
+    /// the subscription goes on from its head.
+    fn reset(&mut self, id: RoomId, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return;
+        };
+        if sub.resetting {
+            return;
+        }
+        sub.resetting = true;
+        let (key, generation) = (sub.key.clone(), sub.generation);
+        let read = self.state.db.send(crate::db::Snapshot { key, fresh: true });
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            let Some(sub) = act.subs.get_mut(&id).filter(|s| s.generation == generation) else {
+                return;
+            };
+            sub.resetting = false;
+            let view = match res {
+                Ok(Ok(view)) => view,
+                _ => {
+                    // Tried again shortly.
+                    ctx.run_later(RETRY_AFTER, move |act, ctx| act.reset(id, ctx));
+                    return;
+                }
+            };
+            let (head, first) = (view.head(), view.first());
+            sub.last = Some(sub.last.map_or(head, |l| l.max(head)));
+            let empty = serde_json::json!({});
+            let state = view.row.as_ref().map_or(&empty, |r| &r.state);
+            act.send(
+                ctx,
+                ServerMsg::Reset {
+                    room: id.as_str(),
+                    head,
+                    first,
+                    state,
+                },
+            );
+            let routed = act.subs.get(&id).map_or(-1, |s| s.routed());
+            act.advance(&id, &[], routed, ctx);
         }));
     }
 
@@ -609,6 +654,9 @@ impl Handler<CatchupDone> for WsSession {
             return;
         };
         sub.fetching = false;
+        if cursor::pruned_past(sub.last, msg.first) {
+            return self.reset(id, ctx);
+        }
         match msg.frames {
             Ok(frames) => {
                 let before = sub.last;

@@ -217,6 +217,44 @@ impl SseSession {
         ctx.stop();
     }
 
+    /// The events after the cursor fell out of the retention (found by a
+    /// read-back): `reset` with the room's snapshot (and `id: <head>`), then
+    /// on from the head.
+    fn reset(&mut self, ctx: &mut Context<Self>) {
+        if self.cursor.resetting {
+            return;
+        }
+        self.cursor.resetting = true;
+        let read = self.state.db.send(crate::db::Snapshot {
+            key: self.cursor.key.clone(),
+            fresh: true,
+        });
+        ctx.spawn(read.into_actor(self).map(|res, act, ctx| {
+            act.cursor.resetting = false;
+            let view = match res {
+                Ok(Ok(view)) => view,
+                _ => {
+                    ctx.run_later(RETRY_AFTER, |act, ctx| act.reset(ctx));
+                    return;
+                }
+            };
+            let (head, first) = (view.head(), view.first());
+            act.cursor.last = Some(act.cursor.last.map_or(head, |l| l.max(head)));
+            let room = act.cursor.key.room.clone();
+            let empty = serde_json::json!({});
+            let state = view.row.as_ref().map_or(&empty, |r| &r.state);
+            let msg = ServerMsg::Reset {
+                room: room.as_str(),
+                head,
+                first,
+                state,
+            };
+            act.send_at(ctx, head, "reset", msg);
+            let routed = act.cursor.routed();
+            act.advance(&[], routed, ctx);
+        }));
+    }
+
     fn open(&mut self, ctx: &mut Context<Self>) {
         let opening = cursor::open(
             self.state.broadcaster.clone(),
@@ -248,7 +286,7 @@ impl SseSession {
                 status: opened.status,
                 state: &opened.state,
             };
-            let (last, reset) = cursor::start_at(act.since, opened.head);
+            let (last, reset) = cursor::start_at(act.since, opened.head, opened.first);
             // `subscribed` carries where the stream starts: the head when it
             // starts from now (or is reset), the cursor asked for otherwise.
             act.send_at(
@@ -261,6 +299,7 @@ impl SseSession {
                 let msg = ServerMsg::Reset {
                     room: room.as_str(),
                     head: opened.head,
+                    first: opened.first,
                     state: &opened.state,
                 };
                 act.send_at(ctx, opened.head, "reset", msg);
@@ -354,6 +393,9 @@ impl Handler<CatchupDone> for SseSession {
 
     fn handle(&mut self, msg: CatchupDone, ctx: &mut Context<Self>) {
         self.cursor.fetching = false;
+        if cursor::pruned_past(self.cursor.last, msg.first) {
+            return self.reset(ctx);
+        }
         match msg.frames {
             Ok(frames) => {
                 let before = self.cursor.last;

@@ -133,6 +133,12 @@ pub fn pool(
 
 /// Runs the embedded migrations (under an advisory lock).
 pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
+    migrate_to(pool, None).await
+}
+
+/// Runs the embedded migrations up to `version` (all of them: `None`); for
+/// tests that carry an older schema's data over.
+pub async fn migrate_to(pool: &Pool, version: Option<u32>) -> Result<(), StartError> {
     let mut client = pool
         .get()
         .await
@@ -147,7 +153,11 @@ pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db)?;
+    let target = version.map_or(refinery::Target::Latest, |v| {
+        refinery::Target::Version(v as _)
+    });
     let result = embedded::migrations::runner()
+        .set_target(target)
         .run_async(&mut **client)
         .await
         .map(|_| ())
@@ -263,6 +273,13 @@ impl Application {
                 Relay::new(db.clone(), broadcaster.clone(), bus.clone()).start(),
             ),
         };
+        crate::pruner::spawn(
+            pg.clone(),
+            config.retention(),
+            config.prune_interval(),
+            metrics.clone(),
+            instance.clone(),
+        );
         listener::spawn(
             pg,
             broadcaster.clone(),

@@ -69,10 +69,31 @@ pub struct Published {
 #[derive(Debug, Clone)]
 pub struct RoomRow {
     pub head: i64,
+    /// The lowest seq still stored (head + 1 when none is: retention).
+    pub first: i64,
     pub status: RoomStatus,
     pub state: Value,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A room as a reader sees it: its row, or (never published to, or
+/// compacted away) the head it starts from.
+#[derive(Debug, Clone)]
+pub struct RoomView {
+    pub row: Option<RoomRow>,
+    /// For a room with no row: its org's floor (0 until a tombstone of the
+    /// org was compacted); a room never answers a head lower than this.
+    pub floor: i64,
+}
+
+impl RoomView {
+    pub fn head(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor, |r| r.head)
+    }
+    pub fn first(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor + 1, |r| r.first)
+    }
 }
 
 fn status_of(s: &str) -> RoomStatus {
@@ -185,27 +206,34 @@ async fn commit_status(pool: &Pool, txid: i64) -> Option<bool> {
         .flatten()
 }
 
-/// The room's row, or `None` for a room that was never published to.
-pub async fn room(
-    client: &impl GenericClient,
-    key: &RoomKey,
-) -> Result<Option<RoomRow>, StoreError> {
+/// The room's row (with its retention's `first`), or, for a room that was
+/// never published to (or whose tombstone was compacted), its org's floor.
+pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT head, status, state, roomcast_ts(created_at), roomcast_ts(updated_at)
-               FROM rooms WHERE org = $1 AND room = $2",
+            "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
+                    coalesce(rr.first, r.head + 1), coalesce(f.floor, 0)
+               FROM (SELECT $1::text AS org, $2::text AS room) k
+               LEFT JOIN rooms r ON r.org = k.org AND r.room = k.room
+               LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
+               LEFT JOIN org_floors f ON f.org = k.org",
         )
         .await?;
-    let row = client
-        .query_opt(&stmt, &[&key.org, &key.room.as_str()])
+    let r = client
+        .query_one(&stmt, &[&key.org, &key.room.as_str()])
         .await?;
-    Ok(row.map(|r| RoomRow {
-        head: r.get(0),
-        status: status_of(r.get(1)),
-        state: r.get(2),
-        created_at: r.get(3),
-        updated_at: r.get(4),
-    }))
+    let head: Option<i64> = r.get(0);
+    Ok(RoomView {
+        row: head.map(|head| RoomRow {
+            head,
+            first: r.get(5),
+            status: status_of(r.get(1)),
+            state: r.get(2),
+            created_at: r.get(3),
+            updated_at: r.get(4),
+        }),
+        floor: r.get(6),
+    })
 }
 
 /// A page of a room's log read back for subscribers.
@@ -213,6 +241,9 @@ pub struct EventsPage {
     pub events: Vec<Event>,
     /// The page stopped at its length or byte bound: more may follow.
     pub more: bool,
+    /// The room's lowest stored seq when the page was read (retention): a
+    /// cursor below `first - 1` can no longer be replayed.
+    pub first: Option<i64>,
 }
 
 /// Up to `limit` events with seq > `after`, ascending, and no more than
@@ -227,15 +258,19 @@ pub async fn events_after(
 ) -> Result<EventsPage, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT seq, type, d, roomcast_ts(ts), n FROM (
-                SELECT seq, type, d, ts, count(*) OVER () AS n,
-                       sum(octet_length(d)) OVER (ORDER BY seq) - octet_length(d) AS before
-                  FROM (SELECT seq, type, data::text AS d, ts FROM events
-                         WHERE org = $1 AND room = $2 AND seq > $3
-                         ORDER BY seq LIMIT $4) e
-             ) p
-             WHERE before < $5
-             ORDER BY seq",
+            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n
+               FROM (SELECT $1::text AS org, $2::text AS room) k
+               LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
+               LEFT JOIN LATERAL (
+                 SELECT seq, type, d, ts, n FROM (
+                   SELECT seq, type, d, ts, count(*) OVER () AS n,
+                          sum(octet_length(d)) OVER (ORDER BY seq) - octet_length(d) AS before
+                     FROM (SELECT seq, type, data::text AS d, ts FROM events
+                            WHERE org = $1 AND room = $2 AND seq > $3
+                            ORDER BY seq LIMIT $4) e
+                 ) q WHERE before < $5
+               ) p ON true
+              ORDER BY p.seq",
         )
         .await?;
     let rows = client
@@ -244,26 +279,32 @@ pub async fn events_after(
             &[&key.org, &key.room.as_str(), &after, &limit, &max_bytes],
         )
         .await?;
-    let fetched: i64 = rows.first().map_or(0, |r| r.get(4));
+    let first: Option<i64> = rows.first().and_then(|r| r.get(0));
+    let fetched: i64 = rows.first().and_then(|r| r.get(5)).unwrap_or(0);
     let events = rows
         .into_iter()
+        .filter(|r| r.get::<_, Option<i64>>(1).is_some())
         .map(|r| {
-            let data: &str = r.get(2);
+            let data: &str = r.get(3);
             Ok(Event {
-                seq: r.get(0),
-                ty: r.get(1),
+                seq: r.get(1),
+                ty: r.get(2),
                 data: serde_json::from_str(data)
                     .map_err(|e| StoreError::Internal(format!("reading an event's data: {e}")))?,
-                ts: r.get(3),
+                ts: r.get(4),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let more = fetched >= limit || (events.len() as i64) < fetched;
-    Ok(EventsPage { events, more })
+    Ok(EventsPage {
+        events,
+        more,
+        first,
+    })
 }
 
-/// Heads and statuses of many rooms in one statement (rooms never published
-/// to are absent from the answer).
+/// Heads and statuses of many rooms in one statement (a room never
+/// published to answers its org's floor, `in_progress`).
 pub async fn heads(
     client: &impl GenericClient,
     keys: &[RoomKey],
@@ -272,9 +313,10 @@ pub async fn heads(
     let rooms: Vec<&str> = keys.iter().map(|k| k.room.as_str()).collect();
     let stmt = client
         .prepare_cached(
-            "SELECT r.org, r.room, r.head, r.status FROM rooms r
-               JOIN unnest($1::text[], $2::text[]) AS k(org, room)
-                 ON r.org = k.org AND r.room = k.room",
+            "SELECT k.org, k.room, coalesce(r.head, f.floor, 0), coalesce(r.status, 'in_progress')
+               FROM unnest($1::text[], $2::text[]) AS k(org, room)
+               LEFT JOIN rooms r ON r.org = k.org AND r.room = k.room
+               LEFT JOIN org_floors f ON f.org = k.org",
         )
         .await?;
     let rows = client.query(&stmt, &[&orgs, &rooms]).await?;
@@ -305,9 +347,20 @@ pub enum PollFrom {
 /// snapshot: `head` is never below the last event of the page).
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// `None`: the room was never published to.
+    /// `None`: the room was never published to (or compacted away).
     pub row: Option<RoomRow>,
+    /// For a room with no row: the head it starts from (its org's floor).
+    pub floor: i64,
     pub events: Vec<Event>,
+}
+
+impl Page {
+    pub fn head(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor, |r| r.head)
+    }
+    pub fn first(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor + 1, |r| r.first)
+    }
 }
 
 /// Up to `limit` events after `from`, ascending, with the room's row; no
@@ -321,6 +374,7 @@ pub async fn page(
 ) -> Result<Page, StoreError> {
     const HEAD: &str =
         "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
+           coalesce((SELECT first FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), r.head + 1),
            (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
                        'data', p.data, 'ts', roomcast_ts(p.ts)) ORDER BY p.seq), '[]'::json)
               FROM (SELECT seq, type, data, ts,
@@ -355,21 +409,31 @@ pub async fn page(
         }
     };
     let Some(r) = row else {
+        let stmt = client
+            .prepare_cached("SELECT floor FROM org_floors WHERE org = $1")
+            .await?;
+        let floor = client
+            .query_opt(&stmt, &[&key.org])
+            .await?
+            .map_or(0, |r| r.get(0));
         return Ok(Page {
             row: None,
+            floor,
             events: Vec::new(),
         });
     };
-    let events: Vec<Event> = serde_json::from_value(r.get(5))
+    let events: Vec<Event> = serde_json::from_value(r.get(6))
         .map_err(|e| StoreError::Internal(format!("reading a page of events: {e}")))?;
     Ok(Page {
         row: Some(RoomRow {
             head: r.get(0),
+            first: r.get(5),
             status: status_of(r.get(1)),
             state: r.get(2),
             created_at: r.get(3),
             updated_at: r.get(4),
         }),
+        floor: 0,
         events,
     })
 }
@@ -413,11 +477,13 @@ pub async fn list_rooms(
     };
     let stmt = client
         .prepare_cached(
-            "SELECT room, head, status, state, roomcast_ts(created_at), roomcast_ts(updated_at)
-               FROM rooms
-              WHERE org = $1 AND ($2::text IS NULL OR status = $2)
-                AND ($3::text[] IS NULL OR room = ANY($3) OR room LIKE ANY($4::text[]))
-              ORDER BY updated_at DESC, room
+            "SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at),
+                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1)
+               FROM rooms r
+               LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+              WHERE r.org = $1 AND ($2::text IS NULL OR r.status = $2)
+                AND ($3::text[] IS NULL OR r.room = ANY($3) OR r.room LIKE ANY($4::text[]))
+              ORDER BY r.updated_at DESC, r.room
               LIMIT $5",
         )
         .await?;
@@ -432,6 +498,7 @@ pub async fn list_rooms(
                 r.get(0),
                 RoomRow {
                     head: r.get(1),
+                    first: r.get(6),
                     status: status_of(r.get(2)),
                     state: r.get(3),
                     created_at: r.get(4),
@@ -503,4 +570,168 @@ pub async fn notify_hints(
         .await?;
     client.execute(&stmt, &[&payloads]).await?;
     Ok(())
+}
+
+/// How long events live (PROTOCOL.md, Additions: retention).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// A closed room's events are kept this long after it closed.
+    pub closed: std::time::Duration,
+    /// No event is kept longer.
+    pub max_age: std::time::Duration,
+    /// The most events kept per room.
+    pub max_events: Option<i64>,
+    /// An emptied room's row (tombstone) is kept this long after its last
+    /// activity, then compacted into its org's floor.
+    pub tombstones: std::time::Duration,
+}
+
+/// A room with events to prune.
+#[derive(Debug, Clone)]
+pub struct PruneTarget {
+    pub org: String,
+    pub room: String,
+    pub first: i64,
+    /// Events below this seq go (closed rooms: head + 1; the count bound).
+    pub cut: i64,
+}
+
+fn interval(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The first seq of events whose ts is unknown yet (new or emptied rooms).
+pub async fn fill_first_ts(client: &impl tokio_postgres::GenericClient) -> Result<u64, StoreError> {
+    let stmt = "UPDATE room_retention rr SET first_ts = e.ts
+               FROM events e
+              WHERE rr.first_ts IS NULL AND e.org = rr.org AND e.room = rr.room AND e.seq = rr.first";
+    Ok(client.execute(stmt, &[]).await?)
+}
+
+/// Rooms holding expired events (at most `limit` of each kind).
+pub async fn prune_targets(
+    client: &impl tokio_postgres::GenericClient,
+    r: &Retention,
+    limit: i64,
+) -> Result<Vec<PruneTarget>, StoreError> {
+    let closed = "SELECT rr.org, rr.room, rr.first, r.head + 1 FROM rooms r
+               JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+              WHERE r.closed_at < now() - make_interval(secs => $1) AND rr.first <= r.head
+              LIMIT $2";
+    let aged = "SELECT rr.org, rr.room, rr.first, 0::bigint FROM room_retention rr
+              WHERE rr.first_ts < now() - make_interval(secs => $1)
+              ORDER BY rr.first_ts LIMIT $2";
+    let mut out = Vec::new();
+    for (stmt, secs) in [(closed, interval(r.closed)), (aged, interval(r.max_age))] {
+        for row in client.query(stmt, &[&secs, &limit]).await? {
+            out.push(PruneTarget {
+                org: row.get(0),
+                room: row.get(1),
+                first: row.get(2),
+                cut: row.get(3),
+            });
+        }
+    }
+    if let Some(max) = r.max_events {
+        let counted = "SELECT rr.org, rr.room, rr.first, r.head - $1 + 1 FROM rooms r
+                  JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+                 WHERE r.head - rr.first + 1 > $1
+                 LIMIT $2";
+        for row in client.query(counted, &[&max, &limit]).await? {
+            out.push(PruneTarget {
+                org: row.get(0),
+                room: row.get(1),
+                first: row.get(2),
+                cut: row.get(3),
+            });
+        }
+    }
+    // One target per room: the highest cut.
+    out.sort_by(|a, b| (&a.org, &a.room, b.cut).cmp(&(&b.org, &b.room, a.cut)));
+    out.dedup_by(|a, b| a.org == b.org && a.room == b.room);
+    Ok(out)
+}
+
+/// Deletes one batch of a room's expired events (at most `batch`, from its
+/// `first`: those below `cut` or older than the max age; they form a prefix,
+/// as `ts` never goes backwards with seq) and moves its `first`, in one
+/// statement. Never touches the room's row: no publish waits on it.
+/// Answers the room's new `first` and how many events went.
+pub async fn prune_batch(
+    client: &impl tokio_postgres::GenericClient,
+    t: &PruneTarget,
+    max_age: std::time::Duration,
+    batch: i64,
+) -> Result<(i64, u64), StoreError> {
+    let stmt = "WITH w AS (
+                SELECT seq, ts FROM events
+                 WHERE org = $1 AND room = $2 AND seq >= $3
+                 ORDER BY seq LIMIT $4),
+             cut AS (
+                SELECT coalesce(
+                  (SELECT min(seq) FROM w WHERE seq >= $5 AND ts >= now() - make_interval(secs => $6)),
+                  (SELECT max(seq) + 1 FROM w),
+                  $3) AS upto),
+             del AS (
+                DELETE FROM events e USING cut
+                 WHERE e.org = $1 AND e.room = $2 AND e.seq >= $3 AND e.seq < cut.upto
+                RETURNING 1)
+             UPDATE room_retention rr
+                SET first = cut.upto,
+                    first_ts = (SELECT ts FROM events x WHERE x.org = $1 AND x.room = $2 AND x.seq = cut.upto)
+               FROM cut
+              WHERE rr.org = $1 AND rr.room = $2 AND rr.first = $3
+             RETURNING cut.upto, (SELECT count(*) FROM del)";
+    let row = client
+        .query_opt(
+            stmt,
+            &[
+                &t.org,
+                &t.room,
+                &t.first,
+                &batch,
+                &t.cut,
+                &interval(max_age),
+            ],
+        )
+        .await?;
+    Ok(row.map_or((t.first, 0), |r| (r.get(0), r.get::<_, i64>(1) as u64)))
+}
+
+/// Compacts tombstones (rooms with no event left, idle for the tombstone
+/// retention) into their orgs' floors: the rows go, the floor keeps the
+/// highest head, so a reused room id starts above any head it answered.
+/// Rooms a publish holds are skipped (and taken at a later pass).
+pub async fn compact_tombstones(
+    client: &impl tokio_postgres::GenericClient,
+    r: &Retention,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let stmt = "WITH t AS (
+                SELECT r.org, r.room, r.head FROM rooms r
+                  JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+                 WHERE rr.first > r.head AND r.updated_at < now() - make_interval(secs => $1)
+                 ORDER BY r.updated_at LIMIT $2
+                 FOR UPDATE OF r SKIP LOCKED),
+             f AS (
+                INSERT INTO org_floors (org, floor) SELECT org, max(head) FROM t GROUP BY org
+                ON CONFLICT (org) DO UPDATE SET floor = greatest(org_floors.floor, excluded.floor)),
+             rr AS (
+                DELETE FROM room_retention x USING t WHERE x.org = t.org AND x.room = t.room)
+             DELETE FROM rooms x USING t WHERE x.org = t.org AND x.room = t.room";
+    Ok(client
+        .execute(stmt, &[&interval(r.tombstones), &limit])
+        .await?)
+}
+
+/// The age of the oldest event still stored (seconds; 0 when none) and the
+/// events table's size on disk (table, TOAST and indexes).
+pub async fn retention_gauges(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(f64, i64), StoreError> {
+    let stmt = "SELECT coalesce(extract(epoch FROM now() - min(first_ts))::float8, 0),
+                    pg_total_relation_size('events')
+               FROM room_retention WHERE first_ts IS NOT NULL";
+    let row = client.query_one(stmt, &[]).await?;
+    Ok((row.get(0), row.get(1)))
 }

@@ -105,7 +105,7 @@ async fn replay_then_live_without_since_and_reset_beyond_head() {
     let reset = ws3.expect_op("reset").await;
     assert_eq!(
         reset,
-        json!({"op": "reset", "room": "r", "head": 7, "state": {}})
+        json!({"op": "reset", "room": "r", "head": 7, "first": 1, "state": {}})
     );
     publish(app.port, &producer, "r", "new", json!(8)).await;
     assert_exactly(&ws3.events_until("r", 8, WAIT).await, 8, 8);

@@ -111,7 +111,7 @@ async fn poll_pages_through_a_long_history_exactly_once() {
         assert_eq!(status, 200);
         assert_eq!(
             body,
-            json!({"room": room, "head": 0, "status": "in_progress", "state": {}, "events": []})
+            json!({"room": room, "head": 0, "first": 1, "status": "in_progress", "state": {}, "events": []})
         );
         assert_eq!(headers["etag"], "\"0\"");
     }

@@ -180,7 +180,13 @@ impl Answer {
     fn head(&self) -> i64 {
         match self {
             Answer::Memory { head, .. } => *head,
-            Answer::Page(p) => p.row.as_ref().map_or(0, |r| r.head),
+            Answer::Page(p) => p.head(),
+        }
+    }
+    fn first(&self) -> i64 {
+        match self {
+            Answer::Memory { head, row } => row.as_ref().map_or(head + 1, |r| r.first),
+            Answer::Page(p) => p.first(),
         }
     }
     fn events(&self) -> &[Event] {
@@ -321,8 +327,12 @@ pub async fn poll(
         // A cursor beyond the head cannot be served by waiting: answer the
         // head now so the client resyncs (docs/decisions.md).
         let beyond = matches!(from, PollFrom::Seq(since) if since > head);
+        // A cursor whose next events fell out of the retention: `reset`.
+        if matches!(from, PollFrom::Seq(since) if since < answer.first() - 1) {
+            return Ok(respond(&state, &key, &answer, false, true));
+        }
         if fresh || beyond || stopping || tokio::time::Instant::now() >= deadline {
-            return Ok(respond(&state, &key, &answer, not_modified));
+            return Ok(respond(&state, &key, &answer, not_modified, false));
         }
         // Hold the request until the room's known head passes what was seen.
         _waiting.get_or_insert_with(|| Waiting::new(&state));
@@ -335,14 +345,20 @@ pub async fn poll(
         };
         if !woke {
             // Nothing came (or the server is stopping): answer what was seen.
-            return Ok(respond(&state, &key, &answer, not_modified));
+            return Ok(respond(&state, &key, &answer, not_modified, false));
         }
         known = *changes.borrow();
         snapshot = None;
     }
 }
 
-fn respond(state: &AppState, key: &RoomKey, answer: &Answer, not_modified: bool) -> HttpResponse {
+fn respond(
+    state: &AppState,
+    key: &RoomKey,
+    answer: &Answer,
+    not_modified: bool,
+    reset: bool,
+) -> HttpResponse {
     let head = answer.head();
     let etag = (header::ETAG, format!("\"{head}\""));
     if not_modified {
@@ -357,7 +373,7 @@ fn respond(state: &AppState, key: &RoomKey, answer: &Answer, not_modified: bool)
         },
         Answer::Memory { row: None, .. } => (RoomStatus::InProgress, &empty),
     };
-    let events = answer.events();
+    let events = if reset { &[] } else { answer.events() };
     state
         .metrics
         .events_delivered
@@ -369,8 +385,10 @@ fn respond(state: &AppState, key: &RoomKey, answer: &Answer, not_modified: bool)
         .json(PollAnswer {
             room: &key.room,
             head,
+            first: answer.first(),
             status,
             state: room_state,
             events,
+            reset,
         })
 }

@@ -21,6 +21,7 @@ fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
         room,
         status: row.status,
         head: row.head,
+        first: row.first,
         state: row.state,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -57,7 +58,7 @@ pub async fn get(
         })
         .await
         .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
-    match row {
+    match row.row {
         Some(row) => Ok(HttpResponse::Ok().json(snapshot(key.room, row))),
         None => Err(ApiError::NotFound(format!("no room {}", key.room))),
     }

@@ -109,7 +109,7 @@
  * @property {RoomEvent} event an event, in seq order, once
  * @property {Snapshot} subscribed the server confirmed the subscription (WebSocket) or answered the first poll
  * @property {Snapshot} snapshot the room's state, status or head changed (from a poll answer, `subscribed`, or a snapshot read after events when `snapshots` is on)
- * @property {{head: number, state: Record<string, unknown>}} reset the events after the cursor can no longer be replayed: resync from `state`; the cursor is now `head`
+ * @property {{head: number, state: Record<string, unknown>, first: number, since: number}} reset the events after the cursor (`since`) can no longer be replayed (pruned by the retention when `since < first - 1`, else the cursor was beyond the head): resync from `state`; the cursor is now `head`; `first` is the lowest seq the room still stores
  * @property {ClientError} error
  */
 
@@ -1047,7 +1047,7 @@ export class RoomcastClient extends Emitter {
       }
       case 'reset': {
         if (!sub) return;
-        this._reset(sub, msg.head, msg.state);
+        this._reset(sub, msg.head, msg.state, msg.first);
         break;
       }
       case 'error': {
@@ -1282,8 +1282,10 @@ export class RoomcastClient extends Emitter {
       this._snapshot(sub, body, 'subscribed');
       return false;
     }
-    if (body.head < sub.cursor) {
-      this._reset(sub, body.head, body.state);
+    // `reset: true`: the events after the cursor fell out of the retention;
+    // a head below the cursor: the log the cursor knows is gone.
+    if (body.reset || body.head < sub.cursor) {
+      this._reset(sub, body.head, body.state, body.first);
       return false;
     }
     for (const e of body.events) this._deliver(sub, toEvent({ ...e, room: sub.room }, source));
@@ -1454,13 +1456,15 @@ export class RoomcastClient extends Emitter {
    * @param {Subscription} sub
    * @param {number} head
    * @param {Record<string, unknown>} state
+   * @param {number} [first] the lowest seq the room still stores
    */
-  _reset(sub, head, state) {
+  _reset(sub, head, state, first) {
+    const since = sub.cursor ?? head;
     sub.cursor = head;
     sub.head = head;
     sub.state = state ?? {};
     sub.pending.clear();
-    sub.emit('reset', { head, state: sub.state });
+    sub.emit('reset', { head, state: sub.state, first: first ?? head + 1, since });
   }
 
   /**

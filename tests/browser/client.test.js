@@ -1,10 +1,11 @@
 // The client module on its own (imported from /client.js into a page of the
 // real server): full-jitter backoff on a fake clock, the token provider and
-// `op: auth` renewal, and `reset` on WebSocket and on long-poll.
+// `op: auth` renewal, and `reset` on WebSocket and on long-poll (a cursor
+// beyond the head, and one that fell out of the retention).
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { Server, freshOrg, launch, publishN, sleep, token, until } from './harness.js';
+import { Server, dashboardUrl, freshOrg, launch, newContext, publishN, sleep, token, until } from './harness.js';
 
 let server;
 let browser;
@@ -209,5 +210,57 @@ for (const mode of ['realtime', 'polling']) {
     assert.equal(after.cursor, 5);
     assert.equal(after.counts.gaps, 0);
     await ctx.close();
+  });
+}
+
+for (const mode of ['realtime', 'polling']) {
+  test(`retention (${mode}): a cursor whose events were pruned resyncs from the snapshot, then every later event once; the dashboard shows it`, async () => {
+    const pruning = await Server.start({ env: { ROOMCAST_RETAIN_MAX_EVENTS: '3', ROOMCAST_PRUNE_EVERY: '100ms' } });
+    try {
+      const org = freshOrg();
+      const room = `pruned-${mode}`;
+      const producer = token({ org, sub: 'p', pub: true });
+      await publishN(pruning, producer, room, 10);
+      // Wait until the room keeps only 8..10.
+      for (let i = 0; ; i++) {
+        const res = await fetch(`${pruning.url}/v1/rooms/${room}`, { headers: { authorization: `Bearer ${token({ org })}` } });
+        if ((await res.json()).first === 8) break;
+        assert.ok(i < 200, 'the room was never pruned');
+        await sleep(50);
+      }
+      const ctx = await browser.newContext();
+      const page = await ctx.newPage();
+      await page.goto(`${pruning.url}/healthz`);
+      await page.evaluate(async ({ tok, room, mode }) => {
+        const { RoomcastClient } = await import('/client.js');
+        globalThis.got = [];
+        globalThis.resets = [];
+        globalThis.client = new RoomcastClient({ token: tok, mode });
+        globalThis.sub = globalThis.client.subscribe(room, {
+          since: 2,
+          onEvent: (e) => globalThis.got.push(e.seq),
+          onReset: (r) => globalThis.resets.push(r),
+        });
+      }, { tok: token({ org }), room, mode });
+      await until(page, () => globalThis.resets.length === 1, null, { what: 'reset' });
+      const reset = await page.evaluate(() => globalThis.resets[0]);
+      assert.equal(reset.head, 10);
+      assert.equal(reset.first, 8);
+      await until(page, () => globalThis.client.state.status === 'live', null, { what: 'live' });
+      await publishN(pruning, producer, room, 2, 'next', 11);
+      await until(page, () => globalThis.got.length === 2, null, { what: 'events after the reset' });
+      assert.deepEqual(await page.evaluate(() => globalThis.got), [11, 12]);
+      await ctx.close();
+      if (mode === 'polling') {
+        // The dashboard, opened on the room from seq 0: it says why.
+        const dctx = await newContext(browser, { mode: 'realtime' });
+        const dash = await dctx.newPage();
+        await dash.goto(dashboardUrl(pruning, token({ org }), room));
+        await until(dash, () => [...document.querySelectorAll('#timeline li.marker')].some((li) => /no longer kept \(retention\)/.test(li.textContent)), null, { what: 'the retention marker' });
+        await dctx.close();
+      }
+    } finally {
+      await pruning.stop();
+    }
   });
 }

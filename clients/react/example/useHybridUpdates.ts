@@ -1,0 +1,47 @@
+// Seed 004's `useHybridUpdates` hook (WebSocket with a polling fallback,
+// health monitoring, a data-source badge and a refresh), rebuilt on
+// roomcast's useRoom. What the original hand-built (reconnect backoff, the
+// fallback and its return, sequence tracking, heartbeat) is the client's;
+// this only maps roomcast's names onto the original hook's.
+//
+//   original                          here
+//   useHybridUpdates(fetch, userId)   useHybridUpdates(room)
+//   data                              events (each once, in seq order)
+//   updateSource 'websocket'|'polling' transport websocket / longpoll
+//   websocketStatus connected|...     status live / delayed / offline
+//   websocketEnabled: false           mode 'polling'
+//   fallbackDelay, pollingInterval    client options connectTimeoutMs /
+//                                     fallbackAfter, pollWaitS (provider)
+
+import { useRoom } from '@roomcast/react';
+import type { Mode, RoomEvent, UseRoomResult } from '@roomcast/react';
+
+export interface HybridConfig {
+  /**
+   * false: long-poll only (sets the mode `polling`). true: WebSocket with the
+   * long-poll fallback (mode `auto`). Absent: the provider's mode is kept.
+   */
+  websocketEnabled?: boolean;
+}
+
+export type UpdateSource = 'websocket' | 'polling' | null;
+export type WebsocketStatus = 'connected' | 'connecting' | 'disconnected';
+
+export interface HybridUpdates extends UseRoomResult {
+  data: readonly RoomEvent[];
+  loading: boolean;
+  updateSource: UpdateSource;
+  websocketStatus: WebsocketStatus;
+}
+
+export function useHybridUpdates(room: string, config: HybridConfig = {}): HybridUpdates {
+  const mode: Mode | undefined = config.websocketEnabled === undefined ? undefined : config.websocketEnabled ? 'auto' : 'polling';
+  const r = useRoom(room, { since: 0, ...(mode ? { mode } : {}) });
+  return {
+    ...r,
+    data: r.events,
+    loading: !r.subscribed,
+    updateSource: r.transport === 'websocket' ? 'websocket' : r.transport === 'longpoll' ? 'polling' : null,
+    websocketStatus: r.status === 'live' ? 'connected' : r.status === 'delayed' ? 'connecting' : 'disconnected',
+  };
+}

@@ -1,0 +1,94 @@
+// Builds @roomcast/react.
+//
+//   node scripts/build.mjs          sync + library + example
+//   node scripts/build.mjs --sync   only copy the browser client into src/
+//   node scripts/build.mjs --lib    sync + library (what `npm pack` needs)
+//
+// 1. sync: copies the repository's browser client (src/web/client.js, the
+//    module the server serves at /client.js) to src/client.js, byte for byte:
+//    the package wraps it and never reimplements the protocol. Outside the
+//    repository (a tarball being repacked) the copy already there is used.
+// 2. library: each src/*.ts is compiled to dist/*.js by esbuild (ES modules,
+//    React left as an import), src/client.js is copied to dist/ unchanged,
+//    and tsc writes the declarations (dist/*.d.ts, client.d.ts from its JSDoc).
+// 3. example: example/main.tsx bundled with React by esbuild into
+//    example/dist/app.js (production React) and example/dist/app.dev.js
+//    (development React: StrictMode's double render and double effects are
+//    live), with example/index.html beside them.
+
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as esbuild from 'esbuild';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const upstream = resolve(root, '../../src/web/client.js');
+const copy = join(root, 'src/client.js');
+const args = new Set(process.argv.slice(2));
+
+function sync() {
+  if (existsSync(upstream)) {
+    copyFileSync(upstream, copy);
+  } else if (!existsSync(copy)) {
+    throw new Error(`neither ${upstream} nor ${copy} exists: build from the roomcast repository`);
+  }
+  if (existsSync(upstream) && !readFileSync(upstream).equals(readFileSync(copy))) {
+    throw new Error('src/client.js differs from src/web/client.js after the copy');
+  }
+}
+
+async function lib() {
+  const dist = join(root, 'dist');
+  rmSync(dist, { recursive: true, force: true });
+  mkdirSync(dist, { recursive: true });
+  const entries = readdirSync(join(root, 'src'))
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))
+    .map((f) => join(root, 'src', f));
+  await esbuild.build({
+    entryPoints: entries,
+    outdir: dist,
+    format: 'esm',
+    platform: 'neutral',
+    target: 'es2020',
+    bundle: false,
+    logLevel: 'warning',
+  });
+  copyFileSync(copy, join(dist, 'client.js'));
+  const tsc = join(root, 'node_modules/typescript/bin/tsc');
+  execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit', cwd: root });
+}
+
+async function example() {
+  const out = join(root, 'example/dist');
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  const common = {
+    entryPoints: [join(root, 'example/main.tsx')],
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2020',
+    jsx: 'automatic',
+    tsconfig: join(root, 'tsconfig.json'),
+    logLevel: 'warning',
+  };
+  await esbuild.build({
+    ...common,
+    outfile: join(out, 'app.js'),
+    minify: true,
+    define: { 'process.env.NODE_ENV': '"production"' },
+  });
+  await esbuild.build({
+    ...common,
+    outfile: join(out, 'app.dev.js'),
+    define: { 'process.env.NODE_ENV': '"development"' },
+  });
+  copyFileSync(join(root, 'example/index.html'), join(out, 'index.html'));
+}
+
+sync();
+if (!args.has('--sync')) {
+  await lib();
+  if (!args.has('--lib')) await example();
+}

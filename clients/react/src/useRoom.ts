@@ -1,0 +1,175 @@
+import { useCallback, useEffect, useReducer, useRef, useSyncExternalStore } from 'react';
+import type { ClientError, ClientState, Counts, Mode, RoomEvent, RoomStatus, Status, Transport } from './client.js';
+import { emptyRoomData, hubOf } from './hub.js';
+import type { ResetInfo, RoomData } from './hub.js';
+import { useRoomcast } from './provider.js';
+
+export interface UseRoomOptions {
+  /**
+   * The last seq the component already has: events after it are delivered.
+   * `0` (the default): the room's whole history; `null`: from now on.
+   * Read when the room is first subscribed (components following the same
+   * room share one subscription, opened with the first one's options).
+   */
+  since?: number | null;
+  /**
+   * Sets the client's connection mode when given (and when it changes). The
+   * mode is the client's, shared by every room of the provider.
+   */
+  mode?: Mode;
+  /** Keep at most this many events in `events` (the latest); default 1000. */
+  maxEvents?: number;
+  /** Re-read the room's state shortly after events arrive over WebSocket (whose frames carry no state). Default false. */
+  snapshots?: boolean;
+  /** false: follow nothing (as with a null room). Default true. */
+  enabled?: boolean;
+  /** Called for every event as it is delivered (durable ones once each, in seq order; ephemeral ones too). */
+  onEvent?: (event: RoomEvent) => void;
+}
+
+export interface UseRoomResult {
+  /** The room followed (null when none). */
+  room: string | null;
+  /** The durable events, in seq order, each exactly once (at most `maxEvents`, the latest). */
+  events: readonly RoomEvent[];
+  /** Durable events received since subscribing (may exceed `events.length`). */
+  received: number;
+  /** The latest ephemeral event, or null. */
+  lastEphemeral: RoomEvent | null;
+  /** The room's state (its latest snapshot; `{}` until known). */
+  state: Readonly<Record<string, unknown>>;
+  /** The room's own status: `in_progress`, `completed`, `failed` (null until known). */
+  roomStatus: RoomStatus | null;
+  /** The room's head as last reported. */
+  head: number | null;
+  /** The last seq delivered. */
+  cursor: number | null;
+  /** The server answered the subscription at least once. */
+  subscribed: boolean;
+  /** The last `reset` (history no longer replayable: resync from `reset.state`), or null. */
+  reset: ResetInfo | null;
+  /** The subscription's last error (forbidden, bad request...), or null. */
+  error: ClientError | null;
+  /** The connection: `live`, `delayed` or `offline`. */
+  status: Status;
+  /** The transport in use: `websocket`, `longpoll` or `none`. */
+  transport: Transport;
+  /** The connection mode (the client's). */
+  mode: Mode;
+  /** Switches the client's mode (every room keeps its cursor). */
+  setMode: (mode: Mode) => void;
+  /** Reads every room from its cursor now and checks the connection. */
+  refresh: () => Promise<void>;
+  /** Events by how they came, duplicates dropped, gaps repaired, reconnects (the client's). */
+  counts: Counts;
+  /** Epoch ms the server was last heard on a healthy transport (data current as of then). */
+  lastUpdateAt: number | null;
+  /** Epoch ms of the last durable event delivered (any room). */
+  lastEventAt: number | null;
+  /** While `delayed`: how long the data has not been known up to date. */
+  delayMs: number;
+  /** A short human explanation of the connection ("reconnecting in 1.2 s"...). */
+  detail: string;
+  /** The whole client state. */
+  clientState: ClientState;
+}
+
+const NO_COUNTS: Counts = { push: 0, catchup: 0, poll: 0, duplicates: 0, gaps: 0, reconnects: 0 };
+const NOT_CONNECTED: ClientState = {
+  mode: 'auto',
+  transport: 'none',
+  status: 'offline',
+  lastUpdateAt: null,
+  lastEventAt: null,
+  delayMs: 0,
+  online: true,
+  detail: 'connecting',
+  counts: NO_COUNTS,
+};
+const NO_ROOM: RoomData = emptyRoomData('');
+const noSubscribe = () => () => {};
+const getNoRoom = () => NO_ROOM;
+const getNotConnected = () => NOT_CONNECTED;
+
+/**
+ * Follows `room` on the provider's client: subscribes on mount, unsubscribes
+ * on unmount or when `room` changes, and answers its events (once each, in
+ * order) with the room's state and the connection's status.
+ */
+export function useRoom(room: string | null | undefined, options: UseRoomOptions = {}): UseRoomResult {
+  const client = useRoomcast();
+  const hub = client ? hubOf(client) : null;
+  const active = hub !== null && typeof room === 'string' && room !== '' && options.enabled !== false;
+  const { since = 0, snapshots, maxEvents } = options;
+  const storeOptions = { since, snapshots, maxEvents };
+  const store = active ? hub.store(room, storeOptions) : null;
+  const [, rerender] = useReducer((n: number) => n + 1, 0);
+
+  const onEventRef = useRef(options.onEvent);
+  useEffect(() => {
+    onEventRef.current = options.onEvent;
+  });
+
+  useEffect(() => {
+    if (!active) return undefined;
+    const s = hub.store(room, storeOptions);
+    s.acquire();
+    const off = s.onEvent((ev) => onEventRef.current?.(ev));
+    // The store seen in render was dropped meanwhile: render with this one.
+    if (s !== store) rerender();
+    return () => {
+      off();
+      s.release();
+    };
+    // The options are read when the room is first subscribed.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [hub, room, active]);
+
+  useEffect(() => {
+    if (client && options.mode && client.mode !== options.mode) client.setMode(options.mode);
+  }, [client, options.mode]);
+
+  const data = useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getNoRoom, store ? store.getSnapshot : getNoRoom);
+  const cs = useSyncExternalStore(hub ? hub.subscribeState : noSubscribe, hub ? hub.getState : getNotConnected, hub ? hub.getState : getNotConnected);
+
+  const setMode = useCallback((mode: Mode) => client?.setMode(mode), [client]);
+  const refresh = useCallback(() => (client ? client.refresh() : Promise.resolve()), [client]);
+
+  return {
+    room: active ? room : null,
+    events: data.events,
+    received: data.received,
+    lastEphemeral: data.lastEphemeral,
+    state: data.state,
+    roomStatus: data.roomStatus,
+    head: data.head,
+    cursor: data.cursor,
+    subscribed: data.subscribed,
+    reset: data.reset,
+    error: data.error,
+    status: cs.status,
+    transport: cs.transport,
+    mode: client ? cs.mode : (options.mode ?? cs.mode),
+    setMode,
+    refresh,
+    counts: cs.counts,
+    lastUpdateAt: cs.lastUpdateAt,
+    lastEventAt: cs.lastEventAt,
+    delayMs: cs.delayMs,
+    detail: cs.detail,
+    clientState: cs,
+  };
+}
+
+/**
+ * The connection's state alone (status, transport, mode, counts...), for a
+ * badge outside any room component.
+ */
+export function useConnection(): ClientState & { setMode: (mode: Mode) => void; refresh: () => Promise<void> } {
+  const client = useRoomcast();
+  const hub = client ? hubOf(client) : null;
+  const cs = useSyncExternalStore(hub ? hub.subscribeState : noSubscribe, hub ? hub.getState : getNotConnected, hub ? hub.getState : getNotConnected);
+  const setMode = useCallback((mode: Mode) => client?.setMode(mode), [client]);
+  const refresh = useCallback(() => (client ? client.refresh() : Promise.resolve()), [client]);
+  return { ...cs, setMode, refresh };
+}

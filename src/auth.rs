@@ -17,7 +17,14 @@ pub struct Claims {
     pub rooms: Option<Vec<String>>,
     #[serde(rename = "pub", default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<bool>,
+    /// Shown to the other members of a room with presence (display name,
+    /// avatar, role): a JSON object of at most 1 KiB serialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
+
+/// Largest `info` claim, serialized.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -29,6 +36,8 @@ pub struct Principal {
     /// Room ids or prefixes ending in `*`; `None` means every room of the org.
     pub rooms: Option<Vec<String>>,
     pub can_publish: bool,
+    /// The `info` claim (presence), if any.
+    pub info: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl Principal {
@@ -81,12 +90,21 @@ impl Authenticator {
         if c.sub.is_empty() || c.org.is_empty() {
             return Err(AuthError::Invalid("sub and org must not be empty".into()));
         }
+        if let Some(info) = &c.info {
+            let size = serde_json::to_vec(info).map_or(usize::MAX, |v| v.len());
+            if !info.is_object() || size > MAX_INFO_BYTES {
+                return Err(AuthError::Invalid(format!(
+                    "info must be a JSON object of at most {MAX_INFO_BYTES} bytes"
+                )));
+            }
+        }
         Ok(Principal {
             sub: c.sub,
             org: c.org,
             exp: c.exp,
             rooms: c.rooms,
             can_publish: c.publish.unwrap_or(false),
+            info: c.info.map(std::sync::Arc::new),
         })
     }
 
@@ -142,6 +160,7 @@ mod tests {
             exp: now_secs() + 60,
             rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
             publish: Some(true),
+            info: None,
         }
     }
 

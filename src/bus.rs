@@ -34,6 +34,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
 use crate::room::{Broadcaster, CheckHeads, Committed, Ephemeral, Hint};
 
@@ -48,6 +49,7 @@ const VERSION: u8 = 1;
 const KIND_FRAMES: u8 = 1;
 const KIND_HINT: u8 = 2;
 const KIND_EPHEMERAL: u8 = 3;
+const KIND_PRESENCE: u8 = 4;
 
 /// Which broker `ROOMCAST_BUS` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,7 @@ impl Bus {
         instance: Arc<str>,
         metrics: Arc<Metrics>,
         router: Addr<Broadcaster>,
+        presence: Addr<Presence>,
     ) -> Result<Bus, BusError> {
         let kind = if url.starts_with("nats://") {
             Kind::Nats
@@ -136,6 +139,7 @@ impl Bus {
         let inbound = Inbound {
             shared: shared.clone(),
             router,
+            presence,
         };
         match kind {
             Kind::Nats => {
@@ -146,7 +150,43 @@ impl Bus {
                 actix_web::rt::spawn(redis_bus::run(client, rx, inbound));
             }
         }
-        Ok(Bus { commands, shared })
+        let bus = Bus { commands, shared };
+        // Every instance hears every other one's "alive" (presence).
+        let (ready, _) = oneshot::channel();
+        bus.send(Command::Subscribe {
+            subject: bus.alive_subject(),
+            ready,
+        });
+        Ok(bus)
+    }
+
+    /// The subject every instance says it is alive on.
+    fn alive_subject(&self) -> String {
+        format!("{}.presence", self.shared.prefix)
+    }
+
+    /// Puts a presence announcement on the room's subject.
+    pub fn publish_presence(&self, key: &RoomKey, a: &Announcement) {
+        let text = serde_json::to_string(a).unwrap_or_default();
+        let mut buf = BytesMut::with_capacity(64 + key.org.len() + text.len());
+        header(&mut buf, KIND_PRESENCE, &self.shared.instance, key);
+        buf.put_u32_le(text.len() as u32);
+        buf.put_slice(text.as_bytes());
+        self.send(Command::Publish {
+            subject: self.subject(key),
+            payload: buf.freeze(),
+            fallback: None,
+        });
+    }
+
+    /// Says this instance is alive (presence), to every instance.
+    pub fn publish_alive(&self, a: &Announcement) {
+        let text = serde_json::to_string(a).unwrap_or_default();
+        self.send(Command::Publish {
+            subject: self.alive_subject(),
+            payload: Bytes::from(text),
+            fallback: None,
+        });
     }
 
     pub fn kind(&self) -> Kind {
@@ -317,6 +357,7 @@ pub enum Message {
         key: RoomKey,
         frame: EphemeralFrame,
     },
+    Presence(Announcement),
 }
 
 /// Takes `n` bytes off `buf` (None when it holds fewer).
@@ -402,6 +443,17 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
             let frame = EphemeralFrame::decode(&key.room, &text)?;
             Message::Ephemeral { key, frame }
         }
+        KIND_PRESENCE => {
+            if buf.remaining() < 4 {
+                return None;
+            }
+            let n = buf.get_u32_le() as usize;
+            let a: Announcement = serde_json::from_slice(&take(&mut buf, n)?).ok()?;
+            if a.org != key.org || a.room != key.room.as_str() {
+                return None;
+            }
+            Message::Presence(a)
+        }
         _ => return None,
     };
     Some(Some(msg))
@@ -412,6 +464,7 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
 struct Inbound {
     shared: Arc<Shared>,
     router: Addr<Broadcaster>,
+    presence: Addr<Presence>,
 }
 
 impl Inbound {
@@ -421,6 +474,15 @@ impl Inbound {
             .bus_messages
             .with_label_values(&["in"])
             .inc();
+        // "Alive" announcements are plain JSON (the presence subject).
+        if payload.first() == Some(&b'{') {
+            if let Ok(a) = serde_json::from_slice::<Announcement>(&payload) {
+                if a.instance != *self.shared.instance {
+                    self.presence.do_send(PresenceIn(a));
+                }
+            }
+            return;
+        }
         match decode(payload, &self.shared.instance) {
             None => log::warn!("bus: a malformed message was ignored"),
             Some(None) => {}
@@ -438,6 +500,7 @@ impl Inbound {
                 key,
                 frame: Arc::new(frame),
             }),
+            Some(Some(Message::Presence(a))) => self.presence.do_send(PresenceIn(a)),
         }
     }
 
@@ -448,6 +511,7 @@ impl Inbound {
             log::info!("bus ({}) connected", self.shared.kind.as_str());
             // Whatever went by while it was down is found now.
             self.router.do_send(CheckHeads);
+            self.presence.do_send(Resync);
         } else if !up && was {
             log::warn!(
                 "bus ({}) disconnected; delivery goes on through the head check",
@@ -530,8 +594,9 @@ mod nats {
                             continue;
                         }
                         match client.subscribe(subject.clone()).await {
-                            Ok(mut sub) => {
+                            Ok(sub) => {
                                 let inbound = inbound.clone();
+                                let mut sub = Subscription(Some(sub));
                                 readers.insert(subject, actix_web::rt::spawn(async move {
                                     while let Some(m) = sub.next().await {
                                         inbound.message(m.payload);
@@ -557,6 +622,29 @@ mod nats {
                         }
                     }
                 },
+            }
+        }
+    }
+}
+
+/// A NATS subscription that unsubscribes when dropped, unless the runtime
+/// is gone (the server is exiting: async-nats would panic spawning the
+/// unsubscribe, and the connection goes anyway).
+struct Subscription(Option<async_nats::Subscriber>);
+
+impl Subscription {
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        self.0.as_mut()?.next().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(sub) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                drop(sub);
+            } else {
+                std::mem::forget(sub);
             }
         }
     }

@@ -45,6 +45,11 @@ pub struct Cursor {
     /// The events after `last` fell out of the retention: the client is
     /// being sent `reset` (no read-back meanwhile).
     pub resetting: bool,
+    /// The connection is a member of the room (presence).
+    pub presence: bool,
+    /// Presence frames that came before `subscribed` was sent (they follow
+    /// it).
+    pub presence_early: Vec<bytestring::ByteString>,
 }
 
 impl Cursor {
@@ -59,6 +64,8 @@ impl Cursor {
             capacity: MAX_HELD,
             behind_at: None,
             resetting: false,
+            presence: false,
+            presence_early: Vec::new(),
         }
     }
 

@@ -753,3 +753,27 @@ impl Handler<Health> for Db {
         })
     }
 }
+
+/// A room's presence members over every live instance.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<store::PresenceEntry>, StoreError>")]
+pub struct Members {
+    pub key: RoomKey,
+}
+
+impl Handler<Members> for Db {
+    type Result = ResponseFuture<Result<Vec<store::PresenceEntry>, StoreError>>;
+
+    fn handle(&mut self, msg: Members, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        self.metrics.queries(QueryKind::Other, 1);
+        Box::pin(async move {
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::presence_members(&client, &msg.key).await
+                })
+                .await
+        })
+    }
+}

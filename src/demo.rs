@@ -155,6 +155,7 @@ async fn run(args: DemoArgs) -> Result<(), DemoError> {
         exp: now_secs() + 24 * 3600,
         rooms: None,
         publish: publish.then_some(true),
+        info: None,
     };
     let viewer = mint(&secret, &claims("demo-viewer", false));
     let producer = mint(&secret, &claims("audio-pipeline", true));

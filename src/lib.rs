@@ -38,6 +38,8 @@
 //!   committed frames of a room on its subject, subscribed by interest.
 //! - [`relay`]: the **Relay** actor: with a bus, SQL producers' commits read
 //!   back once (by the instance holding the relay lock) and put on the bus.
+//! - [`presence`]: the **Presence** actor: members of rooms (from tokens),
+//!   coalesced join/leave frames, announced across instances.
 //! - [`pruner`]: retention: expired events deleted in small batches by one
 //!   instance at a time (an advisory lock), tombstones compacted.
 //! - [`store`]: every SQL statement the server sends.
@@ -62,6 +64,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod pgcluster;
+pub mod presence;
 pub mod protocol;
 pub mod pruner;
 pub mod relay;

@@ -26,6 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
+use crate::presence::{Announcement, Presence, PresenceIn};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
 use crate::relay::Relay;
 use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
@@ -35,6 +36,8 @@ use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
 pub const APPLICATION_NAME: &str = "roomcast-listener";
 /// How often the idle listener checks that its connection is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// The NOTIFY channel of presence announcements (without a bus).
+pub const PRESENCE_CHANNEL: &str = "roomcast_presence";
 /// How often a listener that is not the relay tries to become it.
 const RELAY_TRY: Duration = Duration::from_secs(1);
 /// Advisory lock of the instance relaying SQL producers' commits onto the bus.
@@ -63,13 +66,18 @@ pub fn spawn(
     connected: Arc<AtomicBool>,
     instance: Arc<str>,
     hints: Hints,
+    presence: Addr<Presence>,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(&config, &router, &metrics, &connected, &instance, &hints).await {
+            match listen(
+                &config, &router, &metrics, &connected, &instance, &hints, &presence,
+            )
+            .await
+            {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => log::warn!("listener: {e}; reconnecting in {backoff:?}"),
             }
@@ -91,6 +99,7 @@ async fn listen(
     connected: &AtomicBool,
     instance: &str,
     hints: &Hints,
+    presence: &Addr<Presence>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -114,7 +123,9 @@ async fn listen(
     metrics.queries(QueryKind::Other, 1);
     let result = async {
         client
-            .batch_execute(&format!("LISTEN roomcast; LISTEN {EPHEMERAL_CHANNEL}"))
+            .batch_execute(&format!(
+                "LISTEN roomcast; LISTEN {EPHEMERAL_CHANNEL}; LISTEN {PRESENCE_CHANNEL}"
+            ))
             .await?;
         connected.store(true, Ordering::Release);
         log::info!("listener connected");
@@ -127,6 +138,11 @@ async fn listen(
         loop {
             tokio::select! {
                 n = rx.recv() => match n {
+                    Some(n) if n.channel() == PRESENCE_CHANNEL => {
+                        if let Ok(a) = serde_json::from_str::<Announcement>(n.payload()) {
+                            presence.do_send(PresenceIn(a));
+                        }
+                    }
                     Some(n) if n.channel() == EPHEMERAL_CHANNEL => {
                         if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(n.payload(), instance)) {
                             router.do_send(e);

@@ -36,6 +36,10 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// What other members of a room see of this one (presence): a JSON
+        /// object, e.g. '{"name": "Ana"}'.
+        #[arg(long)]
+        info: Option<String>,
     },
 }
 
@@ -49,13 +53,26 @@ fn main() -> std::process::ExitCode {
             publish,
             rooms,
             ttl,
+            info,
         } => {
+            let info = match info
+                .as_deref()
+                .map(serde_json::from_str::<serde_json::Value>)
+            {
+                None => None,
+                Some(Ok(v)) if v.is_object() => Some(v),
+                Some(_) => {
+                    eprintln!("roomcast: --info must be a JSON object");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
             let claims = Claims {
                 sub,
                 org,
                 exp: now_secs() + ttl,
                 rooms: (!rooms.is_empty()).then_some(rooms),
                 publish: publish.then_some(true),
+                info,
             };
             println!("{}", mint(&jwt_secret, &claims));
             std::process::ExitCode::SUCCESS

@@ -78,6 +78,12 @@ pub struct Metrics {
     pub oldest_event_age: Gauge,
     /// The events table's size on disk (table, TOAST, indexes), bytes.
     pub events_table_bytes: IntGauge,
+    /// Presence members held by this instance (over all rooms).
+    pub presence_members: IntGauge,
+    /// Presence frames sent to connections.
+    pub presence_frames: IntCounter,
+    /// Leaves that never showed: a member back within the 2 s grace.
+    pub presence_coalesced: IntCounter,
 }
 
 impl Metrics {
@@ -161,6 +167,21 @@ impl Metrics {
             "Size of the events table on disk (table, TOAST and indexes)",
         )
         .expect("static");
+        let presence_members = IntGauge::new(
+            "roomcast_presence_members",
+            "Presence members held by this instance, over all rooms",
+        )
+        .expect("static");
+        let presence_frames = IntCounter::new(
+            "roomcast_presence_frames_total",
+            "Presence frames sent to connections",
+        )
+        .expect("static");
+        let presence_coalesced = IntCounter::new(
+            "roomcast_presence_coalesced_total",
+            "Leaves and joins never shown: a member back within the grace",
+        )
+        .expect("static");
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "roomcast_db_pool_connections",
@@ -187,6 +208,9 @@ impl Metrics {
             Box::new(events_pruned.clone()),
             Box::new(oldest_event_age.clone()),
             Box::new(events_table_bytes.clone()),
+            Box::new(presence_members.clone()),
+            Box::new(presence_frames.clone()),
+            Box::new(presence_coalesced.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -222,6 +246,9 @@ impl Metrics {
             events_pruned,
             oldest_event_age,
             events_table_bytes,
+            presence_members,
+            presence_frames,
+            presence_coalesced,
         }
     }
 

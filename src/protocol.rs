@@ -549,6 +549,10 @@ pub enum ClientMsg {
         room: String,
         #[serde(default)]
         since: Option<i64>,
+        /// Join the room as a member (the token's `sub` and `info`) and get
+        /// its presence frames.
+        #[serde(default)]
+        presence: bool,
     },
     Unsubscribe {
         room: String,
@@ -582,6 +586,9 @@ pub enum ServerMsg<'a> {
         head: i64,
         status: RoomStatus,
         state: &'a Value,
+        /// The room's members, for a subscription with presence.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<&'a [crate::presence::Member]>,
     },
     Unsubscribed {
         room: &'a str,

@@ -23,9 +23,15 @@ use crate::cursor::{self, Cursor};
 use crate::db::{Catchup, CatchupDone};
 use crate::limits::ConnectionSlot;
 use crate::outbox::{ws_frame_len, Counted, Outbox};
+use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
 use crate::protocol::{ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, ServerMsg, Via};
 use crate::room::{Deliver, Leave, Push};
 use crate::startup::AppState;
+
+/// The `info` of a member whose token has none.
+pub fn no_info() -> Arc<serde_json::Value> {
+    Arc::new(serde_json::json!({}))
+}
 
 /// Largest client frame (bytes); larger ones close the connection with 1009.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -53,7 +59,7 @@ pub fn start(
     state: web::Data<AppState>,
     principal: Principal,
     slot: ConnectionSlot,
-    initial: Option<(RoomId, Option<i64>)>,
+    initial: Option<(RoomId, Option<i64>, bool)>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
     let session = WsSession::new(state, principal, slot, initial);
@@ -78,7 +84,7 @@ pub struct WsSession {
     /// interval means dead.
     heard: Instant,
     /// Subscription requested by the URL (`/v1/rooms/{room}/ws?since=N`).
-    initial: Option<(RoomId, Option<i64>)>,
+    initial: Option<(RoomId, Option<i64>, bool)>,
     out: Outbox,
     /// The outbox filled up: pushes are not taken until it drains.
     pulling: bool,
@@ -97,7 +103,7 @@ impl WsSession {
         state: web::Data<AppState>,
         principal: Principal,
         slot: ConnectionSlot,
-        initial: Option<(RoomId, Option<i64>)>,
+        initial: Option<(RoomId, Option<i64>, bool)>,
     ) -> Self {
         let out = Outbox::new(state.config.backlog());
         WsSession {
@@ -193,7 +199,11 @@ impl WsSession {
             Err(e) => return self.error(ctx, "bad_request", &e.0, None),
         };
         match msg {
-            ClientMsg::Subscribe { room, since } => self.subscribe(&room, since, ctx),
+            ClientMsg::Subscribe {
+                room,
+                since,
+                presence,
+            } => self.subscribe(&room, since, presence, ctx),
             ClientMsg::Unsubscribe { room } => {
                 if let Ok(id) = RoomId::parse(&room) {
                     self.unsubscribe(&id);
@@ -231,7 +241,13 @@ impl WsSession {
         }
     }
 
-    fn subscribe(&mut self, room: &str, since: Option<i64>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn subscribe(
+        &mut self,
+        room: &str,
+        since: Option<i64>,
+        presence: bool,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let id = match RoomId::parse(room) {
             Ok(id) => id,
             Err(e) => return self.error(ctx, "bad_request", &e.0, Some(room)),
@@ -271,6 +287,7 @@ impl WsSession {
         let generation = self.generation;
         let mut cursor = Cursor::new(key.clone());
         cursor.generation = generation;
+        cursor.presence = presence;
         self.subs.insert(id.clone(), cursor);
         self.state.metrics.subscriptions.inc();
         let opening = cursor::open(
@@ -282,55 +299,89 @@ impl WsSession {
             since,
             ctx.address().recipient(),
         );
-        ctx.spawn(opening.into_actor(self).map(move |opened, act, ctx| {
-            let current = act.subs.get(&id);
-            if !current.is_some_and(|s| s.last.is_none() && s.generation == generation) {
-                // Unsubscribed meanwhile (and maybe subscribed again): its
-                // unsubscribe may have reached the router before this join
-                // did, so leave again (a later subscription stays).
-                act.state.broadcaster.do_send(Leave {
-                    key,
-                    session: act.id,
-                    generation,
-                });
-                return;
-            }
-            let opened = match opened {
-                Ok(o) => o,
-                Err(e) => {
-                    log::warn!("session={} subscribe room={id}: {e}", act.name);
-                    act.unsubscribe(&id);
-                    let msg = "the database is unavailable; subscribe again shortly";
-                    return act.error(ctx, "unavailable", msg, Some(id.as_str()));
-                }
+        let joining = presence.then(|| {
+            self.state.presence.send(PresenceJoin {
+                key: key.clone(),
+                session: self.id,
+                generation,
+                sub: self.principal.sub.clone(),
+                info: self.principal.info.clone().unwrap_or_else(no_info),
+                out: ctx.address().recipient(),
+            })
+        });
+        let opening = async move {
+            let members = match joining {
+                Some(j) => Some(j.await.unwrap_or_default()),
+                None => None,
             };
-            act.send(
-                ctx,
-                ServerMsg::Subscribed {
-                    room: id.as_str(),
-                    head: opened.head,
-                    status: opened.status,
-                    state: &opened.state,
-                },
-            );
-            let (last, reset) = cursor::start_at(since, opened.head, opened.first);
-            if reset {
-                act.send(
-                    ctx,
-                    ServerMsg::Reset {
-                        room: id.as_str(),
-                        head: opened.head,
-                        first: opened.first,
-                        state: &opened.state,
-                    },
-                );
-            }
-            if let Some(sub) = act.subs.get_mut(&id) {
-                sub.last = Some(last);
-                sub.head = opened.routed;
-            }
-            act.advance(&id, &[], opened.head, ctx);
-        }));
+            (opening.await, members)
+        };
+        ctx.spawn(
+            opening
+                .into_actor(self)
+                .map(move |(opened, members), act, ctx| {
+                    let current = act.subs.get(&id);
+                    if !current.is_some_and(|s| s.last.is_none() && s.generation == generation) {
+                        // Unsubscribed meanwhile (and maybe subscribed again): its
+                        // unsubscribe may have reached the router before this join
+                        // did, so leave again (a later subscription stays).
+                        if presence {
+                            act.state.presence.do_send(PresenceLeave {
+                                key: key.clone(),
+                                session: act.id,
+                                generation,
+                            });
+                        }
+                        act.state.broadcaster.do_send(Leave {
+                            key,
+                            session: act.id,
+                            generation,
+                        });
+                        return;
+                    }
+                    let opened = match opened {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log::warn!("session={} subscribe room={id}: {e}", act.name);
+                            act.unsubscribe(&id);
+                            let msg = "the database is unavailable; subscribe again shortly";
+                            return act.error(ctx, "unavailable", msg, Some(id.as_str()));
+                        }
+                    };
+                    act.send(
+                        ctx,
+                        ServerMsg::Subscribed {
+                            room: id.as_str(),
+                            head: opened.head,
+                            status: opened.status,
+                            state: &opened.state,
+                            presence: members.as_deref(),
+                        },
+                    );
+                    let (last, reset) = cursor::start_at(since, opened.head, opened.first);
+                    if reset {
+                        act.send(
+                            ctx,
+                            ServerMsg::Reset {
+                                room: id.as_str(),
+                                head: opened.head,
+                                first: opened.first,
+                                state: &opened.state,
+                            },
+                        );
+                    }
+                    let mut early = Vec::new();
+                    if let Some(sub) = act.subs.get_mut(&id) {
+                        sub.last = Some(last);
+                        sub.head = opened.routed;
+                        early = std::mem::take(&mut sub.presence_early);
+                    }
+                    for text in early {
+                        act.write(ctx, text);
+                    }
+                    act.advance(&id, &[], opened.head, ctx);
+                }),
+        );
     }
 
     /// The events after the cursor fell out of the retention (found by a
@@ -381,6 +432,13 @@ impl WsSession {
         if let Some(sub) = self.subs.remove(id) {
             self.state.metrics.subscriptions.dec();
             self.pending.retain(|(room, _), _| room != id);
+            if sub.presence {
+                self.state.presence.do_send(PresenceLeave {
+                    key: sub.key.clone(),
+                    session: self.id,
+                    generation: sub.generation,
+                });
+            }
             self.state.broadcaster.do_send(Leave {
                 key: sub.key,
                 session: self.id,
@@ -576,8 +634,8 @@ impl Actor for WsSession {
         } else {
             self.check_expiry(ctx);
         }
-        if let Some((room, since)) = self.initial.take() {
-            self.subscribe(room.as_str(), since, ctx);
+        if let Some((room, since, presence)) = self.initial.take() {
+            self.subscribe(room.as_str(), since, presence, ctx);
         }
     }
 
@@ -642,6 +700,23 @@ impl Handler<Deliver> for WsSession {
             }
             Push::Resync => {}
         }
+    }
+}
+
+impl Handler<PresenceOut> for WsSession {
+    type Result = ();
+
+    /// A presence frame of a room this connection is a member of (never
+    /// dropped: it is a change of a set).
+    fn handle(&mut self, msg: PresenceOut, ctx: &mut Self::Context) {
+        let Some(sub) = self.subs.get_mut(&msg.key.room).filter(|s| s.presence) else {
+            return;
+        };
+        if sub.last.is_none() {
+            // `subscribed` (with the members) goes first.
+            return sub.presence_early.push(msg.text);
+        }
+        self.write(ctx, msg.text);
     }
 }
 

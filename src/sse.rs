@@ -26,6 +26,7 @@ use crate::cursor::{self, Cursor};
 use crate::db::{Catchup, CatchupDone};
 use crate::limits::ConnectionSlot;
 use crate::outbox::{Counted, Outbox};
+use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
 use crate::protocol::{EphemeralFrame, Frame, RoomKey, ServerMsg, Via};
 use crate::room::{Deliver, Leave, Push};
 use crate::startup::AppState;
@@ -52,6 +53,7 @@ pub fn start(
     slot: ConnectionSlot,
     key: RoomKey,
     since: Option<i64>,
+    presence: bool,
 ) -> Body {
     let (tx, rx) = mpsc::unbounded_channel();
     let out = Outbox::new(state.config.backlog());
@@ -59,9 +61,11 @@ pub fn start(
     let body = Counted::new(Receiver(rx), counters.clone());
     let id = state.next_session_id();
     state.metrics.watch_backlog(id, &counters);
+    let mut cursor = Cursor::new(key);
+    cursor.presence = presence;
     SseSession {
         id,
-        cursor: Cursor::new(key),
+        cursor,
         state,
         principal,
         since,
@@ -265,7 +269,28 @@ impl SseSession {
             self.since,
             ctx.address().recipient(),
         );
-        ctx.spawn(opening.into_actor(self).map(|opened, act, ctx| {
+        let joining = self.cursor.presence.then(|| {
+            self.state.presence.send(PresenceJoin {
+                key: self.cursor.key.clone(),
+                session: self.id,
+                generation: 0,
+                sub: self.principal.sub.clone(),
+                info: self
+                    .principal
+                    .info
+                    .clone()
+                    .unwrap_or_else(crate::session::no_info),
+                out: ctx.address().recipient(),
+            })
+        });
+        let opening = async move {
+            let members = match joining {
+                Some(j) => Some(j.await.unwrap_or_default()),
+                None => None,
+            };
+            (opening.await, members)
+        };
+        ctx.spawn(opening.into_actor(self).map(|(opened, members), act, ctx| {
             let room = act.cursor.key.room.clone();
             let opened = match opened {
                 Ok(o) => o,
@@ -285,6 +310,7 @@ impl SseSession {
                 head: opened.head,
                 status: opened.status,
                 state: &opened.state,
+                presence: members.as_deref(),
             };
             let (last, reset) = cursor::start_at(act.since, opened.head, opened.first);
             // `subscribed` carries where the stream starts: the head when it
@@ -306,6 +332,9 @@ impl SseSession {
             }
             act.cursor.last = Some(last);
             act.cursor.head = opened.routed;
+            for text in std::mem::take(&mut act.cursor.presence_early) {
+                act.write(ctx, message(None, "presence", &text));
+            }
             act.advance(&[], opened.head, ctx);
         }));
     }
@@ -351,6 +380,13 @@ impl Actor for SseSession {
         m.unwatch_backlog(self.id);
         m.connections.with_label_values(&["sse"]).dec();
         m.subscriptions.dec();
+        if self.cursor.presence {
+            self.state.presence.do_send(PresenceLeave {
+                key: self.cursor.key.clone(),
+                session: self.id,
+                generation: 0,
+            });
+        }
         self.state.broadcaster.do_send(Leave {
             key: self.cursor.key.clone(),
             session: self.id,
@@ -385,6 +421,19 @@ impl Handler<Deliver> for SseSession {
                 }
             }
         }
+    }
+}
+
+impl Handler<PresenceOut> for SseSession {
+    type Result = ();
+
+    /// A presence frame: `event: presence`, no `id` (never dropped).
+    fn handle(&mut self, msg: PresenceOut, ctx: &mut Context<Self>) {
+        if self.cursor.last.is_none() {
+            // `subscribed` (with the members) goes first.
+            return self.cursor.presence_early.push(msg.text);
+        }
+        self.write(ctx, message(None, "presence", &msg.text));
     }
 }
 

@@ -23,6 +23,7 @@ use crate::http::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pgcluster::PrivateCluster;
+use crate::presence::{Clear, Presence, SetBus};
 use crate::relay::Relay;
 use crate::room::Broadcaster;
 use crate::webhook::Secrets;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub listener_up: Arc<AtomicBool>,
     /// The bus to other instances, if one is set (for `/readyz`, health).
     pub bus: Option<Bus>,
+    /// Who is in which room.
+    pub presence: Addr<Presence>,
     /// Flips to true on shutdown: every session closes with 1001.
     pub shutdown: watch::Receiver<bool>,
     /// This process among the instances sharing the database.
@@ -229,6 +232,8 @@ impl Application {
         let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let mut made = None;
         let mut bus_error = None;
+        let presence = Presence::new(instance.clone(), pool.clone(), metrics.clone()).start();
+        let presence_in = presence.clone();
         // The Db actor reports commits to the Broadcaster, which asks the Db
         // actor for reads, and the bus hands other instances' commits to the
         // Broadcaster: all are made here, around the Broadcaster's address.
@@ -241,6 +246,7 @@ impl Application {
                     instance.clone(),
                     metrics2.clone(),
                     ctx.address(),
+                    presence_in.clone(),
                 ) {
                     Ok(bus) => Some(bus),
                     Err(e) => {
@@ -266,6 +272,9 @@ impl Application {
             return Err(StartError::Bus(e.to_string()));
         }
         let (db, bus) = made.ok_or_else(|| StartError::Database("Db actor not started".into()))?;
+        if let Some(bus) = &bus {
+            presence.do_send(SetBus(bus.clone()));
+        }
         let listener_up = Arc::new(AtomicBool::new(false));
         let hints = match &bus {
             None => listener::Hints::Router,
@@ -287,6 +296,7 @@ impl Application {
             listener_up.clone(),
             instance.clone(),
             hints,
+            presence.clone(),
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -317,6 +327,7 @@ impl Application {
             metrics,
             listener_up,
             bus,
+            presence,
             shutdown: shutdown_rx,
             instance,
             next_session: AtomicU64::new(1),
@@ -368,6 +379,12 @@ impl Application {
             () = stop => {
                 log::info!("shutting down");
                 let _ = self.shutdown.send(true);
+                // This instance's presence members leave now.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.state.presence.send(Clear),
+                )
+                .await;
                 // The command is sent now; its future only reports completion,
                 // which needs the server polled: await the server itself.
                 drop(handle.stop(true));

@@ -735,3 +735,160 @@ pub async fn retention_gauges(
     let row = client.query_one(stmt, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }
+
+/// A member's state on one instance, as written and announced: `connections`
+/// 0 means it left that instance.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PresenceEntry {
+    pub sub: String,
+    pub info: Value,
+    pub connections: i64,
+}
+
+/// Writes this instance's changed members of rooms (batched: one statement
+/// for the upserts, one for the deletes), with its change counter `ver`.
+pub async fn presence_write(
+    client: &impl GenericClient,
+    instance: &str,
+    ver: i64,
+    changes: &[(RoomKey, PresenceEntry)],
+) -> Result<(), StoreError> {
+    let (gone, here): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, e)| e.connections == 0);
+    if !here.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO presence (org, room, instance, sub, info, connections, ver, expires_at)
+                 SELECT o, r, $1, s, i, c, $2, now() + interval '20 seconds'
+                   FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int[]) AS u(o, r, s, i, c)
+                 ON CONFLICT (org, room, instance, sub) DO UPDATE
+                   SET info = excluded.info, connections = excluded.connections,
+                       ver = excluded.ver, expires_at = excluded.expires_at",
+            )
+            .await?;
+        let orgs: Vec<&str> = here.iter().map(|(k, _)| k.org.as_str()).collect();
+        let rooms: Vec<&str> = here.iter().map(|(k, _)| k.room.as_str()).collect();
+        let subs: Vec<&str> = here.iter().map(|(_, e)| e.sub.as_str()).collect();
+        let infos: Vec<&Value> = here.iter().map(|(_, e)| &e.info).collect();
+        let conns: Vec<i32> = here.iter().map(|(_, e)| e.connections as i32).collect();
+        client
+            .execute(
+                &stmt,
+                &[&instance, &ver, &orgs, &rooms, &subs, &infos, &conns],
+            )
+            .await?;
+    }
+    if !gone.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "DELETE FROM presence p
+                  USING unnest($2::text[], $3::text[], $4::text[]) AS u(o, r, s)
+                  WHERE p.org = u.o AND p.room = u.r AND p.sub = u.s AND p.instance = $1",
+            )
+            .await?;
+        let orgs: Vec<&str> = gone.iter().map(|(k, _)| k.org.as_str()).collect();
+        let rooms: Vec<&str> = gone.iter().map(|(k, _)| k.room.as_str()).collect();
+        let subs: Vec<&str> = gone.iter().map(|(_, e)| e.sub.as_str()).collect();
+        client
+            .execute(&stmt, &[&instance, &orgs, &rooms, &subs])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Keeps this instance's members alive (another 30 s), and forgets the rows
+/// of instances that stopped doing so.
+pub async fn presence_refresh(
+    client: &impl GenericClient,
+    instance: &str,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE presence SET expires_at = now() + interval '20 seconds' WHERE instance = $1",
+        )
+        .await?;
+    client.execute(&stmt, &[&instance]).await?;
+    let stmt = client
+        .prepare_cached("DELETE FROM presence WHERE expires_at < now() - interval '60 seconds'")
+        .await?;
+    client.execute(&stmt, &[]).await?;
+    Ok(())
+}
+
+/// Removes every row of this instance (on start: rows of an earlier run of
+/// the same id cannot exist, ids are fresh; on shutdown: its members leave at
+/// once).
+pub async fn presence_clear(client: &impl GenericClient, instance: &str) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("DELETE FROM presence WHERE instance = $1")
+        .await?;
+    client.execute(&stmt, &[&instance]).await?;
+    Ok(())
+}
+
+/// The members other instances hold in a room, with each row's `ver`.
+pub async fn presence_load(
+    client: &impl GenericClient,
+    key: &RoomKey,
+    me: &str,
+) -> Result<Vec<(String, i64, PresenceEntry)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT instance, ver, sub, info, connections FROM presence
+              WHERE org = $1 AND room = $2 AND instance <> $3 AND expires_at > now()",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&key.org, &key.room.as_str(), &me])
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                PresenceEntry {
+                    sub: r.get(2),
+                    info: r.get(3),
+                    connections: r.get::<_, i32>(4) as i64,
+                },
+            )
+        })
+        .collect())
+}
+
+/// A room's members over every live instance: (sub, info, connections),
+/// ordered by sub.
+pub async fn presence_members(
+    client: &impl GenericClient,
+    key: &RoomKey,
+) -> Result<Vec<PresenceEntry>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT sub, (array_agg(info ORDER BY ver DESC))[1], sum(connections)::bigint
+               FROM presence
+              WHERE org = $1 AND room = $2 AND expires_at > now() AND connections > 0
+              GROUP BY sub ORDER BY sub",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&key.org, &key.room.as_str()])
+        .await?
+        .into_iter()
+        .map(|r| PresenceEntry {
+            sub: r.get(0),
+            info: r.get(1),
+            connections: r.get(2),
+        })
+        .collect())
+}
+
+/// Sends presence messages on channel `roomcast_presence` (many at once).
+pub async fn presence_notify(
+    client: &impl GenericClient,
+    payloads: &[String],
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT pg_notify('roomcast_presence', p) FROM unnest($1::text[]) AS p")
+        .await?;
+    client.execute(&stmt, &[&payloads]).await?;
+    Ok(())
+}

@@ -326,6 +326,7 @@ pub fn token(sub: &str, publish: bool) -> String {
             exp: roomcast::auth::now_secs() + 24 * 3600,
             rooms: None,
             publish: publish.then_some(true),
+            info: None,
         },
     )
 }

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod openapi;
 pub mod origin;
+pub mod presence;
 pub mod rooms;
 pub mod sse;
 pub mod ws;
@@ -74,6 +75,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/rooms/{room}/events", web::get().to(events::poll))
     .route("/v1/rooms/{room}/sse", web::get().to(sse::stream))
+    .route(
+        "/v1/rooms/{room}/presence",
+        web::get().to(presence::members),
+    )
     .route("/v1/rooms/{room}", web::get().to(rooms::get))
     .route("/v1/rooms", web::get().to(rooms::list))
     .route("/openapi.json", web::get().to(openapi::openapi))

@@ -22,6 +22,8 @@ pub struct SseQuery {
     /// here for the OpenAPI document).
     #[allow(dead_code)]
     token: Option<String>,
+    /// `1`: join the room as a member and get `event: presence` messages.
+    presence: Option<String>,
 }
 
 /// A Server-Sent Events stream of a room.
@@ -60,9 +62,10 @@ pub async fn stream(
     if since.is_some_and(|s| s < 0) {
         return Err(ApiError::BadRequest("since must be 0 or more".into()));
     }
+    let presence = super::ws::presence_asked(query.presence.as_deref())?;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
-    let body = sse::start(state, principal, slot, key, since);
+    let body = sse::start(state, principal, slot, key, since, presence);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

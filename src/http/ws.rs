@@ -12,6 +12,17 @@ use crate::startup::AppState;
 #[derive(Deserialize)]
 pub struct SinceQuery {
     since: Option<i64>,
+    /// `1` (or `true`): join the room as a member and get its presence.
+    presence: Option<String>,
+}
+
+/// `?presence=1` / `?presence=true`.
+pub fn presence_asked(v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(_) => Err(ApiError::BadRequest("presence must be 1 or 0".into())),
+    }
 }
 
 /// `GET /v1/ws`: a connection that subscribes with messages.
@@ -39,6 +50,7 @@ pub async fn connect_room(
         return Err(ApiError::BadRequest("since must be 0 or more".into()).into());
     }
     let room = key.room;
+    let presence = presence_asked(query.presence.as_deref())?;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
     session::start(
@@ -47,6 +59,6 @@ pub async fn connect_room(
         state,
         principal,
         slot,
-        Some((room, query.since)),
+        Some((room, query.since, presence)),
     )
 }

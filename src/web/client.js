@@ -111,11 +111,27 @@
  * @property {Snapshot} snapshot the room's state, status or head changed (from a poll answer, `subscribed`, or a snapshot read after events when `snapshots` is on)
  * @property {{head: number, state: Record<string, unknown>, first: number, since: number}} reset the events after the cursor (`since`) can no longer be replayed (pruned by the retention when `since < first - 1`, else the cursor was beyond the head): resync from `state`; the cursor is now `head`; `first` is the lowest seq the room still stores
  * @property {ClientError} error
+ * @property {PresenceChange} presence the room's members changed (subscriptions with `presence`)
+ */
+
+/**
+ * @typedef {object} Member
+ * @property {string} sub the member (a token's `sub`)
+ * @property {Record<string, unknown>} info what its token says of it (display name, avatar, role)
+ */
+
+/**
+ * @typedef {object} PresenceChange
+ * @property {Member[]} members every member now
+ * @property {Member[]} joined
+ * @property {{sub: string}[]} left
  */
 
 /**
  * @typedef {object} SubscribeOptions
  * @property {number | null} [since] the last seq the caller already has: events after it are delivered. `0`: the whole history; absent/`null`: from now on (no history)
+ * @property {boolean} [presence] join the room as a member (the token's `sub` and `info`) and follow its members: `subscribed` brings them, `presence` frames the changes (realtime); in polling mode the members are read every few seconds and the page is not a member
+ * @property {(p: PresenceChange) => void} [onPresence]
  * @property {boolean} [snapshots] re-read the room's snapshot (state, status) shortly after events arrive over WebSocket, whose frames carry no state; poll answers carry it anyway. Default false.
  * @property {(e: RoomEvent) => void} [onEvent]
  * @property {(s: Snapshot) => void} [onSubscribed]
@@ -158,6 +174,8 @@ const DEFAULTS = {
 
 /** How often the watchdog runs (it compares wall-clock times; a late tick is fine). */
 const TICK_MS = 1000;
+/** Polling mode: the members of a room with `presence` are read this often. */
+const MEMBERS_POLL_MS = 5000;
 /** A WebSocket that lived this long before closing resets the backoff. */
 const STABLE_MS = 5000;
 /** A long-poll still pending this long past its `wait` is presumed dead. */
@@ -283,6 +301,12 @@ export class Subscription extends Emitter {
     this.state = {};
     /** Re-read the snapshot after WebSocket events. */
     this.snapshots = options.snapshots ?? false;
+    /** Join as a member and follow the members. */
+    this.presence = options.presence ?? false;
+    /** The room's members (with `presence`), by sub. @type {Map<string, Record<string, unknown>>} */
+    this.members = new Map();
+    /** @internal when the members were last read over REST (polling) */
+    this.membersReadAt = 0;
     /** @internal the server confirmed the subscription on the current WebSocket */
     this.wsSubscribed = false;
     /** @internal the server refused the subscription (forbidden, bad request): not retried */
@@ -308,6 +332,7 @@ export class Subscription extends Emitter {
     if (options.onSnapshot) this.on('snapshot', options.onSnapshot);
     if (options.onReset) this.on('reset', options.onReset);
     if (options.onError) this.on('error', options.onError);
+    if (options.onPresence) this.on('presence', options.onPresence);
   }
 
   /** Stops following the room. */
@@ -1034,6 +1059,7 @@ export class RoomcastClient extends Emitter {
         sub.wsSubscribed = true;
         sub.failed = null;
         if (sub.cursor === null) sub.cursor = msg.head;
+        if (Array.isArray(msg.presence)) this._members(sub, msg.presence);
         this._snapshot(sub, msg, 'subscribed');
         if (this._healthyWs(c)) this._contact();
         break;
@@ -1048,6 +1074,14 @@ export class RoomcastClient extends Emitter {
       case 'reset': {
         if (!sub) return;
         this._reset(sub, msg.head, msg.state, msg.first);
+        break;
+      }
+      case 'presence': {
+        if (!sub || !sub.presence) return;
+        const next = new Map(sub.members);
+        for (const m of msg.left ?? []) next.delete(m.sub);
+        for (const m of msg.joined ?? []) next.set(m.sub, m.info ?? {});
+        this._members(sub, [...next].map(([s, info]) => ({ sub: s, info })));
         break;
       }
       case 'error': {
@@ -1091,9 +1125,10 @@ export class RoomcastClient extends Emitter {
     if (!c || !c.welcomed || !sub.active) return;
     sub.wsSubscribed = false;
     if (c.leaving.has(sub.room)) return; // subscribed again on `unsubscribed`
-    /** @type {{op: string, room: string, since?: number}} */
+    /** @type {{op: string, room: string, since?: number, presence?: boolean}} */
     const msg = { op: 'subscribe', room: sub.room };
     if (sub.cursor !== null) msg.since = sub.cursor;
+    if (sub.presence) msg.presence = true;
     c.opening.add(sub.room);
     this._send(c, msg);
   }
@@ -1217,6 +1252,10 @@ export class RoomcastClient extends Emitter {
         if (this._pollFailing || (this._lost && this._everConnected)) {
           if (this._lost) this._counts.reconnects += 1;
           this._pollFailing = false;
+        }
+        if (sub.presence && Date.now() - sub.membersReadAt > MEMBERS_POLL_MS) {
+          sub.membersReadAt = Date.now();
+          this._readMembers(sub, ctl.signal);
         }
         if (!this._everConnected || this._lost) this.emit('connected', { transport: 'longpoll', session: null });
         this._everConnected = true;
@@ -1446,6 +1485,40 @@ export class RoomcastClient extends Emitter {
         this._deliver(sub, ev);
       }
       this._changed();
+    }
+  }
+
+  /**
+   * Takes the room's members as they are now and tells the listeners who
+   * joined and who left since the last time.
+   * @private
+   * @param {Subscription} sub
+   * @param {{sub: string, info?: Record<string, unknown>}[]} list
+   */
+  _members(sub, list) {
+    const next = new Map(list.map((m) => [m.sub, m.info ?? {}]));
+    /** @type {Member[]} */
+    const joined = [];
+    for (const [s, info] of next) if (!sub.members.has(s)) joined.push({ sub: s, info });
+    const left = [...sub.members.keys()].filter((s) => !next.has(s)).map((s) => ({ sub: s }));
+    sub.members = next;
+    if (joined.length || left.length) {
+      sub.emit('presence', { members: [...next].map(([s, info]) => ({ sub: s, info })), joined, left });
+    }
+  }
+
+  /**
+   * Polling mode: the members over REST (the page is not a member itself).
+   * @private
+   * @param {Subscription} sub
+   * @param {AbortSignal} [signal]
+   */
+  async _readMembers(sub, signal) {
+    try {
+      const body = await this._get(`/v1/rooms/${encodeURIComponent(sub.room)}/presence`, signal);
+      if (body && sub.active && Array.isArray(body.members)) this._members(sub, body.members);
+    } catch {
+      // the next round tries again
     }
   }
 

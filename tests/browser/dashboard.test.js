@@ -174,3 +174,30 @@ test('Refresh fetches from the cursor now (an event whose push was lost shows at
   assert.equal(s.status, 'live');
   await ctx.close();
 });
+
+test('the room shows who is in it (presence) and who is typing', async () => {
+  const org = freshOrg();
+  const room = 'meeting-people';
+  const producer = token({ org, sub: 'pipeline', pub: true });
+  await publish(server, producer, room, { type: 'meeting.started', data: {} });
+  const ctxA = await newContext(browser, { mode: 'realtime' });
+  const pageA = await ctxA.newPage();
+  await pageA.goto(dashboardUrl(server, token({ org, sub: 'dana', info: { name: 'Dana' } }), room));
+  await untilStatus(pageA, 'live');
+  await until(pageA, () => [...document.querySelectorAll('#members li')].map((li) => li.textContent).join(',') === 'Dana', null, { what: 'Dana alone' });
+  // Another member opens the room: both pages show both.
+  const ctxB = await newContext(browser, { mode: 'realtime' });
+  const pageB = await ctxB.newPage();
+  await pageB.goto(dashboardUrl(server, token({ org, sub: 'eli', info: { name: 'Eli' } }), room));
+  const both = () => [...document.querySelectorAll('#members li')].map((li) => li.textContent).sort().join(',') === 'Dana,Eli';
+  await until(pageA, both, null, { what: 'Dana and Eli on page A' });
+  await until(pageB, both, null, { what: 'Dana and Eli on page B' });
+  // Typing: an ephemeral event keyed by member.
+  await publish(server, producer, room, { type: 'typing', data: { name: 'Eli' }, ephemeral: true, key: 'eli' });
+  await until(pageA, () => /Eli is typing/.test(document.querySelector('#typing').textContent), null, { what: 'Eli is typing' });
+  await screenshot(pageA, 'dashboard-presence.png');
+  // Eli leaves (closes the page): after the 2 s grace Dana is alone again.
+  await ctxB.close();
+  await until(pageA, () => [...document.querySelectorAll('#members li')].map((li) => li.textContent).join(',') === 'Dana', null, { what: 'Eli gone', timeout: 10000 });
+  await ctxA.close();
+});

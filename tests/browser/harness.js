@@ -41,12 +41,13 @@ const b64url = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v))
 
 /**
  * An HS256 JWT as the server checks it.
- * @param {{org: string, sub?: string, pub?: boolean, rooms?: string[], ttl?: number}} c
+ * @param {{org: string, sub?: string, pub?: boolean, rooms?: string[], ttl?: number, info?: object}} c
  */
-export function token({ org, sub = 'viewer', pub = false, rooms, ttl = 3600 }) {
+export function token({ org, sub = 'viewer', pub = false, rooms, ttl = 3600, info }) {
   const claims = { sub, org, exp: Math.floor(Date.now() / 1000) + ttl };
   if (pub) claims.pub = true;
   if (rooms) claims.rooms = rooms;
+  if (info) claims.info = info;
   const head = `${b64url({ alg: 'HS256', typ: 'JWT' })}.${b64url(claims)}`;
   return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
 }

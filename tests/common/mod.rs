@@ -205,6 +205,7 @@ pub fn token_with(
             exp: (now_secs() as i64 + ttl).max(0) as u64,
             rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
             publish: publish.then_some(true),
+            info: None,
         },
     )
 }

@@ -1,0 +1,452 @@
+//! Presence (issue 13): members come from tokens, one member per `sub`
+//! whatever its connections, join/leave coalesced per room (at most 4
+//! frames a second, a reconnect within 2 s neither a leave nor a join),
+//! across instances (PostgreSQL or a bus), and the members of a dead
+//! instance leave within 30 s.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use roomcast::auth::{mint, now_secs, Claims};
+use serde_json::{json, Value};
+
+/// A token of `sub` in org `org` carrying `info`.
+fn member_token(org: &str, sub: &str, info: Value) -> String {
+    mint(
+        SECRET,
+        &Claims {
+            sub: sub.into(),
+            org: org.into(),
+            exp: now_secs() + 3600,
+            rooms: None,
+            publish: None,
+            info: Some(info),
+        },
+    )
+}
+
+/// A connection that is a member of a room and keeps its view of the
+/// members from `subscribed` and the `presence` frames.
+struct Member {
+    ws: WsClient,
+    sub: String,
+    room: String,
+    seen: BTreeSet<String>,
+    frames: usize,
+    /// Every (joined, left) frame received, in order.
+    log: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Member {
+    async fn join(port: u16, org: &str, sub: &str, room: &str) -> Member {
+        let tok = member_token(org, sub, json!({"name": sub.to_uppercase()}));
+        let mut ws = WsClient::connect(port, &format!("/v1/ws?token={tok}")).await;
+        ws.expect_op("welcome").await;
+        ws.send(json!({"op": "subscribe", "room": room, "presence": true}))
+            .await;
+        let s = ws.expect_op("subscribed").await;
+        let seen = s["presence"]
+            .as_array()
+            .expect("subscribed carries the members")
+            .iter()
+            .map(|m| m["sub"].as_str().unwrap().to_owned())
+            .collect();
+        Member {
+            ws,
+            sub: sub.into(),
+            room: room.into(),
+            seen,
+            frames: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, m: &Value) {
+        if m["op"] != "presence" || m["room"] != self.room.as_str() {
+            return;
+        }
+        self.frames += 1;
+        let joined: Vec<String> = m["joined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["sub"].as_str().unwrap().to_owned())
+            .collect();
+        let left: Vec<String> = m["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["sub"].as_str().unwrap().to_owned())
+            .collect();
+        for s in &joined {
+            assert!(
+                self.seen.insert(s.clone()),
+                "{} told {s} joined twice",
+                self.sub
+            );
+        }
+        for s in &left {
+            assert!(
+                self.seen.remove(s),
+                "{} told {s} left but never joined",
+                self.sub
+            );
+        }
+        self.log.push((joined, left));
+    }
+
+    /// Reads frames for `d`.
+    async fn read_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.ws.recv_within(left).await {
+                Some(m) => self.apply(&m),
+                None if self.ws.ended => return,
+                None => {}
+            }
+        }
+    }
+
+    /// Reads frames until the view is `want` (panics after 40 s).
+    async fn until(&mut self, want: &BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while &self.seen != want {
+            assert!(
+                Instant::now() < deadline,
+                "{} sees {:?}, wanted {:?}",
+                self.sub,
+                self.seen,
+                want
+            );
+            if let Some(m) = self.ws.recv_within(Duration::from_millis(500)).await {
+                self.apply(&m);
+            }
+        }
+    }
+}
+
+fn set(subs: &[&str]) -> BTreeSet<String> {
+    subs.iter().map(|s| s.to_string()).collect()
+}
+
+async fn rest_members(port: u16, org: &str, room: &str) -> BTreeSet<String> {
+    let (s, body, _) = get(
+        port,
+        &format!("/v1/rooms/{room}/presence"),
+        &token(org, "backend", false),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sub"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Clients joining and leaving on two instances: at quiescence every member
+/// sees the same set, the REST endpoint agrees, and a member with two
+/// connections is one member that leaves with its last.
+async fn two_instances(bus: Option<&Broker>) {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.bus = bus.map(Broker::url);
+    let a = spawn_app(cfg.clone()).await;
+    let b = spawn_app(cfg).await;
+    let ports = [a.port, b.port];
+    let mut members = Vec::new();
+    for (i, sub) in ["ana", "ben", "chen", "dia", "eve", "fay"]
+        .iter()
+        .enumerate()
+    {
+        members.push(Member::join(ports[i % 2], "acme", sub, "meet").await);
+    }
+    // "ana" has a second tab, on the other instance.
+    let mut ana2 = Member::join(b.port, "acme", "ana", "meet").await;
+    let all = set(&["ana", "ben", "chen", "dia", "eve", "fay"]);
+    for m in &mut members {
+        m.until(&all).await;
+    }
+    ana2.until(&all).await;
+    assert_eq!(rest_members(a.port, "acme", "meet").await, all);
+    let (_, body, _) = get(
+        b.port,
+        "/v1/rooms/meet/presence",
+        &token("acme", "x", false),
+        &[],
+    )
+    .await;
+    let ana = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["sub"] == "ana")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (ana["connections"].clone(), ana["info"].clone()),
+        (json!(2), json!({"name": "ANA"}))
+    );
+    // "ben" (on b) and "eve" (on a) leave; ana closes one of her two tabs.
+    let eve = members.remove(4);
+    let ben = members.remove(1);
+    eve.ws.close().await;
+    ben.ws.close().await;
+    let ana_first = members.remove(0);
+    ana_first.ws.close().await;
+    let now = set(&["ana", "chen", "dia", "fay"]);
+    for m in &mut members {
+        m.until(&now).await;
+    }
+    ana2.until(&now).await;
+    assert_eq!(rest_members(b.port, "acme", "meet").await, now);
+    // Nobody was ever told ana left.
+    for m in members.iter().chain([&ana2]) {
+        assert!(
+            m.log
+                .iter()
+                .all(|(_, left)| !left.contains(&"ana".to_string())),
+            "{}: {:?}",
+            m.sub,
+            m.log
+        );
+    }
+}
+
+#[actix_web::test]
+async fn members_on_two_instances_see_the_same_set() {
+    two_instances(None).await;
+}
+
+#[actix_web::test]
+async fn members_on_two_instances_over_nats_see_the_same_set() {
+    let nats = Broker::nats();
+    two_instances(Some(&nats)).await;
+}
+
+/// A tab closed and opened again within 2 s (on the other instance, as a
+/// load balancer may do) is neither a leave nor a join.
+#[actix_web::test]
+async fn a_tab_reopened_within_two_seconds_is_neither_a_leave_nor_a_join() {
+    let db = TestDb::new().await;
+    let a = spawn_app(config(&db)).await;
+    let b = spawn_app(config(&db)).await;
+    let mut watcher = Member::join(a.port, "acme", "watcher", "call").await;
+    let gus = Member::join(a.port, "acme", "gus", "call").await;
+    watcher.until(&set(&["watcher", "gus"])).await;
+    let frames = watcher.log.len();
+    gus.ws.close().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _gus_again = Member::join(b.port, "acme", "gus", "call").await;
+    watcher.read_for(Duration::from_secs(4)).await;
+    let later: Vec<_> = watcher.log[frames..].to_vec();
+    assert!(
+        later
+            .iter()
+            .all(|(j, l)| !j.contains(&"gus".to_string()) && !l.contains(&"gus".to_string())),
+        "gus showed as leaving or joining: {later:?}"
+    );
+    assert_eq!(watcher.seen, set(&["watcher", "gus"]));
+    assert!(
+        metric(a.port, "roomcast_presence_coalesced_total").await
+            + metric(b.port, "roomcast_presence_coalesced_total").await
+            <= 1
+    );
+}
+
+/// The members of an instance killed with kill -9 leave, for the members
+/// on the other instances, within 30 s.
+#[actix_web::test]
+async fn the_members_of_a_killed_instance_leave_within_30_seconds() {
+    let db = TestDb::new().await;
+    let a = ServerProcess::start(&db.url, 0, &[]);
+    let mut b = ServerProcess::start(&db.url, 0, &[]);
+    let mut watcher = Member::join(a.port, "acme", "watcher", "room").await;
+    let _doomed = Member::join(b.port, "acme", "doomed", "room").await;
+    watcher.until(&set(&["watcher", "doomed"])).await;
+    b.kill9();
+    let killed = Instant::now();
+    watcher.until(&set(&["watcher"])).await;
+    let took = killed.elapsed();
+    eprintln!("the members of a killed instance left after {took:?}");
+    assert!(took <= Duration::from_secs(30), "{took:?}");
+    while rest_members(a.port, "acme", "room").await != set(&["watcher"]) {
+        assert!(
+            killed.elapsed() <= Duration::from_secs(30),
+            "the REST answer still lists the dead instance's member"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// 2,000 members join one room as fast as they can: each member gets a
+/// bounded number of presence frames (at most 4 a second while the storm
+/// lasts, plus one), and at quiescence sees all 2,000.
+#[actix_web::test]
+async fn a_storm_of_2000_joins_costs_a_bounded_number_of_frames_per_member() {
+    let db = TestDb::new().await;
+    let server = ServerProcess::start(&db.url, 0, &[("ROOMCAST_RATE_LIMITS", "off")]);
+    let rss = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    // The room is open and watched before the storm.
+    let mut first = Member::join(server.port, "acme", "m-0000", "storm").await;
+    let before = rss(server.child.id());
+    const N: usize = 2000;
+    let started = Instant::now();
+    let mut joined = Vec::new();
+    for chunk in (1..N).collect::<Vec<_>>().chunks(200) {
+        joined.extend(
+            join_all(chunk.iter().map(|i| {
+                let sub = format!("m-{i:04}");
+                async move { Member::join(server.port, "acme", &sub, "storm").await }
+            }))
+            .await,
+        );
+    }
+    let storm = started.elapsed();
+    let all: BTreeSet<String> = (0..N).map(|i| format!("m-{i:04}")).collect();
+    first.until(&all).await;
+    let settled = started.elapsed();
+    let after = rss(server.child.id());
+    // Sampled members read everything they were sent, then are counted.
+    let mut sampled: Vec<&mut Member> = joined.iter_mut().step_by(97).collect();
+    for m in sampled.iter_mut() {
+        m.until(&all).await;
+        m.read_for(Duration::from_millis(300)).await;
+    }
+    first.read_for(Duration::from_millis(300)).await;
+    let max = sampled
+        .iter()
+        .map(|m| m.frames)
+        .max()
+        .unwrap_or(0)
+        .max(first.frames);
+    let bound = (settled.as_secs_f64() * 4.0).ceil() as usize + 1;
+    eprintln!(
+        "presence storm: {N} joins in {storm:?}, settled after {settled:?}; frames per member: max {max} of {} sampled, first member {} (bound {bound}); server RSS {:.1} KiB per member (connection included)",
+        sampled.len(),
+        first.frames,
+        (after - before) / N as f64
+    );
+    assert!(max <= bound, "a member got {max} frames in {settled:?}");
+    assert_eq!(
+        metric(server.port, "roomcast_presence_members").await,
+        N as u64
+    );
+}
+
+/// An org never sees another org's members of the same room id; the member
+/// is the token's `sub` (a `sub` in the message is no identity); the
+/// `rooms` claim applies to the REST endpoint; `count_only`; SSE members get
+/// `event: presence`.
+#[actix_web::test]
+async fn members_come_from_tokens_and_never_cross_orgs() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let mut a1 = Member::join(app.port, "acme", "alice", "shared").await;
+    // A client that claims another identity in its message gets its own.
+    let tok = member_token("acme", "bob", json!({"name": "Bob"}));
+    let mut bob = WsClient::connect(app.port, &format!("/v1/ws?token={tok}")).await;
+    bob.expect_op("welcome").await;
+    bob.send(json!({"op": "subscribe", "room": "shared", "presence": true, "sub": "mallory", "info": {"name": "Mallory"}})).await;
+    bob.expect_op("subscribed").await;
+    let mut g1 = Member::join(app.port, "globex", "gina", "shared").await;
+    a1.until(&set(&["alice", "bob"])).await;
+    g1.read_for(Duration::from_millis(800)).await;
+    assert_eq!(g1.seen, set(&["gina"]), "another org's members showed");
+    let (_, body, _) = get(
+        app.port,
+        "/v1/rooms/shared/presence",
+        &token("acme", "x", false),
+        &[],
+    )
+    .await;
+    let bob_entry = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["sub"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(bob_entry["info"], json!({"name": "Bob"}));
+    assert_eq!(body["count"], 2);
+    let (_, body, _) = get(
+        app.port,
+        "/v1/rooms/shared/presence?count_only=1",
+        &token("globex", "x", false),
+        &[],
+    )
+    .await;
+    assert_eq!(body, json!({"room": "shared", "count": 1}));
+    let scoped = token_with("acme", "x", false, Some(vec!["other-*"]), 60);
+    let (s, body, _) = get(app.port, "/v1/rooms/shared/presence", &scoped, &[]).await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    // SSE.
+    let tok = member_token("acme", "sam", json!({}));
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/shared/sse?presence=1&token={tok}"),
+        &[],
+    )
+    .await;
+    let sub = sse.recv_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sub.event, "subscribed");
+    assert!(sub.data["presence"].as_array().is_some());
+    let _late = Member::join(app.port, "acme", "late", "shared").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = sse
+            .recv_within(Duration::from_secs(10))
+            .await
+            .expect("a presence message");
+        if m.event == "presence"
+            && m.data["joined"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["sub"] == "late")
+        {
+            assert_eq!(m.id, None);
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    // A subscription without presence is no member and gets no frames.
+    let mut quiet = WsClient::connect(
+        app.port,
+        &format!(
+            "/v1/rooms/shared/ws?token={}",
+            token("acme", "quiet", false)
+        ),
+    )
+    .await;
+    quiet.expect_op("subscribed").await;
+    let _another = Member::join(app.port, "acme", "another", "shared").await;
+    while let Some(m) = quiet.recv_within(Duration::from_millis(800)).await {
+        assert_ne!(m["op"], "presence");
+    }
+    assert!(!rest_members(app.port, "acme", "shared")
+        .await
+        .contains("quiet"));
+}

@@ -33,6 +33,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::boards::{Boards, RoomChanged};
 use crate::metrics::Metrics;
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
@@ -50,6 +51,7 @@ const KIND_FRAMES: u8 = 1;
 const KIND_HINT: u8 = 2;
 const KIND_EPHEMERAL: u8 = 3;
 const KIND_PRESENCE: u8 = 4;
+const KIND_ORG: u8 = 5;
 
 /// Which broker `ROOMCAST_BUS` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,7 @@ impl Bus {
         metrics: Arc<Metrics>,
         router: Addr<Broadcaster>,
         presence: Addr<Presence>,
+        boards: Addr<Boards>,
     ) -> Result<Bus, BusError> {
         let kind = if url.starts_with("nats://") {
             Kind::Nats
@@ -140,6 +143,7 @@ impl Bus {
             shared: shared.clone(),
             router,
             presence,
+            boards,
         };
         match kind {
             Kind::Nats => {
@@ -163,6 +167,41 @@ impl Bus {
     /// The subject every instance says it is alive on.
     fn alive_subject(&self) -> String {
         format!("{}.presence", self.shared.prefix)
+    }
+
+    /// The subject of an org's room changes (live room lists).
+    fn org_subject(&self, org: &str) -> String {
+        let mut s = format!("{}.org.", self.shared.prefix);
+        escape(&mut s, org);
+        s
+    }
+
+    /// Tells the instances with a live room list of the org that `key`
+    /// changed.
+    fn publish_org(&self, key: &RoomKey) {
+        let mut buf = BytesMut::with_capacity(64 + key.org.len());
+        header(&mut buf, KIND_ORG, &self.shared.instance, key);
+        self.send(Command::Publish {
+            subject: self.org_subject(&key.org),
+            payload: buf.freeze(),
+            fallback: None,
+        });
+    }
+
+    /// Starts receiving an org's room changes.
+    pub fn subscribe_org(&self, org: &str) {
+        let (ready, _) = oneshot::channel();
+        self.send(Command::Subscribe {
+            subject: self.org_subject(org),
+            ready,
+        });
+    }
+
+    /// Stops receiving an org's room changes.
+    pub fn unsubscribe_org(&self, org: &str) {
+        self.send(Command::Unsubscribe {
+            subject: self.org_subject(org),
+        });
     }
 
     /// Puts a presence announcement on the room's subject.
@@ -224,6 +263,7 @@ impl Bus {
             payload,
             fallback,
         });
+        self.publish_org(key);
     }
 
     /// Tells the other instances that `seq` exists in `key` (they read it
@@ -234,6 +274,7 @@ impl Bus {
             payload: encode_hint(&self.shared.instance, key, seq),
             fallback: None,
         });
+        self.publish_org(key);
     }
 
     /// Puts an ephemeral event on the bus.
@@ -358,6 +399,8 @@ pub enum Message {
         frame: EphemeralFrame,
     },
     Presence(Announcement),
+    /// A room of the org changed (live room lists).
+    RoomChanged(RoomKey),
 }
 
 /// Takes `n` bytes off `buf` (None when it holds fewer).
@@ -454,6 +497,7 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
             }
             Message::Presence(a)
         }
+        KIND_ORG => Message::RoomChanged(key),
         _ => return None,
     };
     Some(Some(msg))
@@ -465,6 +509,7 @@ struct Inbound {
     shared: Arc<Shared>,
     router: Addr<Broadcaster>,
     presence: Addr<Presence>,
+    boards: Addr<Boards>,
 }
 
 impl Inbound {
@@ -501,6 +546,7 @@ impl Inbound {
                 frame: Arc::new(frame),
             }),
             Some(Some(Message::Presence(a))) => self.presence.do_send(PresenceIn(a)),
+            Some(Some(Message::RoomChanged(key))) => self.boards.do_send(RoomChanged { key }),
         }
     }
 

@@ -17,6 +17,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::boards::{Boards, RoomChanged};
 use crate::bus::Bus;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
@@ -67,6 +68,8 @@ pub struct PollPage {
 pub struct ListRooms {
     pub org: String,
     pub status: Option<RoomStatus>,
+    /// Only rooms whose id starts with this.
+    pub prefix: Option<String>,
     /// A `rooms` claim limiting what may be listed.
     pub claim: Option<Vec<String>>,
     pub limit: i64,
@@ -225,6 +228,8 @@ pub struct Db {
     metrics: Arc<Metrics>,
     /// Where committed events go (the Broadcaster).
     router: Addr<Broadcaster>,
+    /// Live room lists: told of every room this instance commits to.
+    boards: Addr<Boards>,
     /// Events per catch-up query.
     page: i64,
     /// Bytes of event data per catch-up or poll page (at least one event).
@@ -248,6 +253,7 @@ impl Db {
         pool: Pool,
         metrics: Arc<Metrics>,
         router: Addr<Broadcaster>,
+        boards: Addr<Boards>,
         page: i64,
         page_bytes: i64,
         bus: Option<Bus>,
@@ -269,6 +275,7 @@ impl Db {
             pool,
             metrics,
             router,
+            boards,
             page: page.max(1),
             page_bytes: page_bytes.max(1),
             queues: HashMap::new(),
@@ -500,6 +507,7 @@ impl Db {
                         (_, None) => {}
                     }
                     if !frames.is_empty() {
+                        act.boards.do_send(RoomChanged { key: key.clone() });
                         act.metrics.events_published.inc_by(frames.len() as u64);
                         act.router.do_send(Committed {
                             key: key.clone(),
@@ -691,7 +699,15 @@ impl Handler<ListRooms> for Db {
                         None => RoomFilter::All,
                         Some(claim) => RoomFilter::Claim(claim),
                     };
-                    store::list_rooms(&client, &msg.org, msg.status, filter, msg.limit).await
+                    store::list_rooms(
+                        &client,
+                        &msg.org,
+                        msg.status,
+                        msg.prefix.as_deref(),
+                        filter,
+                        msg.limit,
+                    )
+                    .await
                 })
                 .await
         })
@@ -772,6 +788,32 @@ impl Handler<Members> for Db {
                 .run(async {
                     let (_permit, client) = reads.get().await?;
                     store::presence_members(&client, &msg.key).await
+                })
+                .await
+        })
+    }
+}
+
+/// Rows of some rooms of an org (for the live room lists).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
+pub struct RoomsById {
+    pub org: String,
+    pub rooms: Vec<String>,
+}
+
+impl Handler<RoomsById> for Db {
+    type Result = ResponseFuture<Result<Vec<(String, RoomRow)>, StoreError>>;
+
+    fn handle(&mut self, msg: RoomsById, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        self.metrics.queries(QueryKind::Other, 1);
+        Box::pin(async move {
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    let rooms: Vec<&str> = msg.rooms.iter().map(String::as_str).collect();
+                    store::rooms_by_id(&client, &msg.org, &rooms).await
                 })
                 .await
         })

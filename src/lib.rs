@@ -20,6 +20,7 @@
 //!   poll timer and heartbeat. All WebSocket code is here.
 //! - [`sse`]: the **SseSession** actor, one per Server-Sent Events stream:
 //!   the same cursor and outbox as a WebSocket session, for one room.
+//! - [`sse_rooms`]: the **RoomsStream** actor: a live room list over SSE.
 //! - [`cursor`]: a subscription's cursor and the delivery rule, shared by
 //!   both session actors.
 //! - [`outbox`]: a session's outbound budget (unsent bytes, soft and hard
@@ -38,6 +39,8 @@
 //!   committed frames of a room on its subject, subscribed by interest.
 //! - [`relay`]: the **Relay** actor: with a bus, SQL producers' commits read
 //!   back once (by the instance holding the relay lock) and put on the bus.
+//! - [`boards`]: the **Boards** actor: live room lists (`subscribe_rooms`,
+//!   `/v1/rooms/sse`), coalesced per room.
 //! - [`presence`]: the **Presence** actor: members of rooms (from tokens),
 //!   coalesced join/leave frames, announced across instances.
 //! - [`pruner`]: retention: expired events deleted in small batches by one
@@ -53,6 +56,7 @@
 //! - [`demo`]: `roomcast demo`, a meeting room fed by a simulated pipeline.
 
 pub mod auth;
+pub mod boards;
 pub mod bus;
 pub mod config;
 pub mod cursor;
@@ -71,6 +75,7 @@ pub mod relay;
 pub mod room;
 pub mod session;
 pub mod sse;
+pub mod sse_rooms;
 pub mod startup;
 pub mod store;
 pub mod webhook;

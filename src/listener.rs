@@ -24,6 +24,7 @@ use actix::Addr;
 use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::boards::{Boards, RoomChanged};
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
 use crate::presence::{Announcement, Presence, PresenceIn};
@@ -67,17 +68,19 @@ pub fn spawn(
     instance: Arc<str>,
     hints: Hints,
     presence: Addr<Presence>,
+    boards: Addr<Boards>,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(
-                &config, &router, &metrics, &connected, &instance, &hints, &presence,
-            )
-            .await
-            {
+            let to = Targets {
+                router: &router,
+                presence: &presence,
+                boards: &boards,
+            };
+            match listen(&config, &to, &metrics, &connected, &instance, &hints).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => log::warn!("listener: {e}; reconnecting in {backoff:?}"),
             }
@@ -92,15 +95,22 @@ pub fn spawn(
     });
 }
 
+/// Where what the listener hears goes.
+struct Targets<'a> {
+    router: &'a Addr<Broadcaster>,
+    presence: &'a Addr<Presence>,
+    boards: &'a Addr<Boards>,
+}
+
 async fn listen(
     config: &tokio_postgres::Config,
-    router: &Addr<Broadcaster>,
+    to: &Targets<'_>,
     metrics: &Metrics,
     connected: &AtomicBool,
     instance: &str,
     hints: &Hints,
-    presence: &Addr<Presence>,
 ) -> Result<(), tokio_postgres::Error> {
+    let (router, presence) = (to.router, to.presence);
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = actix_web::rt::spawn(async move {
@@ -151,7 +161,10 @@ async fn listen(
                     Some(n) => {
                         metrics.notifications.inc();
                         match (hints, parse_hint(n.payload())) {
-                            (Hints::Router, Some(hint)) => router.do_send(hint),
+                            (Hints::Router, Some(hint)) => {
+                                to.boards.do_send(RoomChanged { key: hint.key.clone() });
+                                router.do_send(hint)
+                            }
                             (Hints::Relay(relay), Some(hint)) if leader => relay.do_send(hint),
                             _ => {}
                         }

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub presence_frames: IntCounter,
     /// Leaves that never showed: a member back within the 2 s grace.
     pub presence_coalesced: IntCounter,
+    /// `room` frames of live room lists sent to connections.
+    pub board_frames: IntCounter,
 }
 
 impl Metrics {
@@ -182,6 +184,11 @@ impl Metrics {
             "Leaves and joins never shown: a member back within the grace",
         )
         .expect("static");
+        let board_frames = IntCounter::new(
+            "roomcast_board_frames_total",
+            "room frames of live room lists sent to connections",
+        )
+        .expect("static");
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "roomcast_db_pool_connections",
@@ -211,6 +218,7 @@ impl Metrics {
             Box::new(presence_members.clone()),
             Box::new(presence_frames.clone()),
             Box::new(presence_coalesced.clone()),
+            Box::new(board_frames.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -249,6 +257,7 @@ impl Metrics {
             presence_members,
             presence_frames,
             presence_coalesced,
+            board_frames,
         }
     }
 

@@ -373,6 +373,57 @@ pub struct RoomSnapshot {
     pub updated_at: String,
 }
 
+/// Which rooms a list shows (`GET /v1/rooms`, `subscribe_rooms`,
+/// `/v1/rooms/sse`): a status, a room id prefix, a number of rooms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsFilter {
+    pub status: Option<RoomStatus>,
+    pub prefix: Option<String>,
+    /// Rooms in the first answer (newest activity first).
+    pub limit: i64,
+}
+
+/// Default and largest `limit` of a rooms list.
+pub const ROOMS_LIMIT: (i64, i64) = (100, 1000);
+
+impl RoomsFilter {
+    pub fn parse(
+        status: Option<&str>,
+        prefix: Option<&str>,
+        limit: Option<i64>,
+    ) -> Result<Self, Invalid> {
+        let status = status.map(RoomStatus::parse).transpose()?;
+        if let Some(p) = prefix {
+            let ok = p.len() <= 128
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+            if !ok {
+                return Err(invalid(
+                    "prefix must be at most 128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+        }
+        let limit = limit.unwrap_or(ROOMS_LIMIT.0);
+        if !(1..=ROOMS_LIMIT.1).contains(&limit) {
+            return Err(invalid(format!("limit must be 1 to {}", ROOMS_LIMIT.1)));
+        }
+        Ok(RoomsFilter {
+            status,
+            prefix: prefix.filter(|p| !p.is_empty()).map(str::to_owned),
+            limit,
+        })
+    }
+
+    /// Whether a room with this id and status passes the filter.
+    pub fn matches(&self, room: &RoomId, status: RoomStatus) -> bool {
+        self.status.is_none_or(|s| s == status)
+            && self
+                .prefix
+                .as_deref()
+                .is_none_or(|p| room.as_str().starts_with(p))
+    }
+}
+
 /// `GET /v1/rooms`: rooms of the caller's org, newest activity first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoomList {
@@ -561,6 +612,16 @@ pub enum ClientMsg {
         #[serde(default)]
         id: Value,
     },
+    /// Follow the org's rooms (a live list).
+    SubscribeRooms {
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        limit: Option<i64>,
+    },
+    UnsubscribeRooms,
     Auth {
         token: String,
     },
@@ -595,6 +656,11 @@ pub enum ServerMsg<'a> {
     },
     Pong {
         id: &'a Value,
+    },
+    UnsubscribedRooms,
+    /// The first answer of a live room list.
+    Rooms {
+        rooms: &'a [RoomSnapshot],
     },
     Reset {
         room: &'a str,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::boards::{Boards, RoomChanged};
 use crate::bus::Bus;
 use crate::db::{Catchup, CatchupDone, Db};
 use crate::protocol::{Frame, RoomKey, Via};
@@ -34,15 +35,17 @@ struct Relayed {
 
 pub struct Relay {
     db: Addr<Db>,
+    boards: Addr<Boards>,
     router: Addr<Broadcaster>,
     bus: Bus,
     rooms: HashMap<RoomKey, Relayed>,
 }
 
 impl Relay {
-    pub fn new(db: Addr<Db>, router: Addr<Broadcaster>, bus: Bus) -> Self {
+    pub fn new(db: Addr<Db>, router: Addr<Broadcaster>, boards: Addr<Boards>, bus: Bus) -> Self {
         Relay {
             db,
+            boards,
             router,
             bus,
             rooms: HashMap::new(),
@@ -112,6 +115,9 @@ impl Handler<CatchupDone> for Relay {
                 if let Some(last) = fresh.last() {
                     r.done = last.seq;
                     self.bus.publish_frames(&msg.key, &fresh, false);
+                    self.boards.do_send(RoomChanged {
+                        key: msg.key.clone(),
+                    });
                     self.router.do_send(Committed {
                         key: msg.key.clone(),
                         frames: fresh,

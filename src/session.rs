@@ -19,12 +19,15 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
 use crate::auth::{now_secs, Principal};
+use crate::boards::{BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady};
 use crate::cursor::{self, Cursor};
 use crate::db::{Catchup, CatchupDone};
 use crate::limits::ConnectionSlot;
 use crate::outbox::{ws_frame_len, Counted, Outbox};
 use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
-use crate::protocol::{ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, ServerMsg, Via};
+use crate::protocol::{
+    ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, RoomsFilter, ServerMsg, Via,
+};
 use crate::room::{Deliver, Leave, Push};
 use crate::startup::AppState;
 
@@ -94,6 +97,8 @@ pub struct WsSession {
     limiter: Option<governor::DefaultDirectRateLimiter>,
     /// Messages refused in a row by the limiter.
     refused: u32,
+    /// The live room list of this connection, if any (its board id).
+    board: Option<u64>,
     /// Counted against the token's `sub` while open.
     _slot: ConnectionSlot,
 }
@@ -109,6 +114,7 @@ impl WsSession {
         WsSession {
             limiter: state.limits.client_limiter(),
             refused: 0,
+            board: None,
             _slot: slot,
             id: state.next_session_id(),
             name: uuid::Uuid::new_v4().simple().to_string(),
@@ -211,9 +217,27 @@ impl WsSession {
                 self.send(ctx, ServerMsg::Unsubscribed { room: &room });
             }
             ClientMsg::Ping { id } => self.send(ctx, ServerMsg::Pong { id: &id }),
+            ClientMsg::SubscribeRooms {
+                status,
+                prefix,
+                limit,
+            } => match RoomsFilter::parse(status.as_deref(), prefix.as_deref(), limit) {
+                Ok(filter) => self.subscribe_rooms(filter, ctx),
+                Err(e) => self.error(ctx, "bad_request", &e.0, None),
+            },
+            ClientMsg::UnsubscribeRooms => {
+                self.unsubscribe_rooms();
+                self.send(ctx, ServerMsg::UnsubscribedRooms);
+            }
             ClientMsg::Auth { token } => match self.state.auth.verify(&token) {
                 Ok(p) if p.sub == self.principal.sub && p.org == self.principal.org => {
                     self.principal = p;
+                    if let Some(board) = self.board {
+                        self.state.boards.do_send(BoardCredential {
+                            session: board,
+                            principal: self.principal.clone(),
+                        });
+                    }
                     // A narrower `rooms` claim ends the subscriptions it no
                     // longer covers.
                     let lost: Vec<RoomId> = self
@@ -382,6 +406,48 @@ impl WsSession {
                     act.advance(&id, &[], opened.head, ctx);
                 }),
         );
+    }
+
+    /// Starts a live room list on this connection (replacing one it had):
+    /// the first answer (`rooms`), then a `room` frame per change.
+    fn subscribe_rooms(&mut self, filter: RoomsFilter, ctx: &mut ws::WebsocketContext<Self>) {
+        self.unsubscribe_rooms();
+        let board = self.state.next_session_id();
+        self.board = Some(board);
+        self.state.boards.do_send(BoardJoin {
+            session: board,
+            principal: self.principal.clone(),
+            filter: filter.clone(),
+            out: ctx.address().recipient(),
+        });
+        let (state, principal) = (self.state.clone(), self.principal.clone());
+        let read = async move { crate::http::rooms::visible(&state, &principal, &filter).await };
+        ctx.spawn(read.into_actor(self).map(move |rooms, act, ctx| {
+            if act.board != Some(board) {
+                return; // ended or replaced meanwhile
+            }
+            match rooms {
+                Ok(rooms) => {
+                    act.send(ctx, ServerMsg::Rooms { rooms: &rooms });
+                    act.state.boards.do_send(BoardReady {
+                        session: board,
+                        shown: rooms.into_iter().map(|r| r.room).collect(),
+                    });
+                }
+                Err(e) => {
+                    log::warn!("session={} subscribe_rooms: {e}", act.name);
+                    act.unsubscribe_rooms();
+                    let msg = "the database is unavailable; subscribe_rooms again shortly";
+                    act.error(ctx, "unavailable", msg, None);
+                }
+            }
+        }));
+    }
+
+    fn unsubscribe_rooms(&mut self) {
+        if let Some(board) = self.board.take() {
+            self.state.boards.do_send(BoardLeave { session: board });
+        }
     }
 
     /// The events after the cursor fell out of the retention (found by a
@@ -641,6 +707,7 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.state.metrics.unwatch_backlog(self.id);
+        self.unsubscribe_rooms();
         let ids: Vec<RoomId> = self.subs.keys().cloned().collect();
         for id in ids {
             self.unsubscribe(&id);
@@ -717,6 +784,17 @@ impl Handler<PresenceOut> for WsSession {
             return sub.presence_early.push(msg.text);
         }
         self.write(ctx, msg.text);
+    }
+}
+
+impl Handler<BoardOut> for WsSession {
+    type Result = ();
+
+    /// A `room` frame of this connection's live room list.
+    fn handle(&mut self, msg: BoardOut, ctx: &mut Self::Context) {
+        if self.board == Some(msg.board) {
+            self.write(ctx, msg.text);
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub fn start(
 }
 
 /// The receiving end of a session's stream.
-pub struct Receiver(mpsc::UnboundedReceiver<Bytes>);
+pub struct Receiver(pub(crate) mpsc::UnboundedReceiver<Bytes>);
 
 impl Stream for Receiver {
     type Item = Result<Bytes, std::convert::Infallible>;
@@ -106,7 +106,7 @@ pub struct SseSession {
 
 /// One SSE message: optional id, event name, one data line (the frames are
 /// single-line JSON).
-fn message(id: Option<i64>, event: &str, data: &str) -> Bytes {
+pub(crate) fn message(id: Option<i64>, event: &str, data: &str) -> Bytes {
     let mut s = String::with_capacity(data.len() + event.len() + 32);
     if let Some(id) = id {
         s.push_str("id: ");

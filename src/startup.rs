@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
 use crate::auth::Authenticator;
+use crate::boards::{Boards, SetDb};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::Db;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub bus: Option<Bus>,
     /// Who is in which room.
     pub presence: Addr<Presence>,
+    /// Live room lists.
+    pub boards: Addr<Boards>,
     /// Flips to true on shutdown: every session closes with 1001.
     pub shutdown: watch::Receiver<bool>,
     /// This process among the instances sharing the database.
@@ -233,6 +236,7 @@ impl Application {
         let mut made = None;
         let mut bus_error = None;
         let presence = Presence::new(instance.clone(), pool.clone(), metrics.clone()).start();
+        let boards = Boards::new(metrics.clone()).start();
         let presence_in = presence.clone();
         // The Db actor reports commits to the Broadcaster, which asks the Db
         // actor for reads, and the bus hands other instances' commits to the
@@ -247,6 +251,7 @@ impl Application {
                     metrics2.clone(),
                     ctx.address(),
                     presence_in.clone(),
+                    boards.clone(),
                 ) {
                     Ok(bus) => Some(bus),
                     Err(e) => {
@@ -259,6 +264,7 @@ impl Application {
                 pool2,
                 metrics2.clone(),
                 ctx.address(),
+                boards.clone(),
                 page,
                 page_bytes,
                 bus.clone(),
@@ -275,11 +281,12 @@ impl Application {
         if let Some(bus) = &bus {
             presence.do_send(SetBus(bus.clone()));
         }
+        boards.do_send(SetDb(db.clone(), bus.clone()));
         let listener_up = Arc::new(AtomicBool::new(false));
         let hints = match &bus {
             None => listener::Hints::Router,
             Some(bus) => listener::Hints::Relay(
-                Relay::new(db.clone(), broadcaster.clone(), bus.clone()).start(),
+                Relay::new(db.clone(), broadcaster.clone(), boards.clone(), bus.clone()).start(),
             ),
         };
         crate::pruner::spawn(
@@ -297,6 +304,7 @@ impl Application {
             instance.clone(),
             hints,
             presence.clone(),
+            boards.clone(),
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -328,6 +336,7 @@ impl Application {
             listener_up,
             bus,
             presence,
+            boards,
             shutdown: shutdown_rx,
             instance,
             next_session: AtomicU64::new(1),

@@ -445,11 +445,22 @@ pub enum RoomFilter<'a> {
     Claim(&'a [String]),
 }
 
-/// Rooms of `org`, newest activity first.
+/// `LIKE` pattern of room ids starting with `prefix`.
+fn like_prefix(prefix: &str) -> String {
+    let escaped = prefix
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("{escaped}%")
+}
+
+/// Rooms of `org`, newest activity first (only those starting with
+/// `prefix`, if given).
 pub async fn list_rooms(
     client: &impl GenericClient,
     org: &str,
     status: Option<RoomStatus>,
+    prefix: Option<&str>,
     filter: RoomFilter<'_>,
     limit: i64,
 ) -> Result<Vec<(String, RoomRow)>, StoreError> {
@@ -464,13 +475,7 @@ pub async fn list_rooms(
             let patterns = claim
                 .iter()
                 .filter_map(|p| p.strip_suffix('*'))
-                .map(|prefix| {
-                    let escaped = prefix
-                        .replace('\\', "\\\\")
-                        .replace('%', "\\%")
-                        .replace('_', "\\_");
-                    format!("{escaped}%")
-                })
+                .map(like_prefix)
                 .collect();
             (Some(exact), patterns)
         }
@@ -483,13 +488,15 @@ pub async fn list_rooms(
                LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
               WHERE r.org = $1 AND ($2::text IS NULL OR r.status = $2)
                 AND ($3::text[] IS NULL OR r.room = ANY($3) OR r.room LIKE ANY($4::text[]))
+                AND ($6::text IS NULL OR r.room LIKE $6)
               ORDER BY r.updated_at DESC, r.room
               LIMIT $5",
         )
         .await?;
     let status = status.map(RoomStatus::as_str);
+    let prefix = prefix.map(like_prefix);
     let rows = client
-        .query(&stmt, &[&org, &status, &exact, &patterns, &limit])
+        .query(&stmt, &[&org, &status, &exact, &patterns, &limit, &prefix])
         .await?;
     Ok(rows
         .into_iter()
@@ -891,4 +898,39 @@ pub async fn presence_notify(
         .await?;
     client.execute(&stmt, &[&payloads]).await?;
     Ok(())
+}
+
+/// Rows of the rooms `rooms` of `org` (those that exist).
+pub async fn rooms_by_id(
+    client: &impl GenericClient,
+    org: &str,
+    rooms: &[&str],
+) -> Result<Vec<(String, RoomRow)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at),
+                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1)
+               FROM rooms r
+               LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+              WHERE r.org = $1 AND r.room = ANY($2)",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&org, &rooms])
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                RoomRow {
+                    head: r.get(1),
+                    first: r.get(6),
+                    status: status_of(r.get(2)),
+                    state: r.get(3),
+                    created_at: r.get(4),
+                    updated_at: r.get(5),
+                },
+            )
+        })
+        .collect())
 }

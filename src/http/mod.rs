@@ -74,6 +74,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .wrap(from_fn(crate::limits::publish_limit)),
     )
     .route("/v1/rooms/{room}/events", web::get().to(events::poll))
+    .route("/v1/rooms/sse", web::get().to(sse::rooms))
     .route("/v1/rooms/{room}/sse", web::get().to(sse::stream))
     .route(
         "/v1/rooms/{room}/presence",

@@ -19,7 +19,7 @@ use crate::protocol::{Event, PollAnswer, RoomList, RoomSnapshot, RoomStatus};
         title = "roomcast",
         description = "Real-time event delivery: rooms of events stored in PostgreSQL with a per-room seq, read by WebSocket, SSE, poll and long-poll with one cursor. The WebSocket protocol is described in docs/PROTOCOL.md."
     ),
-    paths(events::publish, hooks::publish, events::poll, rooms::get, rooms::list, sse::stream, presence::members, health::org),
+    paths(events::publish, hooks::publish, events::poll, rooms::get, rooms::list, sse::stream, sse::rooms, presence::members, health::org),
     components(schemas(
         Event, RoomSnapshot, RoomList, PollAnswer, RoomStatus, ErrorBody, ErrorDetail,
         PublishRequest, PublishEvent, PublishBatch, EphemeralPublish, PublishAnswer

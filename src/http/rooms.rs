@@ -8,15 +8,11 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use crate::db::{ListRooms, Snapshot};
-use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus};
+use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus, RoomsFilter};
 use crate::startup::AppState;
 use crate::store::RoomRow;
 
-/// Default and largest `limit` of a list.
-const DEFAULT_LIMIT: i64 = 100;
-const MAX_LIMIT: i64 = 1000;
-
-fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
+pub fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
     RoomSnapshot {
         room,
         status: row.status,
@@ -69,10 +65,23 @@ pub async fn get(
 pub struct ListQuery {
     /// Only rooms with this status.
     #[param(value_type = Option<RoomStatus>)]
-    status: Option<String>,
+    pub status: Option<String>,
+    /// Only rooms whose id starts with this.
+    #[param(max_length = 128, pattern = "^[A-Za-z0-9._:-]*$")]
+    pub prefix: Option<String>,
     /// At most this many rooms (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl ListQuery {
+    pub fn filter(&self) -> Result<RoomsFilter, ApiError> {
+        Ok(RoomsFilter::parse(
+            self.status.as_deref(),
+            self.prefix.as_deref(),
+            self.limit,
+        )?)
+    }
 }
 
 /// Rooms of the caller's org, newest activity first.
@@ -95,24 +104,30 @@ pub async fn list(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let principal = state.auth.from_request(&req)?;
-    let status = query.status.as_deref().map(RoomStatus::parse).transpose()?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be 1 to {MAX_LIMIT}"
-        )));
-    }
+    let filter = query.filter()?;
+    let rooms = visible(&state, &principal, &filter).await?;
+    Ok(HttpResponse::Ok().json(RoomList { rooms }))
+}
+
+/// The rooms a caller may see that pass `filter`, newest activity first (the
+/// list endpoint and the live lists' first answer).
+pub async fn visible(
+    state: &AppState,
+    principal: &crate::auth::Principal,
+    filter: &RoomsFilter,
+) -> Result<Vec<RoomSnapshot>, ApiError> {
     let rows = state
         .db
         .send(ListRooms {
             org: principal.org.clone(),
-            status,
+            status: filter.status,
+            prefix: filter.prefix.clone(),
             claim: principal.rooms.clone(),
-            limit,
+            limit: filter.limit,
         })
         .await
         .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
-    let rooms = rows
+    Ok(rows
         .into_iter()
         .filter_map(|(room, row)| {
             let room = RoomId::parse(&room).ok()?;
@@ -120,6 +135,5 @@ pub async fn list(
                 .may_access(room.as_str())
                 .then(|| snapshot(room, row))
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(RoomList { rooms }))
+        .collect())
 }

@@ -72,3 +72,37 @@ pub async fn stream(
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
 }
+
+/// A live room list over Server-Sent Events: `event: rooms` (the first
+/// answer, as `GET /v1/rooms` with the same filters), then `event: room` per
+/// change.
+#[utoipa::path(
+    get,
+    path = "/v1/rooms/sse",
+    tag = "rooms",
+    params(super::rooms::ListQuery),
+    responses(
+        (status = 200, description = "`text/event-stream`: `event: rooms` (`{op: rooms, rooms}`), then `event: room` (`{op: room, room, matches}`) per change, coalesced per room (at most 4 a second)", content_type = "text/event-stream"),
+        (status = 400, description = "bad_request", body = super::error::ErrorBody),
+        (status = 401, description = "unauthorized", body = super::error::ErrorBody),
+        (status = 403, description = "forbidden (an Origin not allowed)", body = super::error::ErrorBody),
+        (status = 429, description = "rate_limited: too many connections for this sub", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []), ("token" = []))
+)]
+pub async fn rooms(
+    req: HttpRequest,
+    query: web::Query<super::rooms::ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = state.auth.from_request(&req)?;
+    let filter = query.filter()?;
+    state.origins.check(&req)?;
+    let slot = state.limits.connect(&principal.org, &principal.sub)?;
+    let body = crate::sse_rooms::start(state, principal, slot, filter);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}

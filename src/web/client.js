@@ -155,6 +155,7 @@
  * @property {number} [probeIntervalMs] auto mode: how often to try WebSocket again while long-polling; default 30000 (jittered by up to 20%)
  * @property {number} [pollWaitS] long-poll `wait`; default 25
  * @property {number} [pollLimit] events per poll request; default 500
+ * @property {number} [roomsPollMs] polling mode: how often a live room list is read; default 5000
  * @property {number} [snapshotDelayMs] how long after an event over WebSocket the snapshot is re-read (subscriptions with `snapshots`); default 300
  */
 
@@ -169,6 +170,7 @@ const DEFAULTS = {
   probeIntervalMs: 30000,
   pollWaitS: 25,
   pollLimit: 500,
+  roomsPollMs: 5000,
   snapshotDelayMs: 300,
 };
 
@@ -342,6 +344,89 @@ export class Subscription extends Emitter {
 }
 
 /**
+ * @typedef {Snapshot & {room: string, first?: number, created_at: string, updated_at: string}} RoomSnapshot
+ */
+
+/**
+ * @typedef {object} RoomsFilter
+ * @property {RoomStatus} [status] only rooms with this status
+ * @property {string} [prefix] only rooms whose id starts with this
+ * @property {number} [limit] rooms in the first answer (newest activity first); default 100
+ */
+
+/**
+ * @typedef {object} RoomListEvents
+ * @property {RoomSnapshot[]} rooms a fresh list (on every (re)subscribe, and every poll in polling mode)
+ * @property {{room: RoomSnapshot, matches: boolean}} room one room changed (`matches: false`: it no longer passes the filter)
+ * @property {RoomSnapshot[]} change the list after any of the above, newest activity first
+ */
+
+/**
+ * A live room list (`subscribeRooms`): over WebSocket the server pushes a
+ * fresh list on every (re)subscribe, then a `room` frame per change; in
+ * polling mode the list is read every `roomsPollMs`.
+ * @extends {Emitter<RoomListEvents>}
+ */
+export class RoomList extends Emitter {
+  /**
+   * @param {RoomcastClient} client
+   * @param {RoomsFilter} filter
+   */
+  constructor(client, filter) {
+    super();
+    /** @private */
+    this._client = client;
+    /** The filter. */
+    this.filter = filter;
+    /** The rooms, by id. @type {Map<string, RoomSnapshot>} */
+    this.rooms = new Map();
+    /** @internal the server answered on the current WebSocket */
+    this.wsSubscribed = false;
+    /** @internal false once stopped */
+    this.active = true;
+  }
+
+  /** The rooms, newest activity first. @returns {RoomSnapshot[]} */
+  list() {
+    return [...this.rooms.values()].sort(
+      (a, b) => (a.updated_at < b.updated_at ? 1 : a.updated_at > b.updated_at ? -1 : a.room < b.room ? -1 : 1),
+    );
+  }
+
+  /** Stops the list. */
+  unsubscribe() {
+    this._client.unsubscribeRooms();
+  }
+
+  /** Reads the list now (`GET /v1/rooms`) and takes it. */
+  async refresh() {
+    this._replace(await this._client.listRooms(this.filter));
+  }
+
+  /**
+   * @internal
+   * @param {RoomSnapshot[]} rooms
+   */
+  _replace(rooms) {
+    this.rooms = new Map(rooms.map((r) => [r.room, r]));
+    this.emit('rooms', rooms);
+    this.emit('change', this.list());
+  }
+
+  /**
+   * @internal
+   * @param {RoomSnapshot} room
+   * @param {boolean} matches
+   */
+  _update(room, matches) {
+    if (matches) this.rooms.set(room.room, room);
+    else this.rooms.delete(room.room);
+    this.emit('room', { room, matches });
+    this.emit('change', this.list());
+  }
+}
+
+/**
  * The roomcast browser client. One per page is enough: it multiplexes every
  * subscribed room over one WebSocket (or one long-poll per room).
  * @extends {Emitter<ClientEvents>}
@@ -361,6 +446,10 @@ export class RoomcastClient extends Emitter {
     this._mode = this._opts.mode;
     /** @private @type {Map<string, Subscription>} */
     this._subs = new Map();
+    /** The live room list, if any. @type {RoomList | null} */
+    this._roomList = null;
+    /** @private the polling loop of the room list @type {ReturnType<typeof setTimeout> | null} */
+    this._roomsTimer = null;
     /** @private @type {Counts} */
     this._counts = { push: 0, catchup: 0, poll: 0, duplicates: 0, gaps: 0, reconnects: 0 };
     /** @private @type {Transport} */
@@ -599,15 +688,83 @@ export class RoomcastClient extends Emitter {
 
   /**
    * The rooms of the token's org, newest activity first (`GET /v1/rooms`).
-   * @param {{status?: RoomStatus, limit?: number}} [query]
+   * @param {RoomsFilter} [query]
    * @returns {Promise<Array<Snapshot & {room: string, created_at: string, updated_at: string}>>}
    */
   async listRooms(query = {}) {
     const q = new URLSearchParams();
     if (query.status) q.set('status', query.status);
+    if (query.prefix) q.set('prefix', query.prefix);
     q.set('limit', String(query.limit ?? 100));
     const body = await this._get(`/v1/rooms?${q}`);
     return body.rooms;
+  }
+
+  /**
+   * Follows the org's rooms that pass `filter`, live (a call board): a
+   * fresh list on every (re)connect, then a `room` event per change (the
+   * server coalesces them: at most 4 a second per room). One list per
+   * client: subscribing again replaces it.
+   * @param {RoomsFilter} [filter]
+   * @param {{onRooms?: (rooms: RoomSnapshot[]) => void, onRoom?: (r: {room: RoomSnapshot, matches: boolean}) => void, onChange?: (rooms: RoomSnapshot[]) => void}} [handlers]
+   * @returns {RoomList}
+   */
+  subscribeRooms(filter = {}, handlers = {}) {
+    this.unsubscribeRooms();
+    const list = new RoomList(this, { ...filter });
+    if (handlers.onRooms) list.on('rooms', handlers.onRooms);
+    if (handlers.onRoom) list.on('room', handlers.onRoom);
+    if (handlers.onChange) list.on('change', handlers.onChange);
+    this._roomList = list;
+    if (this._transport === 'websocket' && this._ws?.welcomed) this._wsSubscribeRooms(list);
+    if (this._transport === 'longpoll') this._pollRooms(list, this._gen);
+    return list;
+  }
+
+  /** Stops the live room list. */
+  unsubscribeRooms() {
+    const list = this._roomList;
+    if (!list) return;
+    list.active = false;
+    this._roomList = null;
+    if (this._roomsTimer) clearTimeout(this._roomsTimer);
+    this._roomsTimer = null;
+    if (this._ws?.welcomed && list.wsSubscribed) this._send(this._ws, { op: 'unsubscribe_rooms' });
+  }
+
+  /**
+   * @private
+   * @param {RoomList} list
+   */
+  _wsSubscribeRooms(list) {
+    const c = this._ws;
+    if (!c || !c.welcomed || !list.active) return;
+    list.wsSubscribed = false;
+    /** @type {Record<string, unknown>} */
+    const msg = { op: 'subscribe_rooms' };
+    if (list.filter.status) msg.status = list.filter.status;
+    if (list.filter.prefix) msg.prefix = list.filter.prefix;
+    if (list.filter.limit) msg.limit = list.filter.limit;
+    this._send(c, msg);
+  }
+
+  /**
+   * Polling mode: the list read every `roomsPollMs`, until the transport
+   * changes.
+   * @private
+   * @param {RoomList} list
+   * @param {number} gen
+   */
+  async _pollRooms(list, gen) {
+    if (!list.active || gen !== this._gen || this._closed) return;
+    try {
+      const rooms = await this.listRooms(list.filter);
+      if (list.active && gen === this._gen) list._replace(rooms);
+    } catch {
+      // tried again at the next round
+    }
+    if (!list.active || gen !== this._gen || this._closed) return;
+    this._roomsTimer = setTimeout(() => this._pollRooms(list, gen), this._opts.roomsPollMs);
   }
 
   /** Closes every connection and stops every timer; the client is done. */
@@ -1036,6 +1193,11 @@ export class RoomcastClient extends Emitter {
       this._detail = 'connected';
       this._contact();
       for (const sub of this._subs.values()) this._wsSubscribe(sub);
+      if (this._roomList) {
+        if (this._roomsTimer) clearTimeout(this._roomsTimer);
+        this._roomsTimer = null;
+        this._wsSubscribeRooms(this._roomList);
+      }
       this._scheduleAuth(c);
       this.emit('connected', { transport: 'websocket', session: c.session });
       this._changed();
@@ -1049,6 +1211,17 @@ export class RoomcastClient extends Emitter {
     if (msg.op === 'unsubscribed' && c.leaving.delete(msg.room)) {
       const again = this._subs.get(msg.room);
       if (again) this._wsSubscribe(again);
+      return;
+    }
+    if (msg.op === 'rooms' || (msg.op === 'room' && typeof msg.room === 'object' && msg.room !== null)) {
+      const list = this._roomList;
+      if (!list || !list.active) return;
+      if (msg.op === 'rooms') {
+        list.wsSubscribed = true;
+        list._replace(Array.isArray(msg.rooms) ? msg.rooms : []);
+      } else {
+        list._update(msg.room, msg.matches !== false);
+      }
       return;
     }
     if (typeof msg.room === 'string' && c.leaving.has(msg.room)) return;
@@ -1221,6 +1394,7 @@ export class RoomcastClient extends Emitter {
   _startPolling() {
     this._transport = 'longpoll';
     for (const sub of this._subs.values()) this._pollLoop(sub, this._gen);
+    if (this._roomList) this._pollRooms(this._roomList, this._gen);
   }
 
   /**

@@ -201,3 +201,22 @@ test('the room shows who is in it (presence) and who is typing', async () => {
   await until(pageA, () => [...document.querySelectorAll('#members li')].map((li) => li.textContent).join(',') === 'Dana', null, { what: 'Eli gone', timeout: 10000 });
   await ctxA.close();
 });
+
+test('the rooms list is live: a new room, a head that moves and a room that completes show without a reload', async () => {
+  const org = freshOrg();
+  const producer = token({ org, sub: 'pipeline', pub: true });
+  await publish(server, producer, 'board-a', { type: 'x', data: {} });
+  const ctx = await newContext(browser, { mode: 'realtime' });
+  const page = await ctx.newPage();
+  await page.goto(dashboardUrl(server, token({ org }), 'board-a'));
+  await untilStatus(page, 'live');
+  const roomsShown = () => [...document.querySelectorAll('#rooms li')].map((li) => `${li.dataset.room}:${li.querySelector('.meta').textContent.split(' · ')[0]}:${li.querySelector('.rstatus').textContent}`).sort().join('|');
+  await until(page, (want) => [...document.querySelectorAll('#rooms li')].length === 1, null, { what: 'one room' });
+  const reloads = await page.evaluate(() => performance.getEntriesByType('navigation').length);
+  await publish(server, producer, 'board-b', { type: 'x', data: {} });
+  await publish(server, producer, 'board-a', { type: 'y', data: {} });
+  await publish(server, producer, 'board-b', { type: 'done', data: {}, status: 'completed' });
+  await until(page, (f) => new Function(`return (${f})()`)() === 'board-a:head 2:in progress|board-b:head 2:completed', roomsShown.toString(), { what: 'the live list' });
+  assert.equal(await page.evaluate(() => performance.getEntriesByType('navigation').length), reloads);
+  await ctx.close();
+});

@@ -1,10 +1,10 @@
 // The call board's room list, behind one small interface so that the source
 // can change without the hook or its users noticing:
-//   - now: `GET /v1/rooms` (RestRoomList), re-read every `refreshMs` and soon
-//     after an event of a listed room is seen through this provider;
-//   - later: the live room list (`subscribe_rooms` in PROTOCOL.md's
-//     Additions): a `rooms` answer then `room` frames, applied with
-//     `applyRoomFrame` below, once the server and client.js support it.
+//   - the live room list (`subscribe_rooms`, LiveRoomList): a `rooms` answer
+//     then `room` frames, pushed by the server (client.js's subscribeRooms);
+//   - `GET /v1/rooms` (RestRoomList), re-read every `refreshMs` and soon
+//     after an event of a listed room is seen through this provider, for a
+//     second list on the same client.
 // Either way the list is an array of room snapshots, newest activity first.
 
 import type { RoomStatus, RoomcastClient } from './client.js';
@@ -169,12 +169,66 @@ export class RestRoomList implements RoomListSource {
   }
 }
 
+/** Clients whose one live room list is taken (client.js keeps one per client). */
+const liveTaken = new WeakSet<RoomcastClient>();
+
 /**
- * The best source the client supports. Today that is always REST; when
- * client.js gains the live room list (`subscribe_rooms`), a `LiveRoomList`
- * built on it and `applyRoomFrame` is chosen here instead, with no change to
- * useRooms or to the list's shape.
+ * The live room list (`subscribe_rooms`): a fresh list on every (re)connect,
+ * then a `room` frame per change, pushed by the server (read every few
+ * seconds when the client polls). Built on client.js's `subscribeRooms`.
+ */
+export class LiveRoomList implements RoomListSource {
+  readonly kind = 'live' as const;
+  private readonly client: RoomcastClient;
+  private readonly filter: RoomsFilter;
+  private list: ReturnType<RoomcastClient['subscribeRooms']> | null = null;
+
+  constructor(client: RoomcastClient, filter: RoomsFilter) {
+    this.client = client;
+    this.filter = filter;
+  }
+
+  start(onRooms: (rooms: RoomInfo[]) => void, onError: (e: Error) => void): void {
+    liveTaken.add(this.client);
+    const limit = this.filter.limit ?? 100;
+    this.list = this.client.subscribeRooms(
+      {
+        ...(this.filter.status ? { status: this.filter.status } : {}),
+        ...(this.filter.prefix ? { prefix: this.filter.prefix } : {}),
+        limit,
+      },
+      { onChange: (rooms) => onRooms((rooms as RoomInfo[]).slice(0, limit)) },
+    );
+    this.onError = onError;
+  }
+
+  private onError: (e: Error) => void = () => {};
+
+  async refresh(): Promise<void> {
+    try {
+      await this.list?.refresh();
+    } catch (e) {
+      this.onError(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  stop(): void {
+    if (this.list) {
+      this.list.unsubscribe();
+      this.list = null;
+      liveTaken.delete(this.client);
+    }
+  }
+}
+
+/**
+ * The best source the client supports: the live room list when client.js
+ * has it and no other list of this client uses it (one per client), else
+ * `GET /v1/rooms` re-read periodically. The list's shape is the same.
  */
 export function createRoomListSource(client: RoomcastClient, hub: Hub, filter: RoomsFilter, options: RoomListOptions = {}): RoomListSource {
+  if (typeof client.subscribeRooms === 'function' && !liveTaken.has(client)) {
+    return new LiveRoomList(client, filter);
+  }
   return new RestRoomList(client, hub, filter, options);
 }

@@ -18,7 +18,7 @@ export interface UseRoomsResult {
   error: Error | null;
   /** Epoch ms of the last list received. */
   updatedAt: number | null;
-  /** Where the list comes from: `rest` (GET /v1/rooms) now, `live` once the live room list is supported. */
+  /** Where the list comes from: `live` (the server pushes changes) or `rest` (GET /v1/rooms re-read). */
   source: RoomListKind | null;
   /** Reads the list now. */
   refresh: () => Promise<void>;
@@ -29,9 +29,10 @@ function sameRooms(a: readonly RoomInfo[], b: readonly RoomInfo[]): boolean {
 }
 
 /**
- * The rooms of the token's org for a call board: `GET /v1/rooms` with the
- * filter, re-read every `refreshMs` (10 s) and soon after an event of a room
- * followed through this provider.
+ * The rooms of the token's org for a call board, live: the server pushes
+ * every change of a room that passes the filter (coalesced, at most 4 a
+ * second per room); a second list on the same client re-reads
+ * `GET /v1/rooms` every `refreshMs` (10 s) instead.
  */
 export function useRooms(filter: UseRoomsOptions = {}): UseRoomsResult {
   const client = useRoomcast();

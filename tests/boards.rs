@@ -1,0 +1,407 @@
+//! The live call board (issue 17): `subscribe_rooms` and `/v1/rooms/sse`
+//! push an org's rooms as they change, coalesced per room, across
+//! instances; and tables publish themselves through `roomcast_capture`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+/// A board: its view of the rooms (room -> snapshot), kept from `rooms` and
+/// `room` frames.
+struct Board {
+    ws: WsClient,
+    view: HashMap<String, Value>,
+    /// `room` frames received per room.
+    frames: HashMap<String, usize>,
+}
+
+impl Board {
+    async fn open(port: u16, tok: &str, filter: Value) -> Board {
+        let mut ws = WsClient::connect(port, &format!("/v1/ws?token={tok}")).await;
+        ws.expect_op("welcome").await;
+        let mut msg = json!({"op": "subscribe_rooms"});
+        for (k, v) in filter.as_object().unwrap() {
+            msg[k] = v.clone();
+        }
+        ws.send(msg).await;
+        let first = ws.expect_op("rooms").await;
+        let view = first["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["room"].as_str().unwrap().to_owned(), r.clone()))
+            .collect();
+        Board {
+            ws,
+            view,
+            frames: HashMap::new(),
+        }
+    }
+
+    fn apply(&mut self, m: &Value) {
+        if m["op"] != "room" {
+            return;
+        }
+        let id = m["room"]["room"].as_str().unwrap().to_owned();
+        *self.frames.entry(id.clone()).or_default() += 1;
+        if m["matches"] == true {
+            self.view.insert(id, m["room"].clone());
+        } else {
+            self.view.remove(&id);
+        }
+    }
+
+    async fn read_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Some(m) = self.ws.recv_within(left).await {
+                self.apply(&m);
+            }
+        }
+    }
+
+    /// (room, head, status) of every room in the view, sorted.
+    fn heads(&self) -> Vec<(String, i64, String)> {
+        let mut v: Vec<_> = self
+            .view
+            .values()
+            .map(|r| {
+                (
+                    r["room"].as_str().unwrap().to_owned(),
+                    r["head"].as_i64().unwrap(),
+                    r["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+async fn list(port: u16, tok: &str, query: &str) -> Vec<(String, i64, String)> {
+    let (s, body, _) = get(port, &format!("/v1/rooms?limit=1000{query}"), tok, &[]).await;
+    assert_eq!(s, 200, "{body}");
+    let mut v: Vec<_> = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room"].as_str().unwrap().to_owned(),
+                r["head"].as_i64().unwrap(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+async fn publish_ok(port: u16, tok: &str, room: &str, body: Value) {
+    let (s, b, _) = post(port, &format!("/v1/rooms/{room}/events"), tok, &body).await;
+    assert!(s == 201 || s == 200, "{s} {b}");
+}
+
+/// A board of 200 rooms while 50 of them get events (published on another
+/// instance): its final view equals the list endpoint's answer, with a
+/// bounded number of frames per room; a room that completes leaves an
+/// `in_progress` board with `matches: false`.
+async fn board_of_200_rooms(bus: Option<&Broker>) {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.rate_limits = roomcast::config::Switch::Off;
+    cfg.bus = bus.map(Broker::url);
+    let a = spawn_app(cfg.clone()).await;
+    let b = spawn_app(cfg).await;
+    if bus.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(a.port, "roomcast_bus_connected").await
+            + metric(b.port, "roomcast_bus_connected").await
+            < 2
+        {
+            assert!(Instant::now() < deadline, "the bus never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    for i in 0..200 {
+        publish_ok(
+            a.port,
+            &producer,
+            &format!("call-{i:03}"),
+            json!({"type": "call.started", "state": {"n": 0}}),
+        )
+        .await;
+    }
+    let mut all = Board::open(a.port, &viewer, json!({"limit": 1000})).await;
+    let mut live = Board::open(
+        a.port,
+        &viewer,
+        json!({"status": "in_progress", "limit": 1000}),
+    )
+    .await;
+    assert_eq!(all.view.len(), 200);
+    // 50 rooms get 20 events each, fast, on instance b; 10 of them complete.
+    let started = Instant::now();
+    join_all((0..50).map(|r| {
+        let producer = producer.clone();
+        async move {
+            for i in 1..=20 {
+                publish_ok(
+                    b.port,
+                    &producer,
+                    &format!("call-{:03}", r * 4),
+                    json!({"type": "segment", "state": {"n": i}}),
+                )
+                .await;
+            }
+            if r % 5 == 0 {
+                publish_ok(
+                    b.port,
+                    &producer,
+                    &format!("call-{:03}", r * 4),
+                    json!({"type": "call.ended", "status": "completed"}),
+                )
+                .await;
+            }
+        }
+    }))
+    .await;
+    let took = started.elapsed();
+    all.read_for(Duration::from_millis(1500)).await;
+    live.read_for(Duration::from_millis(300)).await;
+    assert_eq!(
+        all.heads(),
+        list(a.port, &viewer, "").await,
+        "the board's view differs from the list"
+    );
+    assert_eq!(
+        live.heads(),
+        list(a.port, &viewer, "&status=in_progress").await
+    );
+    assert_eq!(
+        live.view.len(),
+        190,
+        "completed rooms left the in_progress board"
+    );
+    let max = all.frames.values().copied().max().unwrap_or(0);
+    let bound = ((took.as_secs_f64() + 1.0) * 4.0).ceil() as usize + 1;
+    eprintln!("board: 50 rooms x 20 events in {took:?}: at most {max} frames per room (bound {bound}), {} frames in all", all.frames.values().sum::<usize>());
+    assert!(max <= bound, "{max} frames for one room");
+    assert!(all.frames.len() >= 50);
+}
+
+#[actix_web::test]
+async fn a_board_of_200_rooms_ends_equal_to_the_list_with_bounded_frames() {
+    board_of_200_rooms(None).await;
+}
+
+#[actix_web::test]
+async fn a_board_of_200_rooms_over_nats_ends_equal_to_the_list() {
+    let nats = Broker::nats();
+    board_of_200_rooms(Some(&nats)).await;
+}
+
+/// A board that drops and subscribes again gets, in its fresh snapshot,
+/// every change it missed; filters (status, prefix, limit), the `rooms`
+/// claim and orgs apply as on the list endpoint; SSE gives the same frames.
+#[actix_web::test]
+async fn a_reconnecting_board_misses_nothing_and_filters_and_orgs_apply() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let producer = token("acme", "producer", true);
+    for room in ["meeting-1", "meeting-2", "call-1"] {
+        publish_ok(app.port, &producer, room, json!({"type": "x"})).await;
+    }
+    let viewer = token("acme", "viewer", false);
+    let board = Board::open(app.port, &viewer, json!({"prefix": "meeting-"})).await;
+    assert_eq!(
+        board.heads(),
+        vec![
+            ("meeting-1".into(), 1, "in_progress".into()),
+            ("meeting-2".into(), 1, "in_progress".into())
+        ]
+    );
+    board.ws.close().await;
+    // Missed while away.
+    publish_ok(app.port, &producer, "meeting-1", json!({"type": "y"})).await;
+    publish_ok(app.port, &producer, "meeting-3", json!({"type": "x"})).await;
+    publish_ok(
+        app.port,
+        &producer,
+        "meeting-2",
+        json!({"type": "done", "status": "completed"}),
+    )
+    .await;
+    let mut again = Board::open(
+        app.port,
+        &viewer,
+        json!({"prefix": "meeting-", "status": "in_progress"}),
+    )
+    .await;
+    assert_eq!(
+        again.heads(),
+        vec![
+            ("meeting-1".into(), 2, "in_progress".into()),
+            ("meeting-3".into(), 1, "in_progress".into())
+        ]
+    );
+    // limit: the first answer holds the newest rooms.
+    let small = Board::open(app.port, &viewer, json!({"limit": 1})).await;
+    assert_eq!(small.view.len(), 1);
+    assert!(
+        small.view.contains_key("meeting-2"),
+        "newest activity first: {:?}",
+        small.view.keys()
+    );
+    // The rooms claim and another org.
+    let scoped = token_with("acme", "scoped", false, Some(vec!["call-*"]), 3600);
+    let mut sb = Board::open(app.port, &scoped, json!({})).await;
+    assert_eq!(sb.heads(), vec![("call-1".into(), 1, "in_progress".into())]);
+    let other = token("globex", "viewer", false);
+    let mut ob = Board::open(app.port, &other, json!({})).await;
+    assert!(ob.view.is_empty());
+    publish_ok(app.port, &producer, "meeting-1", json!({"type": "z"})).await;
+    publish_ok(app.port, &producer, "call-1", json!({"type": "z"})).await;
+    again.read_for(Duration::from_millis(1000)).await;
+    sb.read_for(Duration::from_millis(300)).await;
+    ob.read_for(Duration::from_millis(300)).await;
+    assert_eq!(again.view["meeting-1"]["head"], 3);
+    assert!(
+        !again.view.contains_key("call-1"),
+        "a room outside the prefix showed"
+    );
+    assert_eq!(
+        sb.heads(),
+        vec![("call-1".into(), 2, "in_progress".into())],
+        "the claim was not applied"
+    );
+    assert!(
+        ob.view.is_empty() && ob.frames.is_empty(),
+        "another org's rooms showed"
+    );
+    // Bad filters are refused.
+    let mut bad = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+    bad.expect_op("welcome").await;
+    bad.send(json!({"op": "subscribe_rooms", "status": "done"}))
+        .await;
+    assert_eq!(bad.expect_op("error").await["code"], "bad_request");
+    // SSE.
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/sse?prefix=meeting-&token={viewer}"),
+        &[],
+    )
+    .await;
+    assert!(sse.content_type.starts_with("text/event-stream"));
+    let first = sse.recv_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!((first.event.as_str(), first.id), ("rooms", None));
+    assert_eq!(first.data["rooms"].as_array().unwrap().len(), 3);
+    publish_ok(app.port, &producer, "meeting-3", json!({"type": "z"})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = sse
+            .recv_within(Duration::from_secs(10))
+            .await
+            .expect("a room message");
+        if m.event == "room" && m.data["room"]["room"] == "meeting-3" && m.data["room"]["head"] == 2
+        {
+            assert_eq!(m.data["matches"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    // unsubscribe_rooms.
+    again.ws.send(json!({"op": "unsubscribe_rooms"})).await;
+    again.ws.expect_op("unsubscribed_rooms").await;
+}
+
+/// A table that publishes itself: committed inserts and updates of the
+/// seed 003 calls table become events of the call's room, in order, with the
+/// changed columns, its status mapped to the room's; rolled back ones never
+/// do; a board sees the calls live.
+#[actix_web::test]
+async fn a_captured_table_publishes_committed_changes_only() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE calls (
+                 id text PRIMARY KEY, org_id text NOT NULL, caller text, status text NOT NULL, duration_s int);
+             CREATE TRIGGER calls_events AFTER INSERT OR UPDATE ON calls FOR EACH ROW
+               EXECUTE FUNCTION roomcast_capture('org_id', 'id', 'call', 'status',
+                 '{\"ringing\": \"in_progress\", \"active\": \"in_progress\", \"ended\": \"completed\", \"dropped\": \"failed\"}');",
+        )
+        .await
+        .unwrap();
+    let viewer = token("acme", "viewer", false);
+    let mut board = Board::open(app.port, &viewer, json!({"status": "in_progress"})).await;
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/call-7/ws?since=0&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+    // Each its own transaction (a multi-statement string would be one).
+    for sql in [
+        "INSERT INTO calls VALUES ('call-7', 'acme', 'Ana', 'ringing', NULL)",
+        "UPDATE calls SET status = 'active' WHERE id = 'call-7'",
+        "UPDATE calls SET caller = 'Ana' WHERE id = 'call-7'", // changes nothing
+        "BEGIN; UPDATE calls SET caller = 'Mallory' WHERE id = 'call-7'; ROLLBACK",
+        "BEGIN; UPDATE calls SET duration_s = 42 WHERE id = 'call-7'; COMMIT",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let evs = ws.events_until("call-7", 3, Duration::from_secs(10)).await;
+    assert_exactly(&evs, 1, 3);
+    assert_eq!(evs[0]["type"], "call.inserted");
+    assert_eq!(evs[0]["data"]["row"]["caller"], "Ana");
+    assert_eq!(evs[1]["type"], "call.updated");
+    assert_eq!(evs[1]["data"]["changed"], json!(["status"]));
+    assert_eq!(evs[2]["data"]["changed"], json!(["duration_s"]));
+    // The board saw the call come in progress.
+    board.read_for(Duration::from_millis(800)).await;
+    assert_eq!(board.view["call-7"]["state"]["status"], "active");
+    // The call ends: the room completes and leaves the in_progress board.
+    client
+        .batch_execute("UPDATE calls SET status = 'ended' WHERE id = 'call-7'")
+        .await
+        .unwrap();
+    let evs = ws.events_until("call-7", 4, Duration::from_secs(10)).await;
+    assert_eq!(evs.last().unwrap()["type"], "call.updated");
+    board.read_for(Duration::from_millis(800)).await;
+    assert!(!board.view.contains_key("call-7"));
+    let (_, snap, _) = get(app.port, "/v1/rooms/call-7", &viewer, &[]).await;
+    assert_eq!(
+        (snap["status"].clone(), snap["head"].clone()),
+        (json!("completed"), json!(4))
+    );
+    // A row the room cannot take (closed room, bad id) never fails the
+    // application's write.
+    client
+        .batch_execute("UPDATE calls SET duration_s = 43 WHERE id = 'call-7'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO calls VALUES ('bad id!', 'acme', 'x', 'ringing', NULL)")
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM calls", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    assert_eq!(db.event_count().await, 4);
+}

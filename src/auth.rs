@@ -65,10 +65,19 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// Verified tokens kept (a publish or a connection need not verify the same
+/// token again); past it the cache starts over.
+const CACHE_MAX: usize = 4096;
+
 /// Verifies tokens against `ROOMCAST_JWT_SECRET`.
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    /// Tokens verified already, by signature (with a hash of what they sign,
+    /// so a cached answer is only for that very token): a producer sending
+    /// thousands of publishes with one token pays the HMAC and JSON parse
+    /// once. `exp` is checked on every hit.
+    cache: std::sync::Mutex<std::collections::HashMap<String, (u64, Principal)>>,
 }
 
 impl Authenticator {
@@ -80,10 +89,41 @@ impl Authenticator {
         Authenticator {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
+    /// Verifies a token (from the cache when it was verified before and has
+    /// not expired since).
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let Some((signed, signature)) = token.rsplit_once('.') else {
+            return Err(AuthError::Invalid("not a JWT".into()));
+        };
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            signed.hash(&mut h);
+            h.finish()
+        };
+        let now = now_secs();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((d, p)) = cache.get(signature) {
+                if *d == digest && now < p.exp + self.validation.leeway {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let p = self.verify_uncached(token)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(signature.to_owned(), (digest, p.clone()));
+        Ok(p)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
@@ -179,5 +219,28 @@ mod tests {
         expired.exp = now_secs() - 100;
         assert!(a.verify(&mint("s3cret", &expired)).is_err());
         assert!(a.verify("garbage").is_err());
+    }
+
+    #[test]
+    fn the_cache_answers_only_for_the_same_unexpired_token() {
+        let a = Authenticator::new("s3cret");
+        let t = mint("s3cret", &claims(None));
+        assert!(a.verify(&t).is_ok());
+        assert!(a.verify(&t).is_ok(), "from the cache");
+        // Another payload with the cached signature is not the cached token.
+        let (_, sig) = t.rsplit_once('.').unwrap();
+        let mut other = claims(Some(vec!["x"]));
+        other.sub = "mallory".into();
+        let forged = mint("s3cret", &other);
+        let (signed, _) = forged.rsplit_once('.').unwrap();
+        assert!(a.verify(&format!("{signed}.{sig}")).is_err());
+        // A token cached inside the clock-skew leeway is refused once past
+        // it, as an uncached one would be.
+        let mut short = claims(None);
+        short.exp = now_secs() - 4;
+        let t = mint("s3cret", &short);
+        assert!(a.verify(&t).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(a.verify(&t).is_err());
     }
 }

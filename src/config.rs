@@ -86,6 +86,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_BACKLOG_CLOSE_FRAMES", default_value_t = 16384)]
     pub backlog_close_frames: usize,
 
+    /// How long a session's oldest unsent frame may wait (ms) before the
+    /// session stops taking pushes and reads back from the database in pages
+    /// once drained: a client falling behind is never seconds behind in
+    /// memory.
+    #[arg(long, env = "ROOMCAST_BACKLOG_LAG_MS", default_value_t = 1000)]
+    pub backlog_lag_ms: u64,
+
     /// `off` turns every rate limit off (for benchmarks); size limits stay.
     #[arg(long, env = "ROOMCAST_RATE_LIMITS", value_enum, default_value_t = Switch::On)]
     pub rate_limits: Switch,
@@ -184,6 +191,7 @@ impl Config {
             frames: self.backlog_frames,
             close_bytes: self.backlog_close_bytes,
             close_frames: self.backlog_close_frames,
+            lag: Duration::from_millis(self.backlog_lag_ms.max(1)),
         }
     }
 
@@ -206,6 +214,7 @@ impl Config {
             backlog_close_bytes: 4 * 1024 * 1024,
             backlog_frames: 1024,
             backlog_close_frames: 16384,
+            backlog_lag_ms: 1000,
             rate_limits: Switch::On,
             publish_rate: 200,
             publish_burst: 1000,

@@ -36,6 +36,15 @@ impl QueryKind {
 pub struct Backlog {
     pub written: AtomicU64,
     pub sent: AtomicU64,
+    /// Epoch ms when the oldest unsent frame was written (0: none).
+    pub oldest_ms: AtomicU64,
+}
+
+/// Now, in epoch milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Backlog {
@@ -61,6 +70,8 @@ pub struct Metrics {
     pub notifications: IntCounter,
     pub publish_seconds: Histogram,
     pub session_backlog_bytes: IntGauge,
+    /// How long the oldest unsent frame of any session has waited.
+    pub session_lag_seconds: Gauge,
     /// Pushes the router could not hand to a full session mailbox; each one
     /// is later caught up from the database by that session.
     pub pushes_dropped: IntCounter,
@@ -126,6 +137,11 @@ impl Metrics {
         let session_backlog_bytes = IntGauge::new(
             "roomcast_session_backlog_bytes",
             "Largest unsent backlog of any session",
+        )
+        .expect("static");
+        let session_lag_seconds = Gauge::new(
+            "roomcast_session_lag_seconds",
+            "Longest time the oldest unsent frame of any session has waited",
         )
         .expect("static");
         let pushes_dropped = IntCounter::new(
@@ -207,6 +223,7 @@ impl Metrics {
             Box::new(notifications.clone()),
             Box::new(publish_seconds.clone()),
             Box::new(session_backlog_bytes.clone()),
+            Box::new(session_lag_seconds.clone()),
             Box::new(pushes_dropped.clone()),
             Box::new(router_rooms.clone()),
             Box::new(bus_messages.clone()),
@@ -246,6 +263,7 @@ impl Metrics {
             notifications,
             publish_seconds,
             session_backlog_bytes,
+            session_lag_seconds,
             pushes_dropped,
             router_rooms,
             bus_messages,
@@ -288,16 +306,22 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let largest = {
+        let (largest, oldest) = {
             let mut map = self.backlogs.lock().unwrap_or_else(|e| e.into_inner());
             map.retain(|_, w| w.strong_count() > 0);
-            map.values()
-                .filter_map(|w| w.upgrade())
-                .map(|b| b.bytes())
-                .max()
-                .unwrap_or(0)
+            let live: Vec<_> = map.values().filter_map(|w| w.upgrade()).collect();
+            let largest = live.iter().map(|b| b.bytes()).max().unwrap_or(0);
+            let oldest = live
+                .iter()
+                .filter(|b| b.bytes() > 0)
+                .map(|b| b.oldest_ms.load(Ordering::Relaxed))
+                .filter(|&ms| ms > 0)
+                .min();
+            (largest, oldest)
         };
         self.session_backlog_bytes.set(largest as i64);
+        self.session_lag_seconds
+            .set(oldest.map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0));
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -28,14 +29,19 @@ pub struct Bounds {
     pub frames: usize,
     pub close_bytes: usize,
     pub close_frames: usize,
+    /// The oldest unsent frame's age past which the session stops taking
+    /// pushes (it reads back from the database in pages once drained): a
+    /// client that falls behind is never seconds behind in memory.
+    pub lag: Duration,
 }
 
 pub struct Outbox {
     /// Written by the session, taken by the transport; shared with the
     /// metrics (`roomcast_session_backlog_bytes`).
     counters: Arc<Backlog>,
-    /// End offsets (in written bytes) of the frames not yet taken.
-    ends: VecDeque<u64>,
+    /// End offsets (in written bytes) of the frames not yet taken, and when
+    /// each was written.
+    ends: VecDeque<(u64, Instant)>,
     bounds: Bounds,
 }
 
@@ -45,6 +51,7 @@ impl Outbox {
             counters: Arc::new(Backlog {
                 written: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
+                oldest_ms: AtomicU64::new(0),
             }),
             ends: VecDeque::new(),
             bounds,
@@ -54,10 +61,31 @@ impl Outbox {
     /// Frames handed to the transport and not yet (wholly) taken.
     pub fn frames(&mut self) -> usize {
         let sent = self.counters.sent.load(Ordering::Relaxed);
-        while self.ends.front().is_some_and(|&end| end <= sent) {
+        let before = self.ends.len();
+        while self.ends.front().is_some_and(|&(end, _)| end <= sent) {
             self.ends.pop_front();
         }
+        if self.ends.len() != before {
+            self.publish_oldest();
+        }
         self.ends.len()
+    }
+
+    /// How long the oldest unsent frame has waited.
+    pub fn lag(&mut self) -> Duration {
+        self.frames();
+        self.ends
+            .front()
+            .map_or(Duration::ZERO, |(_, at)| at.elapsed())
+    }
+
+    /// Tells the metrics when the oldest unsent frame was written.
+    fn publish_oldest(&self) {
+        let ms = self.ends.front().map_or(0, |(_, at)| {
+            let age = at.elapsed().as_millis() as u64;
+            crate::metrics::now_ms().saturating_sub(age)
+        });
+        self.counters.oldest_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The counters, for the transport's body stream and the metrics.
@@ -69,7 +97,10 @@ impl Outbox {
     pub fn wrote(&mut self, n: usize) {
         let end = self.counters.written.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         self.frames(); // forget what was taken
-        self.ends.push_back(end);
+        self.ends.push_back((end, Instant::now()));
+        if self.ends.len() == 1 {
+            self.publish_oldest();
+        }
     }
 
     /// Bytes handed to the transport and not yet taken by the HTTP layer.
@@ -79,13 +110,17 @@ impl Outbox {
 
     /// Below the soft bounds: events may be pushed.
     pub fn has_room(&mut self) -> bool {
-        self.backlog() < self.bounds.bytes as u64 && self.frames() < self.bounds.frames
+        self.backlog() < self.bounds.bytes as u64
+            && self.frames() < self.bounds.frames
+            && self.lag() < self.bounds.lag
     }
 
     /// Drained to half the soft bounds: a session that stopped taking pushes
     /// resumes (the gap keeps it from flapping at the bound).
     pub fn drained(&mut self) -> bool {
-        self.backlog() <= self.bounds.bytes as u64 / 2 && self.frames() <= self.bounds.frames / 2
+        self.backlog() <= self.bounds.bytes as u64 / 2
+            && self.frames() <= self.bounds.frames / 2
+            && self.lag() < self.bounds.lag / 2
     }
 
     /// Past a hard bound: the session is closed.
@@ -148,7 +183,24 @@ mod tests {
             frames,
             close_bytes: bytes * 4,
             close_frames: frames * 4,
+            lag: Duration::from_secs(3600),
         }
+    }
+
+    #[test]
+    fn lag_bound() {
+        let mut out = Outbox::new(Bounds {
+            lag: Duration::from_millis(50),
+            ..bounds(1 << 20, 1000)
+        });
+        out.wrote(10);
+        assert!(out.has_room());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!out.has_room(), "the oldest unsent frame waited 60 ms");
+        assert!(out.counters().oldest_ms.load(Ordering::Relaxed) > 0);
+        out.counters().sent.fetch_add(10, Ordering::Relaxed);
+        assert!(out.drained() && out.has_room());
+        assert_eq!(out.lag(), Duration::ZERO);
     }
 
     #[test]

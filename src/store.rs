@@ -121,22 +121,36 @@ pub async fn publish(
 ) -> Result<Vec<Published>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let stmt = tx
-        .prepare_cached(
-            "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
-               FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await?;
     let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
     let datas: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-    let keys: Vec<Option<&str>> = events.iter().map(|e| e.idem_key.as_deref()).collect();
-    let states: Vec<Option<&Value>> = events.iter().map(|e| e.state.as_ref()).collect();
-    let statuses: Vec<Option<&str>> = events
+    // Events with no idempotency key, state patch or status need no per-event
+    // step: one set-based insert (roomcast_publish_plain).
+    let plain = events
         .iter()
-        .map(|e| e.status.map(|s| s.as_str()))
-        .collect();
-    let rows = tx
-        .query(
+        .all(|e| e.idem_key.is_none() && e.state.is_none() && e.status.is_none());
+    let rows = if plain {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
+                   FROM roomcast_publish_plain($1, $2, $3, $4)",
+            )
+            .await?;
+        tx.query(&stmt, &[&key.org, &key.room.as_str(), &types, &datas])
+            .await?
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
+                   FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        let keys: Vec<Option<&str>> = events.iter().map(|e| e.idem_key.as_deref()).collect();
+        let states: Vec<Option<&Value>> = events.iter().map(|e| e.state.as_ref()).collect();
+        let statuses: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.status.map(|s| s.as_str()))
+            .collect();
+        tx.query(
             &stmt,
             &[
                 &key.org,
@@ -148,7 +162,8 @@ pub async fn publish(
                 &statuses,
             ],
         )
-        .await?;
+        .await?
+    };
     let published: Vec<Published> = rows
         .iter()
         .map(|row| Published {

@@ -106,6 +106,8 @@ fn client_msg_like() -> impl Strategy<Value = Value> {
         Just("unsubscribe"),
         Just("ping"),
         Just("auth"),
+        Just("subscribe_rooms"),
+        Just("unsubscribe_rooms"),
         Just("nope"),
     ];
     (
@@ -142,6 +144,17 @@ proptest! {
             Ok(ClientMsg::Unsubscribe { .. }) => prop_assert_eq!(op, "unsubscribe"),
             Ok(ClientMsg::Ping { .. }) => prop_assert_eq!(op, "ping"),
             Ok(ClientMsg::Auth { .. }) => prop_assert_eq!(op, "auth"),
+            Ok(ClientMsg::SubscribeRooms { status, prefix, limit }) => {
+                prop_assert_eq!(op, "subscribe_rooms");
+                // The filter is checked by the session (RoomsFilter::parse):
+                // whatever it accepts is a status, a prefix of room-id
+                // characters and a limit in range.
+                if let Ok(f) = roomcast::protocol::RoomsFilter::parse(status.as_deref(), prefix.as_deref(), limit) {
+                    prop_assert!((1..=1000).contains(&f.limit));
+                    prop_assert!(f.prefix.as_deref().is_none_or(|p| p.len() <= 128));
+                }
+            }
+            Ok(ClientMsg::UnsubscribeRooms) => prop_assert_eq!(op, "unsubscribe_rooms"),
             Err(e) => prop_assert!(!e.0.is_empty()),
         }
     }

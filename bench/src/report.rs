@@ -204,6 +204,22 @@ fn chart(r: &Outcome) -> Option<String> {
             &[],
             true,
         )),
+        "soak" => {
+            let samples = d["samples"].as_array()?;
+            let series = |k: &str| -> Vec<(f64, f64)> {
+                samples
+                    .iter()
+                    .filter_map(|x| Some((x["t_s"].as_f64()?, x[k].as_f64()?)))
+                    .collect()
+            };
+            Some(line_chart(
+                "Soak with retention: events table (MiB) and server RSS (MiB) over time (s)",
+                &[
+                    ("events table MiB", series("table_mib"), "#1971c2"),
+                    ("server RSS MiB", series("rss_mib"), "#e67700"),
+                ],
+            ))
+        }
         "scale_out" => {
             let mut bars = Vec::new();
             for run in d["runs"].as_array()? {
@@ -328,6 +344,75 @@ fn bar_chart(
             top - 4.0,
             bottom + 4.0,
             bottom + 18.0,
+            esc(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A line chart of a few series over a shared x axis.
+fn line_chart(title: &str, series: &[(&str, Vec<(f64, f64)>, &str)]) -> String {
+    let (left, right, top, bottom) = (60.0, 160.0, 40.0, 40.0);
+    let (width, height) = (760.0, 300.0);
+    let (pw, ph) = (width - left - right, height - top - bottom);
+    let xs = series.iter().flat_map(|s| s.1.iter().map(|p| p.0));
+    let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
+    let xmax = xs.fold(0.0f64, f64::max).max(1e-9);
+    let ymax = ys.fold(0.0f64, f64::max).max(1e-9) * 1.1;
+    let x = |v: f64| left + pw * v / xmax;
+    let y = |v: f64| top + ph * (1.0 - v / ymax);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="14" font-weight="bold">{}</text>"#,
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{0}" stroke="black"/>"#,
+        top + ph,
+        left + pw
+    );
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            y(v) + 4.0,
+            fmt_num(v)
+        );
+        let t = xmax * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
+            x(t),
+            top + ph + 16.0,
+            t
+        );
+    }
+    for (i, (label, points, color)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            left + pw + 14.0,
+            top + 20.0 * i as f64,
+            left + pw + 30.0,
+            top + 10.0 + 20.0 * i as f64,
             esc(label)
         );
     }

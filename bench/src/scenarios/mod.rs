@@ -8,6 +8,7 @@ mod limits;
 mod polls;
 mod safety_net;
 mod scale_out;
+mod soak;
 mod storm;
 
 use anyhow::{bail, Result};
@@ -29,6 +30,7 @@ pub const ALL: &[&str] = &[
     "uptodate_polls",
     "storm",
     "scale_out",
+    "soak",
 ];
 
 pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
@@ -44,6 +46,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "uptodate_polls" => polls::run(ctx).await,
         "storm" => storm::run(ctx).await,
         "scale_out" => scale_out::run(ctx).await,
+        "soak" => soak::run(ctx).await,
         other => bail!("no scenario {other:?} (known: {})", ALL.join(", ")),
     }
 }

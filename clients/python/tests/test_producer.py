@@ -112,3 +112,32 @@ def test_mint_token_claims() -> None:
     assert token_claims(t) == {"sub": "u", "org": ORG, "exp": 1060, "rooms": ["meeting-*"], "pub": True, "info": {"name": "Ana"}}
     assert token_expiry(t) == 1060
     assert "pub" not in token_claims(mint_token("s", org=ORG, sub="u"))
+
+
+async def test_members_of_a_room_over_rest(server) -> None:
+    """``members()``: who is in a room (presence), from the members' tokens."""
+    import json
+
+    import websockets
+
+    from roomcast import mint_token as mint
+    from _support import JWT_SECRET as SECRET
+
+    ana = mint(SECRET, org=ORG, sub="ana", info={"name": "Ana"})
+    ws_url = server.url.replace("http://", "ws://") + f"/v1/rooms/standup/ws?presence=1&token={ana}"
+    async with websockets.connect(ws_url) as ws:
+        while json.loads(await ws.recv())["op"] != "subscribed":
+            pass
+        backend = mint(SECRET, org=ORG, sub="backend")
+        async with AsyncProducer(server.url, backend) as p:
+            for _ in range(50):
+                got = await p.members("standup")
+                if got.count == 1:
+                    break
+                import asyncio
+
+                await asyncio.sleep(0.1)
+            assert got.count == 1 and got.members is not None
+            assert (got.members[0].sub, got.members[0].info, got.members[0].connections) == ("ana", {"name": "Ana"}, 1)
+            only = await p.members("standup", count_only=True)
+            assert only.count == 1 and only.members is None

@@ -32,6 +32,12 @@ pub struct Args {
     /// The server binary to measure.
     #[arg(long, default_value = "target/release/roomcast")]
     pub server: PathBuf,
+    /// The framework floor: actix-web and actix-web-actors with none of
+    /// roomcast's work (examples/actix_floor.rs, no storage). The latency,
+    /// durable and idle scenarios measure it next to the server; where it
+    /// is missing they say so.
+    #[arg(long, default_value = "target/release/examples/actix_floor")]
+    pub floor: PathBuf,
     /// Sizes: `full` (the goals' sizes, under ten minutes) or `tiny` (a smoke test).
     #[arg(long, value_enum, default_value = "full")]
     pub size: Size,
@@ -128,6 +134,25 @@ impl Ctx {
 
     pub async fn server(&self, id: &str, env: &[(&str, String)]) -> Result<env::Server> {
         env::Server::start(&self.args.server, &self.pg, self.log(id), env).await
+    }
+
+    /// The framework floor (`--floor`), if it was built.
+    pub async fn floor(&self, id: &str, env: &[(&str, String)]) -> Result<Option<env::Server>> {
+        if !self.args.floor.is_file() {
+            return Ok(None);
+        }
+        let log = self.logs.join(format!("{id}.floor.log"));
+        Ok(Some(
+            env::Server::start(&self.args.floor, &self.pg, log, env).await?,
+        ))
+    }
+
+    /// Why a floor figure is missing.
+    pub fn no_floor(&self) -> String {
+        format!(
+            "No framework floor at {} (build it: cargo build --release --example actix_floor): its figures are missing from this run.",
+            self.args.floor.display()
+        )
     }
 }
 

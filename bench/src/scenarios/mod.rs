@@ -21,6 +21,7 @@ use crate::{Ctx, Outcome, Verdict};
 pub const ALL: &[&str] = &[
     "commit_floor",
     "latency",
+    "durable",
     "idle",
     "fanout",
     "ws_ceiling",
@@ -38,6 +39,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "commit_floor" => limits::commit_floor(ctx).await,
         "ws_ceiling" => limits::ws_ceiling(ctx).await,
         "latency" => latency::run(ctx).await,
+        "durable" => latency::durable(ctx).await,
         "idle" => connections::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
         "hot_ingest" => ingest::hot_room(ctx).await,

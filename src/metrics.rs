@@ -66,6 +66,10 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub events_published: IntCounter,
     pub events_delivered: IntCounterVec,
+    /// `events_delivered` by push and by catch-up over WebSocket, resolved
+    /// once (a label lookup per frame is a hash and a lock).
+    pub delivered_push: IntCounter,
+    pub delivered_catchup: IntCounter,
     db_queries: IntCounterVec,
     pub notifications: IntCounter,
     pub publish_seconds: Histogram,
@@ -252,6 +256,8 @@ impl Metrics {
             connections.with_label_values(&[transport]);
         }
         Metrics {
+            delivered_push: events_delivered.with_label_values(&["push"]),
+            delivered_catchup: events_delivered.with_label_values(&["catchup"]),
             registry,
             backlogs: Mutex::new(HashMap::new()),
             db_pool,
@@ -287,6 +293,14 @@ impl Metrics {
     /// The registry, shared with the HTTP request metrics (actix-web-prom).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The counter of events delivered over WebSocket `via`.
+    pub fn delivered(&self, via: crate::protocol::Via) -> &IntCounter {
+        match via {
+            crate::protocol::Via::Push => &self.delivered_push,
+            crate::protocol::Via::Catchup => &self.delivered_catchup,
+        }
     }
 
     /// A session's backlog starts being watched.

@@ -10,10 +10,11 @@
 //! with 4008. Ephemeral events are coalesced by key while it is behind.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
@@ -55,6 +56,50 @@ const MAX_PENDING: usize = 1024;
 /// the poll fallback off).
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// The open sessions of this server, by id, held weakly (a pointer each):
+/// at shutdown each is told to close with 1001. One map rather than a
+/// future per session, which the session's context would poll on every
+/// frame it writes.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<u64, WeakAddr<WsSession>>>);
+
+impl Sessions {
+    fn register(&self, id: u64, addr: WeakAddr<WsSession>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, addr);
+    }
+
+    fn unregister(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    /// Tells every open session that the server is going away.
+    pub fn going_away(&self) {
+        let all: Vec<_> = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(WeakAddr::upgrade)
+            .collect();
+        for addr in all {
+            addr.do_send(GoingAway);
+        }
+    }
+}
+
+/// The server is shutting down.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct GoingAway;
+
+/// The tick of a session's one timer: both the poll interval and the
+/// heartbeat are multiples of it (their greatest common divisor), unless
+/// that is under this, when each gets a timer of its own.
+const MIN_TICK_MS: u64 = 250;
+
 /// Starts a session on an upgraded request.
 pub fn start(
     req: &HttpRequest,
@@ -80,12 +125,16 @@ pub struct WsSession {
     name: String,
     state: web::Data<AppState>,
     principal: Principal,
-    subs: HashMap<RoomId, Cursor>,
+    /// Boxed: the map's buckets (at least four) hold a pointer each, not a
+    /// whole cursor.
+    subs: HashMap<RoomId, Box<Cursor>>,
     /// Subscriptions opened on this connection so far (each cursor's number).
     generation: u64,
     /// Last time the client sent anything; silent for twice the heartbeat
     /// interval means dead.
     heard: Instant,
+    /// When the poll and the ping are due.
+    ticker: Ticker,
     /// Subscription requested by the URL (`/v1/rooms/{room}/ws?since=N`).
     initial: Option<(RoomId, Option<i64>, bool)>,
     out: Outbox,
@@ -123,6 +172,7 @@ impl WsSession {
             subs: HashMap::new(),
             generation: 0,
             heard: Instant::now(),
+            ticker: Ticker::default(),
             initial,
             out,
             pulling: false,
@@ -312,7 +362,7 @@ impl WsSession {
         let mut cursor = Cursor::new(key.clone());
         cursor.generation = generation;
         cursor.presence = presence;
-        self.subs.insert(id.clone(), cursor);
+        self.subs.insert(id.clone(), Box::new(cursor));
         self.state.metrics.subscriptions.inc();
         let opening = cursor::open(
             self.state.broadcaster.clone(),
@@ -529,14 +579,14 @@ impl WsSession {
         let Some(sub) = subs.get_mut(id) else {
             return;
         };
-        let delivered = &state.metrics.events_delivered;
+        let metrics = &state.metrics;
         let ask = sub.advance(frames, known_head, |f| {
             if !out.has_room() {
                 return false;
             }
             out.wrote(ws_frame_len(f.text.len()));
             ctx.text(f.text.clone());
-            delivered.with_label_values(&[f.via.as_str()]).inc();
+            metrics.delivered(f.via).inc();
             true
         });
         if let Some(after) = ask {
@@ -638,6 +688,19 @@ impl WsSession {
         ctx.run_later(wait, |act, ctx| act.check_expiry(ctx));
     }
 
+    /// The session's timer fired, `every` ms after the last time: polls
+    /// and pings whichever is due.
+    fn tick(&mut self, every: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        let (poll_ms, heartbeat_ms) = (self.state.config.poll_ms, self.state.config.heartbeat_ms);
+        let (poll, ping) = self.ticker.tick(every, poll_ms, heartbeat_ms);
+        if poll {
+            self.poll(ctx);
+        }
+        if ping {
+            self.heartbeat(ctx);
+        }
+    }
+
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let hb = Duration::from_millis(self.state.config.heartbeat_ms);
         if self.heard.elapsed() > hb * 2 {
@@ -677,23 +740,32 @@ impl Actor for WsSession {
         }
         .to_text();
         self.write(ctx, welcome.into());
-        if heartbeat_ms > 0 {
-            ctx.run_interval(Duration::from_millis(heartbeat_ms), |act, ctx| {
-                act.heartbeat(ctx)
-            });
-        }
-        if poll_ms > 0 {
-            ctx.run_interval(Duration::from_millis(poll_ms), |act, ctx| act.poll(ctx));
-        }
-        // Close with 1001 when the server shuts down.
-        let mut shutdown = self.state.shutdown.clone();
-        ctx.spawn(
-            async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
+        // One timer for both the poll and the heartbeat where they share a
+        // tick: every timer is polled each time the session wakes.
+        match (poll_ms, heartbeat_ms) {
+            (0, 0) => {}
+            (0, every) | (every, 0) => {
+                let tick = Duration::from_millis(every);
+                ctx.run_interval(tick, move |act, ctx| act.tick(every, ctx));
             }
-            .into_actor(self)
-            .map(|_, act, ctx| act.close(ctx, CloseCode::Away, "server going away")),
-        );
+            (p, h) if gcd(p, h) >= MIN_TICK_MS => {
+                let every = gcd(p, h);
+                let tick = Duration::from_millis(every);
+                ctx.run_interval(tick, move |act, ctx| act.tick(every, ctx));
+            }
+            (p, h) => {
+                ctx.run_interval(Duration::from_millis(p), |act, ctx| act.poll(ctx));
+                ctx.run_interval(Duration::from_millis(h), |act, ctx| act.heartbeat(ctx));
+            }
+        }
+        // Close with 1001 when the server shuts down (registered first, so
+        // that a shutdown between the two is seen by the check).
+        self.state
+            .sessions
+            .register(self.id, ctx.address().downgrade());
+        if *self.state.shutdown.borrow() {
+            return self.close(ctx, CloseCode::Away, "server going away");
+        }
         if self.principal.is_expired() {
             // Accepted within the clock-skew leeway: a moment to send `auth`.
             ctx.run_later(AUTH_GRACE, |act, ctx| act.check_expiry(ctx));
@@ -706,6 +778,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.state.sessions.unregister(self.id);
         self.state.metrics.unwatch_backlog(self.id);
         self.unsubscribe_rooms();
         let ids: Vec<RoomId> = self.subs.keys().cloned().collect();
@@ -830,5 +903,91 @@ impl Handler<CatchupDone> for WsSession {
                 });
             }
         }
+    }
+}
+
+impl Handler<GoingAway> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _: GoingAway, ctx: &mut Self::Context) {
+        self.close(ctx, CloseCode::Away, "server going away");
+    }
+}
+
+/// The schedule of a session's one timer: milliseconds counted, and when
+/// the next poll and ping are due on that count.
+#[derive(Default)]
+struct Ticker {
+    clock_ms: u64,
+    last_poll_ms: u64,
+    last_ping_ms: u64,
+}
+
+impl Ticker {
+    /// The timer fired `every` ms after the last time: whether a poll and a
+    /// ping are due (an interval of 0 is never due).
+    fn tick(&mut self, every: u64, poll_ms: u64, heartbeat_ms: u64) -> (bool, bool) {
+        self.clock_ms += every;
+        let poll = poll_ms > 0 && self.clock_ms >= self.last_poll_ms + poll_ms;
+        if poll {
+            self.last_poll_ms += poll_ms;
+        }
+        let ping = heartbeat_ms > 0 && self.clock_ms >= self.last_ping_ms + heartbeat_ms;
+        if ping {
+            self.last_ping_ms += heartbeat_ms;
+        }
+        (poll, ping)
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// On the gcd tick, polls and pings come exactly on their own
+        /// intervals: never early, never late, none skipped.
+        #[test]
+        fn one_timer_keeps_both_intervals(poll in 1u64..40, ping in 1u64..40, unit in prop::sample::select(vec![250u64, 500, 1000])) {
+            let (poll_ms, heartbeat_ms) = (poll * unit, ping * unit);
+            let every = gcd(poll_ms, heartbeat_ms);
+            let mut t = Ticker::default();
+            let (mut polls, mut pings) = (Vec::new(), Vec::new());
+            let horizon = poll_ms * heartbeat_ms * 3;
+            let mut now = 0;
+            while now < horizon {
+                now += every;
+                let (p, h) = t.tick(every, poll_ms, heartbeat_ms);
+                if p { polls.push(now); }
+                if h { pings.push(now); }
+            }
+            prop_assert_eq!(polls.len() as u64, horizon / poll_ms);
+            prop_assert_eq!(pings.len() as u64, horizon / heartbeat_ms);
+            for (k, at) in polls.iter().enumerate() {
+                prop_assert_eq!(*at, (k as u64 + 1) * poll_ms);
+            }
+            for (k, at) in pings.iter().enumerate() {
+                prop_assert_eq!(*at, (k as u64 + 1) * heartbeat_ms);
+            }
+        }
+    }
+
+    #[test]
+    fn an_interval_of_zero_never_fires() {
+        let mut t = Ticker::default();
+        for _ in 0..100 {
+            assert_eq!(t.tick(1000, 0, 1000), (false, true));
+        }
+        assert_eq!(gcd(15_000, 5_000), 5_000);
+        assert_eq!(gcd(2_000, 5_000), 1_000);
     }
 }

@@ -60,6 +60,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub webhook_secrets: Secrets,
     pub origins: Origins,
+    /// The open WebSocket sessions (closed with 1001 at shutdown).
+    pub sessions: crate::session::Sessions,
     next_session: AtomicU64,
 }
 
@@ -339,6 +341,7 @@ impl Application {
             boards,
             shutdown: shutdown_rx,
             instance,
+            sessions: Default::default(),
             next_session: AtomicU64::new(1),
         });
         let data = state.clone();
@@ -388,6 +391,7 @@ impl Application {
             () = stop => {
                 log::info!("shutting down");
                 let _ = self.shutdown.send(true);
+                self.state.sessions.going_away();
                 // This instance's presence members leave now.
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),

@@ -100,15 +100,41 @@ fn status_of(s: &str) -> RoomStatus {
     RoomStatus::parse(s).unwrap_or(RoomStatus::InProgress)
 }
 
+/// The publish of events that need no per-event step (no idempotency key,
+/// state patch or status) into a room that exists and is open, as one
+/// statement: the UPDATE locks the room's row and moves its head, the
+/// INSERT writes the events under that lock. It answers no row when the
+/// room does not exist or is closed; `roomcast_publish_plain` then creates
+/// it or refuses the publish, in the same transaction. (The checks of input
+/// `roomcast_publish_plain` makes for SQL producers were made at the edge.)
+const PUBLISH_FAST: &str = "
+WITH r AS (
+    UPDATE rooms
+       SET head = head + cardinality($3::text[]),
+           updated_at = greatest(date_trunc('milliseconds', clock_timestamp()), updated_at)
+     WHERE org = $1::text AND room = $2::text AND status = 'in_progress'
+ RETURNING head - cardinality($3::text[]) AS base, updated_at AS ts
+), ins AS (
+    INSERT INTO events (org, room, seq, type, data, ts)
+    SELECT $1::text, $2::text, r.base + k, ($3::text[])[k], coalesce(($4::jsonb[])[k], 'null'::jsonb), r.ts
+      FROM r, generate_subscripts($3::text[], 1) AS k
+)
+SELECT r.base + k, false, roomcast_ts(r.ts), txid_current_if_assigned()
+  FROM r, generate_subscripts($3::text[], 1) AS k";
+
 /// Publishes `events` into one room in one transaction, all or nothing, with
-/// one statement (`roomcast_publish_many`: one room lock, one INSERT, one
-/// room update for the whole batch). No NOTIFY is sent inside the
-/// transaction: a transaction that notifies takes a database-wide lock at
-/// commit, which measured ~40% fewer commits per second (docs/decisions.md);
-/// the Db actor's notifier sends the hints after commit, batched.
+/// one statement: `PUBLISH_FAST` when every event is plain, else
+/// `roomcast_publish_many` (one room lock, one INSERT, one room update for
+/// the whole batch, each event's key, patch and status applied in order).
+/// BEGIN and that statement go in one round trip (both sent before either
+/// answer is read); COMMIT is sent once the statement answered. No NOTIFY is
+/// sent inside the transaction: a transaction that notifies takes a
+/// database-wide lock at commit, which measured ~40% fewer commits per
+/// second (docs/decisions.md); the Db actor's notifier sends the hints
+/// after commit, batched.
 ///
-/// An error before COMMIT proves nothing was written. An error *during*
-/// COMMIT (the connection broke) leaves the outcome unknown: the
+/// An error before COMMIT is sent proves nothing was written. An error
+/// *during* COMMIT (the connection broke) leaves the outcome unknown: the
 /// transaction's id is then looked up on a new connection
 /// (`txid_status`), so a commit that happened is answered as committed, one
 /// that did not as `Unavailable`, and one that cannot be told as
@@ -119,50 +145,67 @@ pub async fn publish(
     key: &RoomKey,
     events: &[NewEvent],
 ) -> Result<Vec<Published>, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let client = pool.get().await?;
     let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
     let datas: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-    // Events with no idempotency key, state patch or status need no per-event
-    // step: one set-based insert (roomcast_publish_plain).
     let plain = events
         .iter()
         .all(|e| e.idem_key.is_none() && e.state.is_none() && e.status.is_none());
-    let rows = if plain {
-        let stmt = tx
-            .prepare_cached(
-                "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
-                   FROM roomcast_publish_plain($1, $2, $3, $4)",
-            )
-            .await?;
-        tx.query(&stmt, &[&key.org, &key.room.as_str(), &types, &datas])
-            .await?
+    // Prepared once per connection, outside the transaction.
+    let stmt = if plain {
+        client.prepare_cached(PUBLISH_FAST).await?
     } else {
-        let stmt = tx
+        client
             .prepare_cached(
                 "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
                    FROM roomcast_publish_many($1, $2, $3, $4, $5, $6, $7)",
             )
-            .await?;
-        let keys: Vec<Option<&str>> = events.iter().map(|e| e.idem_key.as_deref()).collect();
-        let states: Vec<Option<&Value>> = events.iter().map(|e| e.state.as_ref()).collect();
-        let statuses: Vec<Option<&str>> = events
-            .iter()
-            .map(|e| e.status.map(|s| s.as_str()))
-            .collect();
-        tx.query(
-            &stmt,
-            &[
-                &key.org,
-                &key.room.as_str(),
-                &types,
-                &datas,
-                &keys,
-                &states,
-                &statuses,
-            ],
-        )
-        .await?
+            .await?
+    };
+    let room = key.room.as_str();
+    let keys: Vec<Option<&str>> = events.iter().map(|e| e.idem_key.as_deref()).collect();
+    let states: Vec<Option<&Value>> = events.iter().map(|e| e.state.as_ref()).collect();
+    let statuses: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.status.map(|s| s.as_str()))
+        .collect();
+    let statement = async {
+        if plain {
+            let rows = client
+                .query(&stmt, &[&key.org, &room, &types, &datas])
+                .await?;
+            if !rows.is_empty() {
+                return Ok(rows);
+            }
+            // A new room, or a closed one.
+            let slow = client
+                .prepare_cached(
+                    "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
+                       FROM roomcast_publish_plain($1, $2, $3, $4)",
+                )
+                .await?;
+            client
+                .query(&slow, &[&key.org, &room, &types, &datas])
+                .await
+        } else {
+            client
+                .query(
+                    &stmt,
+                    &[&key.org, &room, &types, &datas, &keys, &states, &statuses],
+                )
+                .await
+        }
+    };
+    // `join` polls BEGIN first: its request is queued before the statement's.
+    let (begun, rows) = futures_util::future::join(client.batch_execute("BEGIN"), statement).await;
+    let rows = match (begun, rows) {
+        (Ok(()), Ok(rows)) => rows,
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            // Nothing was committed (COMMIT was never sent); a connection
+            // that still works is handed back outside any transaction.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
     };
     let published: Vec<Published> = rows
         .iter()
@@ -173,7 +216,7 @@ pub async fn publish(
         })
         .collect();
     let txid: Option<i64> = rows.first().and_then(|r| r.get(3));
-    match tx.commit().await {
+    match client.batch_execute("COMMIT").await {
         Ok(()) => Ok(published),
         Err(e) => {
             let Some(txid) = txid else {

@@ -542,3 +542,100 @@ async fn group_commit_answers_each_request_on_its_own() {
         .get(0);
     assert_eq!(n, done, "refused requests stored nothing");
 }
+
+/// Publishes go as BEGIN and one statement in one round trip, then COMMIT:
+/// one refused by PostgreSQL (a closed room, on either statement) must hand
+/// its connection back outside any transaction, or the next publish on it
+/// would fail ("current transaction is aborted").
+#[actix_web::test]
+async fn refused_publishes_leave_every_pooled_connection_usable() {
+    let db = TestDb::new().await;
+    let mut c = config(&db);
+    c.db_pool = 2;
+    let app = spawn_app(c).await;
+    let tok = token("acme", "producer", true);
+    publish(app.port, &tok, "done", "x", json!({})).await;
+    let (s, b, _) = post(
+        app.port,
+        "/v1/rooms/done/events",
+        &tok,
+        &json!({"type": "end", "data": {}, "status": "completed"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    for i in 0..6 {
+        // A plain event (the one-statement path) and one with a key (the
+        // per-event function), both refused.
+        let plain = json!({"type": "late", "data": {"i": i}});
+        let keyed = json!({"type": "late", "data": {"i": i}, "id": format!("k{i}")});
+        for body in [plain, keyed] {
+            let (s, b, _) = post(app.port, "/v1/rooms/done/events", &tok, &body).await;
+            assert_eq!(s, 409, "{b}");
+            assert_error(&b, "room_closed");
+        }
+    }
+    for i in 1..=6 {
+        assert_eq!(publish(app.port, &tok, "open", "ok", json!({"i": i})).await, i);
+    }
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT head, (SELECT count(*) FROM events WHERE org = 'acme' AND room = 'done')
+               FROM rooms WHERE org = 'acme' AND room = 'done'",
+            &[],
+        )
+        .await
+        .expect("done");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 2));
+}
+
+/// The one-statement path for plain events and the SQL producers' function
+/// keep one log: seqs interleave without a gap, `ts` never goes back, and
+/// the room's head and updated_at follow both.
+#[actix_web::test]
+async fn plain_rest_publishes_and_sql_publishes_share_one_log() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let tok = token("acme", "producer", true);
+    let client = db.client().await;
+    let mut expect = 0;
+    for i in 0..20 {
+        expect += 1;
+        if i % 3 == 0 {
+            let row = client
+                .query_one(
+                    "SELECT roomcast_publish('acme', 'mixed', 'sql', '{\"i\": 1}'::jsonb)",
+                    &[],
+                )
+                .await
+                .expect("sql publish");
+            assert_eq!(row.get::<_, i64>(0), expect);
+        } else {
+            assert_eq!(publish(app.port, &tok, "mixed", "rest", json!({"i": i})).await, expect);
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT seq, ts FROM events WHERE org = 'acme' AND room = 'mixed' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("events");
+    assert_eq!(rows.len(), 20);
+    let mut last_ts = None;
+    for (k, r) in rows.iter().enumerate() {
+        assert_eq!(r.get::<_, i64>(0), k as i64 + 1);
+        let ts: std::time::SystemTime = r.get(1);
+        assert!(last_ts.is_none_or(|l| l <= ts), "ts went back at seq {}", k + 1);
+        last_ts = Some(ts);
+    }
+    let room = client
+        .query_one(
+            "SELECT head, updated_at = (SELECT max(ts) FROM events WHERE org = 'acme' AND room = 'mixed')
+               FROM rooms WHERE org = 'acme' AND room = 'mixed'",
+            &[],
+        )
+        .await
+        .expect("room");
+    assert_eq!((room.get::<_, i64>(0), room.get::<_, bool>(1)), (20, true));
+}

@@ -212,6 +212,10 @@ impl Server {
 pub struct Metrics(String);
 
 impl Metrics {
+    pub fn from_text(body: &[u8]) -> Metrics {
+        Metrics(String::from_utf8_lossy(body).into_owned())
+    }
+
     /// Sum of every series of `name` whose labels contain `filter`.
     pub fn sum(&self, name: &str, filter: &str) -> f64 {
         self.0

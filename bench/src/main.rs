@@ -147,6 +147,10 @@ impl Ctx {
         ))
     }
 
+    pub fn floor_missing(&self) -> bool {
+        !self.args.floor.is_file()
+    }
+
     /// Why a floor figure is missing.
     pub fn no_floor(&self) -> String {
         format!(

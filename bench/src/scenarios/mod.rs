@@ -7,6 +7,7 @@ mod latency;
 mod limits;
 mod polls;
 mod safety_net;
+mod saturation;
 mod scale_out;
 mod soak;
 mod storm;
@@ -24,6 +25,7 @@ pub const ALL: &[&str] = &[
     "durable",
     "idle",
     "fanout",
+    "saturation",
     "ws_ceiling",
     "hot_ingest",
     "batch_ingest",
@@ -42,6 +44,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "durable" => latency::durable(ctx).await,
         "idle" => connections::run(ctx).await,
         "fanout" => fanout::run(ctx).await,
+        "saturation" => saturation::run(ctx).await,
         "hot_ingest" => ingest::hot_room(ctx).await,
         "batch_ingest" => ingest::batch(ctx).await,
         "safety_net" => safety_net::run(ctx).await,

@@ -575,7 +575,10 @@ async fn refused_publishes_leave_every_pooled_connection_usable() {
         }
     }
     for i in 1..=6 {
-        assert_eq!(publish(app.port, &tok, "open", "ok", json!({"i": i})).await, i);
+        assert_eq!(
+            publish(app.port, &tok, "open", "ok", json!({"i": i})).await,
+            i
+        );
     }
     let client = db.client().await;
     let row = client
@@ -611,7 +614,10 @@ async fn plain_rest_publishes_and_sql_publishes_share_one_log() {
                 .expect("sql publish");
             assert_eq!(row.get::<_, i64>(0), expect);
         } else {
-            assert_eq!(publish(app.port, &tok, "mixed", "rest", json!({"i": i})).await, expect);
+            assert_eq!(
+                publish(app.port, &tok, "mixed", "rest", json!({"i": i})).await,
+                expect
+            );
         }
     }
     let rows = client
@@ -626,7 +632,11 @@ async fn plain_rest_publishes_and_sql_publishes_share_one_log() {
     for (k, r) in rows.iter().enumerate() {
         assert_eq!(r.get::<_, i64>(0), k as i64 + 1);
         let ts: std::time::SystemTime = r.get(1);
-        assert!(last_ts.is_none_or(|l| l <= ts), "ts went back at seq {}", k + 1);
+        assert!(
+            last_ts.is_none_or(|l| l <= ts),
+            "ts went back at seq {}",
+            k + 1
+        );
         last_ts = Some(ts);
     }
     let room = client

@@ -239,15 +239,7 @@ pub async fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut data = Vec::new();
     let mut total_cpu = crate::Cpu::default();
     for &n in &sizes {
-        let server = ctx
-            .server(
-                "saturation",
-                &[(
-                    "RUST_LOG",
-                    std::env::var("SAT_LOG").unwrap_or("warn".into()),
-                )],
-            )
-            .await?;
+        let server = ctx.server("saturation", &[]).await?;
         let result = saturate(
             ctx,
             &server,

@@ -17,6 +17,8 @@ pub enum QueryKind {
     Catchup,
     Head,
     Poll,
+    /// The pruner's statements (its lock, deletes and floors).
+    Prune,
     Other,
 }
 
@@ -27,6 +29,7 @@ impl QueryKind {
             QueryKind::Catchup => "catchup",
             QueryKind::Head => "head",
             QueryKind::Poll => "poll",
+            QueryKind::Prune => "prune",
             QueryKind::Other => "other",
         }
     }
@@ -243,7 +246,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        for kind in ["publish", "catchup", "head", "poll", "other"] {
+        for kind in ["publish", "catchup", "head", "poll", "prune", "other"] {
             db_queries.with_label_values(&[kind]);
         }
         for via in ["push", "catchup", "poll", "sse"] {

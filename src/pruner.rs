@@ -11,6 +11,13 @@
 //! the retention keeps is never touched. The pruner never locks a room's
 //! row (a room's `first` lives in `room_retention`), so no publish waits on
 //! it. Readers whose cursor fell behind `first` are sent `reset`.
+//!
+//! Deleted rows free their space only once the table is vacuumed. Where
+//! autovacuum does not cover the events table (turned off for the server or
+//! for the table), the pruner vacuums it itself after the passes that
+//! deleted something, at most every [`VACUUM_EVERY`]: without it the table
+//! grows by everything ever published although its rows stay as many as the
+//! retention keeps.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +37,15 @@ const BATCH: i64 = 1000;
 const ROOMS: i64 = 500;
 /// A pass stops after this long (the next pass goes on).
 const PASS_BUDGET: Duration = Duration::from_secs(5);
+/// The least time between two vacuums of the events table by the pruner.
+const VACUUM_EVERY: Duration = Duration::from_secs(10);
+/// Whether autovacuum covers the events table (on for the server, not
+/// turned off for the table).
+const AUTOVACUUM_COVERS: &str = "SELECT current_setting('autovacuum')::bool
+    AND coalesce((SELECT option_value::bool
+                    FROM pg_class c, pg_options_to_table(c.reloptions)
+                   WHERE c.oid = 'events'::regclass
+                     AND option_name = 'autovacuum_enabled'), true)";
 
 /// Runs the pruner for ever on the current (actix) runtime.
 pub fn spawn(
@@ -67,13 +83,14 @@ async fn run(
             .batch_execute("SET synchronous_commit = off; SET statement_timeout = 60000")
             .await?;
         let mut tick = tokio::time::interval(every);
+        let mut vacuum = Vacuum::default();
         loop {
             tick.tick().await;
-            metrics.queries(QueryKind::Other, 1);
+            metrics.queries(QueryKind::Prune, 1);
             let (oldest, bytes) = store::retention_gauges(&client).await?;
             metrics.oldest_event_age.set(oldest);
             metrics.events_table_bytes.set(bytes);
-            metrics.queries(QueryKind::Other, 1);
+            metrics.queries(QueryKind::Prune, 1);
             let locked: bool = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK])
                 .await?
@@ -82,11 +99,16 @@ async fn run(
                 continue;
             }
             let pass = pass(&client, retention, metrics, instance).await;
-            metrics.queries(QueryKind::Other, 1);
+            let vacuumed = match pass {
+                Ok(pruned) => vacuum.after(&client, pruned, metrics).await,
+                Err(_) => Ok(()),
+            };
+            metrics.queries(QueryKind::Prune, 1);
             client
                 .execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK])
                 .await?;
             pass?;
+            vacuumed?;
         }
     }
     .await;
@@ -94,17 +116,64 @@ async fn run(
     result
 }
 
-/// One pass: every expired event it can reach within its budget.
+/// Vacuums owed by the pruner's deletes where autovacuum does not run.
+#[derive(Default)]
+struct Vacuum {
+    /// Events deleted since the last vacuum.
+    owed: u64,
+    last: Option<Instant>,
+}
+
+impl Vacuum {
+    /// After a pass that deleted `pruned` events: vacuums the events table
+    /// if something is owed, autovacuum does not cover it and the last
+    /// vacuum is [`VACUUM_EVERY`] old.
+    async fn after(
+        &mut self,
+        client: &tokio_postgres::Client,
+        pruned: u64,
+        metrics: &Metrics,
+    ) -> Result<(), StoreError> {
+        self.owed += pruned;
+        if self.owed == 0 || self.last.is_some_and(|t| t.elapsed() < VACUUM_EVERY) {
+            return Ok(());
+        }
+        metrics.queries(QueryKind::Prune, 1);
+        let covered: bool = client.query_one(AUTOVACUUM_COVERS, &[]).await?.get(0);
+        if !covered {
+            let started = Instant::now();
+            metrics.queries(QueryKind::Prune, 3);
+            // Plain VACUUM (no FULL): it takes no lock a publish or a read
+            // waits on, and frees the deleted rows' space for new ones. Its
+            // own statement (not in a transaction block), with no timeout:
+            // a vacuum cut short would start over.
+            client.batch_execute("SET statement_timeout = 0").await?;
+            client.batch_execute("VACUUM (SKIP_LOCKED) events").await?;
+            client.batch_execute("SET statement_timeout = 60000").await?;
+            log::info!(
+                "vacuumed the events table after {} pruned events in {:?} (autovacuum does not cover it)",
+                self.owed,
+                started.elapsed()
+            );
+        }
+        self.owed = 0;
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// One pass: every expired event it can reach within its budget. Answers
+/// how many it deleted.
 async fn pass(
     client: &tokio_postgres::Client,
     retention: &Retention,
     metrics: &Metrics,
     instance: &str,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let started = Instant::now();
     let stamp = client.query_one("SELECT now()", &[]).await?;
     let began: std::time::SystemTime = stamp.get(0);
-    metrics.queries(QueryKind::Other, 2);
+    metrics.queries(QueryKind::Prune, 2);
     store::fill_first_ts(client).await?;
     let targets = store::prune_targets(client, retention, ROOMS).await?;
     let mut pruned = 0u64;
@@ -113,7 +182,7 @@ async fn pass(
             if started.elapsed() > PASS_BUDGET {
                 break 'rooms;
             }
-            metrics.queries(QueryKind::Other, 1);
+            metrics.queries(QueryKind::Prune, 1);
             let (first, n) = store::prune_batch(client, &t, retention.max_age, BATCH).await?;
             pruned += n;
             metrics.events_pruned.inc_by(n);
@@ -123,9 +192,9 @@ async fn pass(
             t.first = first;
         }
     }
-    metrics.queries(QueryKind::Other, 1);
+    metrics.queries(QueryKind::Prune, 1);
     let compacted = store::compact_tombstones(client, retention, ROOMS).await?;
-    metrics.queries(QueryKind::Other, 1);
+    metrics.queries(QueryKind::Prune, 1);
     client
         .execute(
             "INSERT INTO roomcast_prune_runs (instance, started, finished, pruned)
@@ -138,7 +207,7 @@ async fn pass(
             "pruned {pruned} events and compacted {compacted} tombstones in {:?}",
             started.elapsed()
         );
-        metrics.queries(QueryKind::Other, 1);
+        metrics.queries(QueryKind::Prune, 1);
         client
             .execute(
                 "DELETE FROM roomcast_prune_runs WHERE started < now() - interval '1 day'",
@@ -146,5 +215,5 @@ async fn pass(
             )
             .await?;
     }
-    Ok(())
+    Ok(pruned)
 }

@@ -488,3 +488,58 @@ async fn an_existing_database_is_carried_over() {
     let closed = snapshot_until(app.port, "old-closed", |b| b["status"] == "completed").await;
     assert_eq!(closed["first"], 1);
 }
+
+/// Where autovacuum does not cover the events table, the pruner vacuums it
+/// after pruning: the space of pruned events is used again, so a second
+/// round of as many events does not grow the table (without the vacuum it
+/// doubles: deleted rows keep their space until the table is vacuumed).
+#[actix_web::test]
+async fn pruned_space_is_used_again_where_autovacuum_does_not_run() {
+    let db = TestDb::new().await;
+    let mut cfg = retention_config(&db);
+    cfg.retain_max_age = Duration::from_secs(1);
+    let app = spawn_app(cfg).await;
+    let pg = db.client().await;
+    // Off for the table, whatever the server's setting.
+    pg.batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
+        .await
+        .unwrap();
+    let size = || async {
+        let row = pg
+            .query_one("SELECT pg_relation_size('events')", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let vacuums = || async {
+        let row = pg
+            .query_one(
+                "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'events'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let round = |from: i64| async move {
+        for chunk in 0..8 {
+            let start = from + chunk * 500;
+            publish_n(app.port, "churn", start, start + 499).await;
+        }
+    };
+    round(1).await;
+    let grown = size().await;
+    snapshot_until(app.port, "churn", |b| b["first"] == 4001).await;
+    let deadline = Instant::now() + WAIT;
+    while vacuums().await == 0 {
+        assert!(Instant::now() < deadline, "the pruner never vacuumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    round(4001).await;
+    let again = size().await;
+    assert!(
+        again <= grown + grown / 4,
+        "the table grew from {grown} to {again} bytes for as many rows"
+    );
+    snapshot_until(app.port, "churn", |b| b["first"] == 8001).await;
+}

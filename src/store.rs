@@ -107,20 +107,24 @@ fn status_of(s: &str) -> RoomStatus {
 /// room does not exist or is closed; `roomcast_publish_plain` then creates
 /// it or refuses the publish, in the same transaction. (The checks of input
 /// `roomcast_publish_plain` makes for SQL producers were made at the edge.)
+/// The arrays are walked once with `unnest` and the timestamp is formatted
+/// once: a subscript of a text or jsonb array parameter walks the array from
+/// its start, so `$3[k]` for every k cost a 1,000-event batch about 8 ms of
+/// PostgreSQL CPU, three times the rest of the statement.
 const PUBLISH_FAST: &str = "
 WITH r AS (
     UPDATE rooms
        SET head = head + cardinality($3::text[]),
            updated_at = greatest(date_trunc('milliseconds', clock_timestamp()), updated_at)
      WHERE org = $1::text AND room = $2::text AND status = 'in_progress'
- RETURNING head - cardinality($3::text[]) AS base, updated_at AS ts
+ RETURNING head - cardinality($3::text[]) AS base, updated_at AS ts, roomcast_ts(updated_at) AS ts_text
 ), ins AS (
     INSERT INTO events (org, room, seq, type, data, ts)
-    SELECT $1::text, $2::text, r.base + k, ($3::text[])[k], coalesce(($4::jsonb[])[k], 'null'::jsonb), r.ts
-      FROM r, generate_subscripts($3::text[], 1) AS k
+    SELECT $1::text, $2::text, r.base + u.k, u.t, coalesce(u.d, 'null'::jsonb), r.ts
+      FROM r, unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS u(t, d, k)
 )
-SELECT r.base + k, false, roomcast_ts(r.ts), txid_current_if_assigned()
-  FROM r, generate_subscripts($3::text[], 1) AS k";
+SELECT r.base + k, false, r.ts_text, txid_current_if_assigned()
+  FROM r, generate_series(1, cardinality($3::text[])) AS k";
 
 /// Publishes `events` into one room in one transaction, all or nothing, with
 /// one statement: `PUBLISH_FAST` when every event is plain, else

@@ -172,11 +172,11 @@ async fn listen(
                     None => return Ok(()), // the connection ended
                 },
                 _ = keepalive.tick() => {
-                    metrics.queries(QueryKind::Other, 1);
+                    metrics.queries(QueryKind::Background, 1);
                     client.simple_query("SELECT 1").await?;
                 }
                 _ = relay_try.tick(), if matches!(hints, Hints::Relay(_)) && !leader => {
-                    metrics.queries(QueryKind::Other, 1);
+                    metrics.queries(QueryKind::Background, 1);
                     let row = client
                         .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
                         .await?;

@@ -19,6 +19,9 @@ pub enum QueryKind {
     Poll,
     /// The pruner's statements (its lock, deletes and floors).
     Prune,
+    /// Periodic statements whatever the traffic: the listener's keepalive
+    /// and relay tries, presence heartbeats.
+    Background,
     Other,
 }
 
@@ -30,6 +33,7 @@ impl QueryKind {
             QueryKind::Head => "head",
             QueryKind::Poll => "poll",
             QueryKind::Prune => "prune",
+            QueryKind::Background => "background",
             QueryKind::Other => "other",
         }
     }
@@ -246,7 +250,15 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        for kind in ["publish", "catchup", "head", "poll", "prune", "other"] {
+        for kind in [
+            "publish",
+            "catchup",
+            "head",
+            "poll",
+            "prune",
+            "background",
+            "other",
+        ] {
             db_queries.with_label_values(&[kind]);
         }
         for via in ["push", "catchup", "poll", "sse"] {

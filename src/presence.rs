@@ -394,7 +394,7 @@ impl Presence {
             alive: true,
         };
         let (pool, me, bus) = (self.pool.clone(), self.instance.clone(), self.bus.clone());
-        self.metrics.queries(QueryKind::Other, 2);
+        self.metrics.queries(QueryKind::Background, 2);
         async move {
             let done = async {
                 let client = pool.get().await?;

@@ -149,7 +149,9 @@ impl Vacuum {
             // a vacuum cut short would start over.
             client.batch_execute("SET statement_timeout = 0").await?;
             client.batch_execute("VACUUM (SKIP_LOCKED) events").await?;
-            client.batch_execute("SET statement_timeout = 60000").await?;
+            client
+                .batch_execute("SET statement_timeout = 60000")
+                .await?;
             log::info!(
                 "vacuumed the events table after {} pruned events in {:?} (autovacuum does not cover it)",
                 self.owed,

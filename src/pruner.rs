@@ -147,7 +147,11 @@ impl Vacuum {
             // waits on, and frees the deleted rows' space for new ones. Its
             // own statement (not in a transaction block), with no timeout:
             // a vacuum cut short would start over.
-            client.batch_execute("SET statement_timeout = 0").await?;
+            // Throttled as autovacuum is (its default cost delay), so the
+            // publishes next to it keep their latency.
+            client
+                .batch_execute("SET statement_timeout = 0; SET vacuum_cost_delay = '2ms'")
+                .await?;
             client.batch_execute("VACUUM (SKIP_LOCKED) events").await?;
             client
                 .batch_execute("SET statement_timeout = 60000")

@@ -475,7 +475,16 @@ fn commit() -> String {
             .unwrap_or_default()
     };
     let sha = out(&["rev-parse", "--short", "HEAD"]);
-    let dirty = !out(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    // The results of earlier runs (docs/) do not make the code dirty.
+    let dirty = !out(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!docs",
+    ])
+    .is_empty();
     if dirty {
         format!("{sha} (with uncommitted changes)")
     } else {

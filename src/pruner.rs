@@ -145,10 +145,10 @@ impl Vacuum {
             metrics.queries(QueryKind::Prune, 3);
             // Plain VACUUM (no FULL): it takes no lock a publish or a read
             // waits on, and frees the deleted rows' space for new ones. Its
-            // own statement (not in a transaction block), with no timeout:
-            // a vacuum cut short would start over.
-            // Throttled as autovacuum is (its default cost delay), so the
-            // publishes next to it keep their latency.
+            // own statement (not in a transaction block), with no timeout (a
+            // vacuum cut short would start over), throttled as autovacuum is
+            // (its default cost delay) so the publishes next to it keep
+            // their latency.
             client
                 .batch_execute("SET statement_timeout = 0; SET vacuum_cost_delay = '2ms'")
                 .await?;

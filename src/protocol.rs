@@ -294,7 +294,9 @@ impl PublishBody {
     /// `Value` first and the event from it copied every event's data once
     /// more: the most of the server's CPU in a batch of 1,000).
     pub fn parse(body: &[u8]) -> Result<Self, PublishBodyError> {
-        let top: BTreeMap<String, &RawValue> = match serde_json::from_slice(body) {
+        let text = std::str::from_utf8(body)
+            .map_err(|e| Invalid(format!("body is not valid JSON: {e}")))?;
+        let top: BTreeMap<String, &RawValue> = match serde_json::from_str(text) {
             Ok(top) => top,
             Err(e) if e.classify() == serde_json::error::Category::Data => {
                 return Err(invalid("body must be a JSON object").into())
@@ -335,7 +337,7 @@ impl PublishBody {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(PublishBody::Batch(events))
         } else if top.get("ephemeral").map(|v| v.get()) == Some("true") {
-            let raw: RawEvent = serde_json::from_slice(body).map_err(|e| Invalid(e.to_string()))?;
+            let raw: RawEvent = serde_json::from_str(text).map_err(|e| Invalid(e.to_string()))?;
             EphemeralEvent::from_raw(raw)
                 .map(PublishBody::Ephemeral)
                 .map_err(|e| {
@@ -346,11 +348,7 @@ impl PublishBody {
                     }
                 })
         } else {
-            // Valid UTF-8: it parsed as JSON above.
-            Ok(PublishBody::Single(one(
-                std::str::from_utf8(body).unwrap_or_default(),
-                None,
-            )?))
+            Ok(PublishBody::Single(one(text, None)?))
         }
     }
 }
@@ -761,6 +759,37 @@ mod tests {
         assert!(matches!(
             PublishBody::parse(big.as_bytes()),
             Err(PublishBodyError::TooLarge(_))
+        ));
+    }
+
+    /// The parser's answers to malformed bodies, as a producer reads them.
+    #[test]
+    fn publish_body_errors_say_what_is_wrong() {
+        let err = |b: &[u8]| match PublishBody::parse(b) {
+            Err(PublishBodyError::Invalid(e)) => e.0,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(b"{\"type\":").starts_with("body is not valid JSON"));
+        assert!(err(b"\xff\xfe").starts_with("body is not valid JSON"));
+        assert_eq!(err(b"[1]"), "body must be a JSON object");
+        assert_eq!(
+            err(br#"{"events":{"type":"x"}}"#),
+            "events must be an array"
+        );
+        assert_eq!(
+            err(br#"{"events":[{"type":"x"}],"type":"x"}"#),
+            "a batch body holds only \"events\""
+        );
+        assert!(err(br#"{"events":[{"type":"x"},{"type":"x","bogus":1}]}"#)
+            .starts_with("events[1]: unknown field `bogus`"));
+        assert!(err(br#"{"events":[{"type":"x"},{"data":1}]}"#)
+            .starts_with("events[1]: missing field `type`"));
+        // A member given twice is refused, not silently the last one.
+        assert!(err(br#"{"type":"x","type":"y"}"#).contains("duplicate field `type`"));
+        // Whitespace around `true` still makes an ephemeral event.
+        assert!(matches!(
+            PublishBody::parse(b"{ \"type\": \"x\", \"ephemeral\" :  true }"),
+            Ok(PublishBody::Ephemeral(_))
         ));
     }
 

@@ -10,6 +10,8 @@
 //! enough of the protocol for those scenarios: `GET /v1/rooms/{room}/ws`
 //! (answers `subscribed`, then pings every `ROOMCAST_HEARTBEAT_MS`),
 //! `POST /v1/rooms/{room}/events` (one event), `/metrics` (connections).
+//! `ROOMCAST_FLOOR_ROUTE=worker` routes frames once per worker thread (an
+//! experiment of issue 16, docs/bench/notes.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,7 +26,10 @@ static CONNECTIONS: AtomicI64 = AtomicI64::new(0);
 
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-struct Frame(Arc<str>);
+struct Frame {
+    room: Arc<str>,
+    text: Arc<str>,
+}
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -82,7 +87,10 @@ impl Handler<Publish> for Broadcaster {
             "op": "event", "room": m.room, "seq": *seq, "type": m.body["type"],
             "data": m.body["data"], "ts": "2026-01-01T00:00:00.000Z", "via": "push",
         });
-        let frame = Frame(Arc::from(frame.to_string()));
+        let frame = Frame {
+            room: Arc::from(m.room.as_str()),
+            text: Arc::from(frame.to_string()),
+        };
         for s in sessions.values() {
             let _ = s.try_send(frame.clone());
         }
@@ -95,6 +103,85 @@ struct Session {
     room: String,
     heartbeat: Duration,
     hub: Addr<Broadcaster>,
+    /// This worker thread's router, when frames are routed per worker.
+    router: Option<Addr<WorkerRouter>>,
+}
+
+/// `ROOMCAST_FLOOR_ROUTE=worker`: the broadcaster sends each frame once per
+/// worker thread that has subscribers of the room, and that thread's
+/// router hands it to its own sessions (same-thread mailbox sends, no
+/// cross-thread wake-up per session). An experiment for issue 16.
+struct WorkerRouter {
+    id: u64,
+    hub: Addr<Broadcaster>,
+    rooms: HashMap<String, HashMap<u64, Recipient<Frame>>>,
+}
+
+impl Actor for WorkerRouter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Join> for WorkerRouter {
+    type Result = ();
+    fn handle(&mut self, m: Join, ctx: &mut Context<Self>) {
+        let sessions = self.rooms.entry(m.room.clone()).or_default();
+        if sessions.is_empty() {
+            self.hub.do_send(Join {
+                room: m.room,
+                id: self.id,
+                to: ctx.address().recipient(),
+            });
+        }
+        sessions.insert(m.id, m.to);
+    }
+}
+
+impl Handler<Leave> for WorkerRouter {
+    type Result = ();
+    fn handle(&mut self, m: Leave, _: &mut Context<Self>) {
+        if let Some(s) = self.rooms.get_mut(&m.room) {
+            s.remove(&m.id);
+            if s.is_empty() {
+                self.rooms.remove(&m.room);
+                self.hub.do_send(Leave {
+                    room: m.room,
+                    id: self.id,
+                });
+            }
+        }
+    }
+}
+
+impl Handler<Frame> for WorkerRouter {
+    type Result = ();
+    fn handle(&mut self, m: Frame, _: &mut Context<Self>) {
+        if let Some(sessions) = self.rooms.get(&*m.room) {
+            for s in sessions.values() {
+                let _ = s.try_send(m.clone());
+            }
+        }
+    }
+}
+
+thread_local! {
+    static ROUTER: std::cell::RefCell<Option<Addr<WorkerRouter>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The calling worker thread's router, started on first use.
+fn local_router(shared: &Shared) -> Addr<WorkerRouter> {
+    ROUTER.with(|r| {
+        r.borrow_mut()
+            .get_or_insert_with(|| {
+                WorkerRouter {
+                    // Router ids stay clear of session ids.
+                    id: u64::MAX - shared.next.fetch_add(1, Ordering::Relaxed) as u64,
+                    hub: shared.hub.clone(),
+                    rooms: HashMap::new(),
+                }
+                .start()
+            })
+            .clone()
+    })
 }
 
 impl Actor for Session {
@@ -102,11 +189,15 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        self.hub.do_send(Join {
+        let join = Join {
             room: self.room.clone(),
             id: self.id,
             to: ctx.address().recipient(),
-        });
+        };
+        match &self.router {
+            Some(router) => router.do_send(join),
+            None => self.hub.do_send(join),
+        }
         ctx.text(format!(
             r#"{{"op":"subscribed","room":"{}","head":0}}"#,
             self.room
@@ -118,17 +209,21 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-        self.hub.do_send(Leave {
+        let leave = Leave {
             room: std::mem::take(&mut self.room),
             id: self.id,
-        });
+        };
+        match &self.router {
+            Some(router) => router.do_send(leave),
+            None => self.hub.do_send(leave),
+        }
     }
 }
 
 impl Handler<Frame> for Session {
     type Result = ();
     fn handle(&mut self, m: Frame, ctx: &mut Self::Context) {
-        ctx.text(&*m.0);
+        ctx.text(&*m.text);
     }
 }
 
@@ -146,6 +241,7 @@ struct Shared {
     hub: Addr<Broadcaster>,
     heartbeat: Duration,
     next: AtomicI64,
+    per_worker: bool,
 }
 
 async fn subscribe(
@@ -159,6 +255,7 @@ async fn subscribe(
         room: room.into_inner(),
         heartbeat: shared.heartbeat,
         hub: shared.hub.clone(),
+        router: shared.per_worker.then(|| local_router(&shared)),
     };
     ws::start(session, &req, stream)
 }
@@ -202,6 +299,7 @@ fn main() -> std::io::Result<()> {
             hub,
             heartbeat: Duration::from_millis(heartbeat),
             next: AtomicI64::new(0),
+            per_worker: std::env::var("ROOMCAST_FLOOR_ROUTE").as_deref() == Ok("worker"),
         });
         let server = HttpServer::new(move || {
             App::new()

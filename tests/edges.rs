@@ -914,21 +914,13 @@ async fn a_retried_publish_of_a_lost_commit_answer_is_announced() {
         WsClient::connect(b.port, &format!("/v1/rooms/lost/ws?since=1&token={viewer}")).await;
     ws.expect_op("subscribed").await;
     // The commit happens, its answer is cut, and the database cannot be
-    // reached to ask what happened.
-    proxy.arm(1);
-    let refusing = async {
-        while proxy.cuts() == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        proxy.refuse(true);
-        proxy.cut_all();
-    };
+    // reached to ask what happened (the outage starts before the server
+    // hears of the cut: no pooled connection can look the commit up).
+    proxy.arm_outage(1);
     let body = json!({"type": "seg", "data": 2, "id": "only-once"});
-    let ((s, b1, _), ()) = tokio::join!(
-        post(a.port, "/v1/rooms/lost/events", &producer, &body),
-        refusing
-    );
+    let (s, b1, _) = post(a.port, "/v1/rooms/lost/events", &producer, &body).await;
     assert_eq!(s, 503, "{b1}");
+    assert_eq!(proxy.cuts(), 1);
     proxy.refuse(false);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -678,10 +678,12 @@ pub fn admin_port() -> u16 {
 /// A TCP proxy (in front of PostgreSQL or a broker) that can cut every
 /// connection it carries at once, and, once armed, break a connection right
 /// after PostgreSQL reports `COMMIT` (before the client hears it: the commit
-/// happened, the client cannot know).
+/// happened, the client cannot know), and, with [`Proxy::arm_outage`], start
+/// an outage at that very moment.
 pub struct Proxy {
     pub port: u16,
     refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    outage: std::sync::Arc<std::sync::atomic::AtomicBool>,
     armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
@@ -697,8 +699,10 @@ impl Proxy {
         let armed = Arc::new(AtomicUsize::new(0));
         let cuts = Arc::new(AtomicUsize::new(0));
         let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outage = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let (a, c, l, r) = (armed.clone(), cuts.clone(), live.clone(), refusing.clone());
+        let o = outage.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -730,6 +734,7 @@ impl Proxy {
                 });
                 let (mut s_in, mut c_out) = (server, client);
                 let (armed, cuts) = (a.clone(), c.clone());
+                let (outage, refusing, live) = (o.clone(), r.clone(), l.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
                     while let Ok(n) = s_in.read(&mut buf) {
@@ -745,6 +750,14 @@ impl Proxy {
                                 .is_ok()
                         {
                             cuts.fetch_add(1, Ordering::AcqRel);
+                            if outage.load(Ordering::Acquire) {
+                                // Before this client hears anything: no
+                                // other connection can ask what happened.
+                                refusing.store(true, Ordering::Release);
+                                for s in live.lock().unwrap().drain(..) {
+                                    let _ = s.shutdown(std::net::Shutdown::Both);
+                                }
+                            }
                             break;
                         }
                         if c_out.write_all(&buf[..n]).is_err() {
@@ -759,6 +772,7 @@ impl Proxy {
         Proxy {
             port,
             refusing,
+            outage,
             armed,
             cuts,
             live,
@@ -768,6 +782,16 @@ impl Proxy {
     /// Breaks the next `n` connections that report a COMMIT.
     pub fn arm(&self, n: usize) {
         self.armed.store(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Like [`Proxy::arm`], and the first such break also starts an outage
+    /// (as [`Proxy::refuse`] on and [`Proxy::cut_all`]) before the broken
+    /// connection's client hears of it, so the commit's outcome cannot be
+    /// looked up until `refuse(false)`.
+    pub fn arm_outage(&self, n: usize) {
+        self.outage
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.arm(n);
     }
 
     /// Connections broken after a COMMIT so far.

@@ -10,10 +10,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=target/schemathesis-venv
+# The venv is kept outside the clone (CI runs in a fresh clone each time),
+# one per schemathesis version; it is built where missing.
+version=4.32.5
+venv="${ROOMCAST_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roomcast-ci}/schemathesis-$version"
 if [ ! -x "$venv/bin/schemathesis" ]; then
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  "$venv/bin/pip" install -q "schemathesis==$version"
 fi
 cargo build --locked -q
 bin=target/debug/roomcast

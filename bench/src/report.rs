@@ -19,6 +19,12 @@ pub struct Run {
     pub commit: String,
     pub command: String,
     pub secs: f64,
+    /// The machine and PostgreSQL the run measured on (empty in a run.json
+    /// older than these fields: the report then reads this machine's).
+    #[serde(default)]
+    pub machine: String,
+    #[serde(default)]
+    pub pg_version: String,
 }
 
 impl Run {
@@ -28,14 +34,25 @@ impl Run {
             commit: commit(),
             command: command.into(),
             secs: took.as_secs_f64(),
+            machine: machine(),
+            pg_version: String::new(),
         }
     }
 }
 
 pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
     let dir = out.join("bench");
-    let run = match run {
-        Some(r) => {
+    let live_pg = match pg.admin().await {
+        Ok(c) => c
+            .query_one("SHOW server_version", &[])
+            .await
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut run = match run {
+        Some(mut r) => {
+            r.pg_version = live_pg.clone();
             std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&r)?)?;
             r
         }
@@ -44,6 +61,12 @@ pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_else(|| Run::now("(unknown)", Duration::ZERO)),
     };
+    if run.machine.is_empty() {
+        run.machine = machine();
+    }
+    if run.pg_version.is_empty() {
+        run.pg_version = live_pg;
+    }
     let results: Vec<Outcome> = ALL
         .iter()
         .filter_map(|id| {
@@ -51,31 +74,17 @@ pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
             serde_json::from_str(&text).ok()
         })
         .collect();
-    let pg_version = match pg.admin().await {
-        Ok(c) => c
-            .query_one("SHOW server_version", &[])
-            .await
-            .map(|r| r.get::<_, String>(0))
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
     let mut md = String::new();
     let w = &mut md;
     writeln!(w, "# roomcast benchmarks\n")?;
     writeln!(w, "Written by `roomcast-bench` (bench/); every figure below was measured by it in one run unless its scenario's date says otherwise. Do not edit by hand: re-run the tool.\n")?;
     writeln!(w, "| | |\n|---|---|")?;
     writeln!(w, "| date | {} |", run.date)?;
+    writeln!(w, "| machine | {} |", run.machine)?;
     writeln!(
         w,
-        "| machine | {} ({} cores), {} GiB RAM, Linux {} |",
-        cpu_model(),
-        num_cores(),
-        mem_gib(),
-        kernel()
-    )?;
-    writeln!(
-        w,
-        "| PostgreSQL | {pg_version} (on the same machine, loopback) |"
+        "| PostgreSQL | {} (on the same machine, loopback) |",
+        run.pg_version
     )?;
     writeln!(w, "| commit | {} |", run.commit)?;
     writeln!(w, "| command | `cargo build --release && cargo run --release -p roomcast-bench` (this run: `{}`, {:.0} s) |", run.command, run.secs)?;
@@ -463,6 +472,17 @@ fn kernel() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
+}
+
+/// This machine, as the report's header names it.
+fn machine() -> String {
+    format!(
+        "{} ({} cores), {} GiB RAM, Linux {}",
+        cpu_model(),
+        num_cores(),
+        mem_gib(),
+        kernel()
+    )
 }
 
 fn commit() -> String {

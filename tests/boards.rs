@@ -69,6 +69,14 @@ impl Board {
         }
     }
 
+    /// Reads until `ok` holds of the board, or 20 s (the caller asserts).
+    async fn read_until(&mut self, ok: impl Fn(&Board) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !ok(self) && tokio::time::Instant::now() < deadline {
+            self.read_for(Duration::from_millis(100)).await;
+        }
+    }
+
     /// (room, head, status) of every room in the view, sorted.
     fn heads(&self) -> Vec<(String, i64, String)> {
         let mut v: Vec<_> = self
@@ -177,18 +185,22 @@ async fn board_of_200_rooms(bus: Option<&Broker>) {
         }
     }))
     .await;
+    // Every publish is answered: the list is settled. The boards follow
+    // within a tick or a few (a is told of b's commits and reads them back).
+    let want_all = list(a.port, &viewer, "").await;
+    let want_live = list(a.port, &viewer, "&status=in_progress").await;
+    all.read_until(|b| b.heads() == want_all).await;
     let took = started.elapsed();
-    all.read_for(Duration::from_millis(1500)).await;
-    live.read_for(Duration::from_millis(300)).await;
+    live.read_until(|b| b.heads() == want_live).await;
     assert_eq!(
         all.heads(),
-        list(a.port, &viewer, "").await,
+        want_all,
         "the board's view differs from the list"
     );
-    assert_eq!(
-        live.heads(),
-        list(a.port, &viewer, "&status=in_progress").await
-    );
+    assert_eq!(live.heads(), want_live);
+    // Nothing more arrives once the views match.
+    all.read_for(Duration::from_millis(500)).await;
+    assert_eq!(all.heads(), want_all);
     assert_eq!(
         live.view.len(),
         190,
@@ -196,7 +208,7 @@ async fn board_of_200_rooms(bus: Option<&Broker>) {
     );
     let max = all.frames.values().copied().max().unwrap_or(0);
     let bound = ((took.as_secs_f64() + 1.0) * 4.0).ceil() as usize + 1;
-    eprintln!("board: 50 rooms x 20 events in {took:?}: at most {max} frames per room (bound {bound}), {} frames in all", all.frames.values().sum::<usize>());
+    eprintln!("board: 50 rooms x 20 events, views equal after {took:?}: at most {max} frames per room (bound {bound}), {} frames in all", all.frames.values().sum::<usize>());
     assert!(max <= bound, "{max} frames for one room");
     assert!(all.frames.len() >= 50);
 }
@@ -273,8 +285,13 @@ async fn a_reconnecting_board_misses_nothing_and_filters_and_orgs_apply() {
     assert!(ob.view.is_empty());
     publish_ok(app.port, &producer, "meeting-1", json!({"type": "z"})).await;
     publish_ok(app.port, &producer, "call-1", json!({"type": "z"})).await;
-    again.read_for(Duration::from_millis(1000)).await;
-    sb.read_for(Duration::from_millis(300)).await;
+    again
+        .read_until(|b| b.view.get("meeting-1").map(|r| r["head"] == 3) == Some(true))
+        .await;
+    sb.read_until(|b| b.view.get("call-1").map(|r| r["head"] == 2) == Some(true))
+        .await;
+    // call-1 reached the boards; nothing of it may reach these two.
+    again.read_for(Duration::from_millis(300)).await;
     ob.read_for(Duration::from_millis(300)).await;
     assert_eq!(again.view["meeting-1"]["head"], 3);
     assert!(
@@ -371,7 +388,14 @@ async fn a_captured_table_publishes_committed_changes_only() {
     assert_eq!(evs[1]["data"]["changed"], json!(["status"]));
     assert_eq!(evs[2]["data"]["changed"], json!(["duration_s"]));
     // The board saw the call come in progress.
-    board.read_for(Duration::from_millis(800)).await;
+    board
+        .read_until(|b| {
+            b.view
+                .get("call-7")
+                .map(|r| r["state"]["status"] == "active")
+                == Some(true)
+        })
+        .await;
     assert_eq!(board.view["call-7"]["state"]["status"], "active");
     // The call ends: the room completes and leaves the in_progress board.
     client
@@ -380,7 +404,7 @@ async fn a_captured_table_publishes_committed_changes_only() {
         .unwrap();
     let evs = ws.events_until("call-7", 4, Duration::from_secs(10)).await;
     assert_eq!(evs.last().unwrap()["type"], "call.updated");
-    board.read_for(Duration::from_millis(800)).await;
+    board.read_until(|b| !b.view.contains_key("call-7")).await;
     assert!(!board.view.contains_key("call-7"));
     let (_, snap, _) = get(app.port, "/v1/rooms/call-7", &viewer, &[]).await;
     assert_eq!(

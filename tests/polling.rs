@@ -317,7 +317,13 @@ async fn a_commit_on_another_instance_wakes_every_long_poll() {
         }
     });
     let publisher = async {
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        // Publish once all 200 wait (not after a fixed pause: a poll that
+        // arrives after b learned seq 2 reads its own page).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(b.port, "roomcast_connections{transport=\"poll\"}").await < 200 {
+            assert!(Instant::now() < deadline, "200 long-polls never all waited");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
         let sent = Instant::now();
         publish(a.port, &producer, "waiting", "segment", json!({"n": 2})).await;
         sent
@@ -598,8 +604,9 @@ async fn ephemeral_events_are_pushed_never_stored_and_never_shift_seqs() {
     )
     .await;
     assert_eq!(sse.recv_within(WAIT).await.unwrap().event, "subscribed");
-    // Let b's listener and router settle before the cross-instance push.
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // b's listener must be LISTENing before the cross-instance push.
+    a.ready().await;
+    b.ready().await;
 
     publish(
         a.port,

@@ -246,7 +246,7 @@ async fn a_tab_reopened_within_two_seconds_is_neither_a_leave_nor_a_join() {
     watcher.until(&set(&["watcher", "gus"])).await;
     let frames = watcher.log.len();
     gus.ws.close().await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _gus_again = Member::join(b.port, "acme", "gus", "call").await;
     watcher.read_for(Duration::from_secs(4)).await;
     let later: Vec<_> = watcher.log[frames..].to_vec();

@@ -206,13 +206,13 @@ async fn a_room_pruned_under_a_subscriber_that_is_behind_sends_it_reset_mid_stre
 async fn events_older_than_the_max_age_are_gone_and_younger_ones_stay() {
     let db = TestDb::new().await;
     let mut cfg = retention_config(&db);
-    cfg.retain_max_age = Duration::from_secs(2);
+    cfg.retain_max_age = Duration::from_secs(4);
     let app = spawn_app(cfg).await;
     let viewer = token("acme", "viewer", false);
     publish_n(app.port, "aging", 1, 10).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     publish_n(app.port, "aging", 11, 12).await;
-    // 1..10 expire about 2 s after their publish; 11, 12 a second later.
+    // 1..10 expire about 4 s after their publish; 11, 12 2.5 s later.
     let snap = snapshot_until(app.port, "aging", |b| b["first"] == 11).await;
     assert_eq!(snap["head"], 12);
     let (_, body, _) = get(app.port, "/v1/rooms/aging/events?since=10", &viewer, &[]).await;

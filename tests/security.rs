@@ -372,7 +372,7 @@ async fn tokens_expire_on_long_connections_unless_renewed_for_the_same_sub_and_o
         app.port,
         &format!(
             "/v1/ws?token={}",
-            token_with("acme", "alice", false, None, 2)
+            token_with("acme", "alice", false, None, 4)
         ),
     )
     .await;
@@ -394,7 +394,7 @@ async fn tokens_expire_on_long_connections_unless_renewed_for_the_same_sub_and_o
         (json!("forbidden"), json!("private-1"))
     );
     // Past the first token's expiry the connection is alive and delivering.
-    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
     let producer = token("acme", "producer", true);
     publish(app.port, &producer, "private-1", "x", json!({})).await;
     publish(app.port, &producer, "public-1", "x", json!({})).await;

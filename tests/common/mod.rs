@@ -154,6 +154,23 @@ impl TestApp {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// Waits until `/readyz` answers 200 (the notification listener is
+    /// LISTENing: a commit from now on is announced), or panics after 20 s.
+    pub async fn ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let res = awc::Client::default().get(self.url("/readyz")).send().await;
+            if matches!(&res, Ok(r) if r.status() == 200) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never got ready"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `roomcast_db_queries_total{kind}` as this server counts it.
     pub async fn queries(&self, kind: &str) -> u64 {
         metric(

@@ -42,6 +42,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// How often an instance says it is alive (and refreshes its rows).
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How often an instance looks whether the presence table needs a vacuum
+/// that autovacuum will not do (the first look: [`ALIVE_EVERY`] after start).
+const VACUUM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// How often every room's members are announced in full.
 const FULL_EVERY: Duration = Duration::from_secs(10);
 /// An instance not heard of for this long is dead: its members leave (four
@@ -381,6 +384,45 @@ impl Presence {
         }
     }
 
+    /// Vacuums the presence table where autovacuum does not cover it and its
+    /// dead rows are over autovacuum's threshold. Every "alive" rewrites
+    /// each member row of the instance, so without it the table and its
+    /// indexes grow by every row ever refreshed.
+    fn vacuum(&mut self, ctx: &mut Context<Self>) {
+        let pool = self.pool.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let done = async {
+                let client = pool.get().await?;
+                metrics.queries(QueryKind::Background, 1);
+                if store::autovacuum_covers(&**client, "presence").await? {
+                    return Ok(false);
+                }
+                metrics.queries(QueryKind::Background, 1);
+                if !store::vacuum_due(&**client, "presence").await? {
+                    return Ok(false);
+                }
+                metrics.queries(QueryKind::Background, 1);
+                // Its own statement (VACUUM cannot run in a transaction
+                // block); the table is small, the pool's statement timeout
+                // holds (a vacuum cut short is tried again next time).
+                client
+                    .batch_execute("VACUUM (SKIP_LOCKED) presence")
+                    .await?;
+                Ok::<_, store::StoreError>(true)
+            };
+            match done.await {
+                Ok(true) => {
+                    log::info!("vacuumed the presence table (autovacuum does not cover it)")
+                }
+                Ok(false) => {}
+                Err(e) => log::debug!("presence: vacuum: {e}"),
+            }
+        }
+        .into_actor(self)
+        .spawn(ctx);
+    }
+
     /// Says this instance is alive and keeps its rows from expiring.
     fn alive(&mut self, ctx: &mut Context<Self>) {
         let a = Announcement {
@@ -570,6 +612,10 @@ impl Actor for Presence {
         ctx.set_mailbox_capacity(16384);
         ctx.run_interval(FLUSH_EVERY, |act, ctx| act.flush(ctx));
         ctx.run_interval(ALIVE_EVERY, |act, ctx| act.alive(ctx));
+        ctx.run_later(ALIVE_EVERY, |act, ctx| {
+            act.vacuum(ctx);
+            ctx.run_interval(VACUUM_CHECK_EVERY, |act, ctx| act.vacuum(ctx));
+        });
         ctx.run_interval(Duration::from_secs(1), |act, _| act.expire());
         // Repairs what a lost announcement left wrong elsewhere.
         ctx.run_interval(FULL_EVERY, |act, _| {

@@ -39,13 +39,6 @@ const ROOMS: i64 = 500;
 const PASS_BUDGET: Duration = Duration::from_secs(5);
 /// The least time between two vacuums of the events table by the pruner.
 const VACUUM_EVERY: Duration = Duration::from_secs(10);
-/// Whether autovacuum covers the events table (on for the server, not
-/// turned off for the table).
-const AUTOVACUUM_COVERS: &str = "SELECT current_setting('autovacuum')::bool
-    AND coalesce((SELECT option_value::bool
-                    FROM pg_class c, pg_options_to_table(c.reloptions)
-                   WHERE c.oid = 'events'::regclass
-                     AND option_name = 'autovacuum_enabled'), true)";
 
 /// Runs the pruner for ever on the current (actix) runtime.
 pub fn spawn(
@@ -139,7 +132,7 @@ impl Vacuum {
             return Ok(());
         }
         metrics.queries(QueryKind::Prune, 1);
-        let covered: bool = client.query_one(AUTOVACUUM_COVERS, &[]).await?.get(0);
+        let covered = store::autovacuum_covers(client, "events").await?;
         if !covered {
             let started = Instant::now();
             metrics.queries(QueryKind::Prune, 3);

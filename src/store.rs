@@ -883,6 +883,33 @@ pub async fn presence_refresh(
     Ok(())
 }
 
+/// Whether autovacuum covers `table`: on for the server and not turned off
+/// for the table.
+pub async fn autovacuum_covers(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<bool, StoreError> {
+    let sql = "SELECT current_setting('autovacuum')::bool
+                AND coalesce((SELECT option_value::bool
+                                FROM pg_class c, pg_options_to_table(c.reloptions)
+                               WHERE c.oid = $1::text::regclass
+                                 AND option_name = 'autovacuum_enabled'), true)";
+    Ok(client.query_one(sql, &[&table]).await?.get(0))
+}
+
+/// Whether `table` holds more dead rows than autovacuum would leave there
+/// (its default threshold: 50 plus 20% of the live rows), as PostgreSQL's
+/// statistics count them.
+pub async fn vacuum_due(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<bool, StoreError> {
+    let sql = "SELECT coalesce((SELECT n_dead_tup > 50 + 0.2 * n_live_tup
+                                  FROM pg_stat_user_tables
+                                 WHERE relid = $1::text::regclass), false)";
+    Ok(client.query_one(sql, &[&table]).await?.get(0))
+}
+
 /// Removes every row of this instance (on start: rows of an earlier run of
 /// the same id cannot exist, ids are fresh; on shutdown: its members leave at
 /// once).

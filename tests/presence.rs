@@ -450,3 +450,54 @@ async fn members_come_from_tokens_and_never_cross_orgs() {
         .await
         .contains("quiet"));
 }
+
+/// Every "alive" rewrites each member row of an instance. Where autovacuum
+/// does not cover the presence table (off on the server, as on this
+/// project's shared PostgreSQL, or for the table), the instance vacuums it
+/// once its dead rows pass autovacuum's threshold: without that, the table
+/// and its indexes grew by every row ever refreshed.
+#[actix_web::test]
+async fn the_presence_table_is_vacuumed_where_autovacuum_does_not_run() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    {
+        let sql = db.client().await;
+        sql.batch_execute(
+            "ALTER TABLE presence SET (autovacuum_enabled = off);
+             INSERT INTO presence (org, room, instance, sub, connections, ver, expires_at)
+                  SELECT 'acme', 'gone', 'an-old-instance', 'm' || i, 1, 1, now()
+                    FROM generate_series(1, 2000) AS i;
+             DELETE FROM presence WHERE instance = 'an-old-instance';",
+        )
+        .await
+        .unwrap();
+        // Dropped: the backend's statistics (2,000 dead rows) are flushed
+        // as it exits.
+    }
+    let sql = db.client().await;
+    let stats = || async {
+        let row = sql
+            .query_one(
+                "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'presence'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    // First look 5 s after start, then every 30 s.
+    let deadline = Instant::now() + Duration::from_secs(50);
+    loop {
+        let (vacuums, dead) = stats().await;
+        if vacuums > 0 {
+            assert!(dead < 50, "{dead} dead rows left after the vacuum");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the presence table was never vacuumed ({dead} dead rows)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(app);
+}

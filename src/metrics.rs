@@ -43,15 +43,20 @@ impl QueryKind {
 pub struct Backlog {
     pub written: AtomicU64,
     pub sent: AtomicU64,
-    /// Epoch ms when the oldest unsent frame was written (0: none).
+    /// When the oldest unsent frame was written, as [`clock_ms`] (0: none).
     pub oldest_ms: AtomicU64,
 }
 
-/// Now, in epoch milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// The origin of [`clock_ms`], set when the first `Metrics` is made.
+static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// An instant already read, as milliseconds since the process's clock
+/// origin, plus one (never 0). Sessions store the write time of their oldest
+/// unsent frame this way at no further clock read (an epoch time would cost
+/// two per frame: `SystemTime::now` and the frame's age).
+pub fn clock_ms(at: std::time::Instant) -> u64 {
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    at.saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
 impl Backlog {
@@ -112,6 +117,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        clock_ms(std::time::Instant::now()); // the origin: before any session
         let registry = Registry::new();
         let connections = IntGaugeVec::new(
             Opts::new("roomcast_connections", "Open client connections"),
@@ -349,8 +355,9 @@ impl Metrics {
             (largest, oldest)
         };
         self.session_backlog_bytes.set(largest as i64);
+        let now = clock_ms(std::time::Instant::now());
         self.session_lag_seconds
-            .set(oldest.map_or(0.0, |ms| now_ms().saturating_sub(ms) as f64 / 1000.0));
+            .set(oldest.map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0));
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

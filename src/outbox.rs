@@ -81,10 +81,10 @@ impl Outbox {
 
     /// Tells the metrics when the oldest unsent frame was written.
     fn publish_oldest(&self) {
-        let ms = self.ends.front().map_or(0, |(_, at)| {
-            let age = at.elapsed().as_millis() as u64;
-            crate::metrics::now_ms().saturating_sub(age)
-        });
+        let ms = self
+            .ends
+            .front()
+            .map_or(0, |&(_, at)| crate::metrics::clock_ms(at));
         self.counters.oldest_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -201,6 +201,37 @@ mod tests {
         out.counters().sent.fetch_add(10, Ordering::Relaxed);
         assert!(out.drained() && out.has_room());
         assert_eq!(out.lag(), Duration::ZERO);
+        assert_eq!(out.counters().oldest_ms.load(Ordering::Relaxed), 0);
+    }
+
+    /// `roomcast_session_lag_seconds` is the age of the oldest unsent frame
+    /// of any session, and 0 once it is taken.
+    #[test]
+    fn lag_metric() {
+        let metrics = crate::metrics::Metrics::new();
+        let lag = |m: &crate::metrics::Metrics| -> f64 {
+            m.render()
+                .lines()
+                .find_map(|l| l.strip_prefix("roomcast_session_lag_seconds "))
+                .expect("the lag gauge")
+                .parse()
+                .unwrap()
+        };
+        let mut out = Outbox::new(bounds(1 << 20, 1000));
+        metrics.watch_backlog(1, &out.counters());
+        assert_eq!(lag(&metrics), 0.0);
+        out.wrote(10);
+        std::thread::sleep(Duration::from_millis(300));
+        out.wrote(10);
+        let seen = lag(&metrics);
+        assert!((0.29..5.0).contains(&seen), "lag {seen} s");
+        // The first frame is taken: the second one is the oldest now.
+        out.counters().sent.fetch_add(10, Ordering::Relaxed);
+        out.frames();
+        assert!(lag(&metrics) < seen, "still {} s", lag(&metrics));
+        out.counters().sent.fetch_add(10, Ordering::Relaxed);
+        out.frames();
+        assert_eq!(lag(&metrics), 0.0);
     }
 
     #[test]

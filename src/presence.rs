@@ -402,13 +402,23 @@ impl Presence {
                 if !store::vacuum_due(&**client, "presence").await? {
                     return Ok(false);
                 }
-                metrics.queries(QueryKind::Background, 1);
+                metrics.queries(QueryKind::Background, 3);
                 // Its own statement (VACUUM cannot run in a transaction
-                // block); the table is small, the pool's statement timeout
-                // holds (a vacuum cut short is tried again next time).
+                // block), throttled as autovacuum is, and with no timeout: a
+                // table bloated before this ran may take longer than the
+                // pool's statement timeout, and a vacuum cut short starts
+                // over. The connection's own timeout is restored after, even
+                // when the vacuum failed.
                 client
-                    .batch_execute("VACUUM (SKIP_LOCKED) presence")
+                    .batch_execute("SET statement_timeout = 0; SET vacuum_cost_delay = '2ms'")
                     .await?;
+                let vacuumed = client.batch_execute("VACUUM (SKIP_LOCKED) presence").await;
+                client
+                    .batch_execute(
+                        "SET statement_timeout TO DEFAULT; SET vacuum_cost_delay TO DEFAULT",
+                    )
+                    .await?;
+                vacuumed?;
                 Ok::<_, store::StoreError>(true)
             };
             match done.await {

@@ -801,7 +801,7 @@ impl Proxy {
         self.armed.store(n, std::sync::atomic::Ordering::Release);
     }
 
-    /// Like [`Proxy::arm`], and the first such break also starts an outage
+    /// Like [`Proxy::arm`], and each such break also starts an outage
     /// (as [`Proxy::refuse`] on and [`Proxy::cut_all`]) before the broken
     /// connection's client hears of it, so the commit's outcome cannot be
     /// looked up until `refuse(false)`.

@@ -38,6 +38,19 @@ impl Run {
             pg_version: String::new(),
         }
     }
+
+    /// The run a `run.json` describes (for `--report-only`): its own date,
+    /// commit and machine; this machine only where the file predates the
+    /// field, and an "(unknown)" run where there is no file.
+    fn stored(text: Option<&str>) -> Run {
+        let mut run = text
+            .and_then(|t| serde_json::from_str::<Run>(t).ok())
+            .unwrap_or_else(|| Run::now("(unknown)", Duration::ZERO));
+        if run.machine.is_empty() {
+            run.machine = machine();
+        }
+        run
+    }
 }
 
 pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
@@ -56,14 +69,12 @@ pub async fn write(out: &Path, pg: &Pg, run: Option<Run>) -> Result<()> {
             std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&r)?)?;
             r
         }
-        None => std::fs::read_to_string(dir.join("run.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_else(|| Run::now("(unknown)", Duration::ZERO)),
+        None => Run::stored(
+            std::fs::read_to_string(dir.join("run.json"))
+                .ok()
+                .as_deref(),
+        ),
     };
-    if run.machine.is_empty() {
-        run.machine = machine();
-    }
     if run.pg_version.is_empty() {
         run.pg_version = live_pg;
     }
@@ -509,5 +520,39 @@ fn commit() -> String {
         format!("{sha} (with uncommitted changes)")
     } else {
         sha
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--report-only` writes the header of the run that measured, not of
+    /// the machine it is called on (it used to read the machine live).
+    #[test]
+    fn a_stored_run_keeps_its_machine() {
+        let text = r#"{"date": "2026-12-03T08:23:03.293Z", "commit": "bcefd35",
+            "command": "roomcast-bench", "secs": 369.5,
+            "machine": "AMD EPYC (2 cores), 23 GiB RAM, Linux 6.18.44-fc-v1098",
+            "pg_version": "15.20"}"#;
+        let run = Run::stored(Some(text));
+        assert_eq!(
+            (
+                run.commit.as_str(),
+                run.machine.as_str(),
+                run.pg_version.as_str()
+            ),
+            (
+                "bcefd35",
+                "AMD EPYC (2 cores), 23 GiB RAM, Linux 6.18.44-fc-v1098",
+                "15.20"
+            )
+        );
+        // A run.json from before the field: the machine is this one.
+        let old = r#"{"date": "d", "commit": "c", "command": "x", "secs": 1.0}"#;
+        let run = Run::stored(Some(old));
+        assert_eq!((run.commit.as_str(), run.machine.clone()), ("c", machine()));
+        assert!(run.pg_version.is_empty(), "filled from the live server");
+        assert_eq!(Run::stored(None).command, "(unknown)");
     }
 }

@@ -154,19 +154,7 @@ impl Bus {
                 actix_web::rt::spawn(redis_bus::run(client, rx, inbound));
             }
         }
-        let bus = Bus { commands, shared };
-        // Every instance hears every other one's "alive" (presence).
-        let (ready, _) = oneshot::channel();
-        bus.send(Command::Subscribe {
-            subject: bus.alive_subject(),
-            ready,
-        });
-        Ok(bus)
-    }
-
-    /// The subject every instance says it is alive on.
-    fn alive_subject(&self) -> String {
-        format!("{}.presence", self.shared.prefix)
+        Ok(Bus { commands, shared })
     }
 
     /// The subject of an org's room changes (live room lists).
@@ -214,16 +202,6 @@ impl Bus {
         self.send(Command::Publish {
             subject: self.subject(key),
             payload: buf.freeze(),
-            fallback: None,
-        });
-    }
-
-    /// Says this instance is alive (presence), to every instance.
-    pub fn publish_alive(&self, a: &Announcement) {
-        let text = serde_json::to_string(a).unwrap_or_default();
-        self.send(Command::Publish {
-            subject: self.alive_subject(),
-            payload: Bytes::from(text),
             fallback: None,
         });
     }
@@ -519,15 +497,6 @@ impl Inbound {
             .bus_messages
             .with_label_values(&["in"])
             .inc();
-        // "Alive" announcements are plain JSON (the presence subject).
-        if payload.first() == Some(&b'{') {
-            if let Ok(a) = serde_json::from_slice::<Announcement>(&payload) {
-                if a.instance != *self.shared.instance {
-                    self.presence.do_send(PresenceIn(a));
-                }
-            }
-            return;
-        }
         match decode(payload, &self.shared.instance) {
             None => log::warn!("bus: a malformed message was ignored"),
             Some(None) => {}

@@ -787,7 +787,7 @@ impl Handler<Members> for Db {
             reads
                 .run(async {
                     let (_permit, client) = reads.get().await?;
-                    store::presence_members(&client, &msg.key).await
+                    store::presence_members(&client, &msg.key, crate::presence::DEAD_AFTER).await
                 })
                 .await
         })

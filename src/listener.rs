@@ -27,7 +27,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use crate::boards::{Boards, RoomChanged};
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
-use crate::presence::{Announcement, Presence, PresenceIn};
+use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
 use crate::relay::Relay;
 use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
@@ -139,8 +139,10 @@ async fn listen(
             .await?;
         connected.store(true, Ordering::Release);
         log::info!("listener connected");
-        // Whatever was committed while we were not listening is found now.
+        // Whatever was committed (or announced) while we were not listening
+        // is found now.
         router.do_send(CheckHeads);
+        presence.do_send(Resync);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let mut relay_try = tokio::time::interval(RELAY_TRY);

@@ -3,6 +3,8 @@
 //! REST path and SQL producers share one implementation of seqs, idempotency,
 //! state patches and terminal statuses.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::{GenericClient, Pool};
 use serde_json::Value;
 
@@ -814,40 +816,69 @@ pub struct PresenceEntry {
     pub connections: i64,
 }
 
-/// Writes this instance's changed members of rooms (batched: one statement
-/// for the upserts, one for the deletes), with its change counter `ver`.
+/// Writes this instance's members of rooms in one transaction with its
+/// change counter `ver` (stored in `presence_instances` with the same
+/// commit), and sends `notify` on channel `roomcast_presence` from it (the
+/// announcements leave only if the write commits). A room written `full`
+/// loses this instance's other rows in it.
 pub async fn presence_write(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     instance: &str,
     ver: i64,
-    changes: &[(RoomKey, PresenceEntry)],
+    rooms: &[(RoomKey, crate::presence::view::RoomWrite)],
+    notify: &[String],
 ) -> Result<(), StoreError> {
-    let (gone, here): (Vec<_>, Vec<_>) = changes.iter().partition(|(_, e)| e.connections == 0);
-    if !here.is_empty() {
-        let stmt = client
+    let tx = client.transaction().await?;
+    let full: Vec<&RoomKey> = rooms
+        .iter()
+        .filter(|(_, w)| w.full)
+        .map(|(k, _)| k)
+        .collect();
+    if !full.is_empty() {
+        let stmt = tx
             .prepare_cached(
-                "INSERT INTO presence (org, room, instance, sub, info, connections, ver, expires_at)
-                 SELECT o, r, $1, s, i, c, $2, now() + interval '20 seconds'
+                "DELETE FROM presence p
+                  USING unnest($2::text[], $3::text[]) AS u(o, r)
+                  WHERE p.instance = $1 AND p.org = u.o AND p.room = u.r",
+            )
+            .await?;
+        let orgs: Vec<&str> = full.iter().map(|k| k.org.as_str()).collect();
+        let rms: Vec<&str> = full.iter().map(|k| k.room.as_str()).collect();
+        tx.execute(&stmt, &[&instance, &orgs, &rms]).await?;
+    }
+    let entries = || {
+        rooms
+            .iter()
+            .flat_map(|(k, w)| w.entries.iter().map(move |e| (k, e)))
+    };
+    let here: Vec<(&RoomKey, &PresenceEntry)> =
+        entries().filter(|(_, e)| e.connections > 0).collect();
+    let gone: Vec<(&RoomKey, &PresenceEntry)> =
+        entries().filter(|(_, e)| e.connections == 0).collect();
+    if !here.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO presence (org, room, instance, sub, info, connections, ver)
+                 SELECT o, r, $1, s, i, c, $2
                    FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int[]) AS u(o, r, s, i, c)
                  ON CONFLICT (org, room, instance, sub) DO UPDATE
                    SET info = excluded.info, connections = excluded.connections,
-                       ver = excluded.ver, expires_at = excluded.expires_at",
+                       ver = excluded.ver",
             )
             .await?;
         let orgs: Vec<&str> = here.iter().map(|(k, _)| k.org.as_str()).collect();
-        let rooms: Vec<&str> = here.iter().map(|(k, _)| k.room.as_str()).collect();
+        let rms: Vec<&str> = here.iter().map(|(k, _)| k.room.as_str()).collect();
         let subs: Vec<&str> = here.iter().map(|(_, e)| e.sub.as_str()).collect();
         let infos: Vec<&Value> = here.iter().map(|(_, e)| &e.info).collect();
         let conns: Vec<i32> = here.iter().map(|(_, e)| e.connections as i32).collect();
-        client
-            .execute(
-                &stmt,
-                &[&instance, &ver, &orgs, &rooms, &subs, &infos, &conns],
-            )
-            .await?;
+        tx.execute(
+            &stmt,
+            &[&instance, &ver, &orgs, &rms, &subs, &infos, &conns],
+        )
+        .await?;
     }
     if !gone.is_empty() {
-        let stmt = client
+        let stmt = tx
             .prepare_cached(
                 "DELETE FROM presence p
                   USING unnest($2::text[], $3::text[], $4::text[]) AS u(o, r, s)
@@ -855,32 +886,50 @@ pub async fn presence_write(
             )
             .await?;
         let orgs: Vec<&str> = gone.iter().map(|(k, _)| k.org.as_str()).collect();
-        let rooms: Vec<&str> = gone.iter().map(|(k, _)| k.room.as_str()).collect();
+        let rms: Vec<&str> = gone.iter().map(|(k, _)| k.room.as_str()).collect();
         let subs: Vec<&str> = gone.iter().map(|(_, e)| e.sub.as_str()).collect();
-        client
-            .execute(&stmt, &[&instance, &orgs, &rooms, &subs])
-            .await?;
+        tx.execute(&stmt, &[&instance, &orgs, &rms, &subs]).await?;
     }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO presence_instances (instance, ver, alive_at) VALUES ($1, $2, now())
+             ON CONFLICT (instance) DO UPDATE SET ver = excluded.ver, alive_at = now()",
+        )
+        .await?;
+    tx.execute(&stmt, &[&instance, &ver]).await?;
+    if !notify.is_empty() {
+        presence_notify(&tx, notify).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
-/// Keeps this instance's members alive (another 30 s), and forgets the rows
-/// of instances that stopped doing so.
-pub async fn presence_refresh(
+/// Says this instance is alive (its heartbeat in `presence_instances`,
+/// created with `ver` where missing), and deletes the rows of instances
+/// dead for a minute. Answers whether the heartbeat row was there.
+pub async fn presence_alive(
     client: &impl GenericClient,
     instance: &str,
-) -> Result<(), StoreError> {
+    ver: i64,
+) -> Result<bool, StoreError> {
     let stmt = client
         .prepare_cached(
-            "UPDATE presence SET expires_at = now() + interval '20 seconds' WHERE instance = $1",
+            "INSERT INTO presence_instances (instance, ver, alive_at) VALUES ($1, $2, now())
+             ON CONFLICT (instance) DO UPDATE SET alive_at = now()
+             RETURNING xmax <> 0",
         )
         .await?;
-    client.execute(&stmt, &[&instance]).await?;
+    let was_there: bool = client.query_one(&stmt, &[&instance, &ver]).await?.get(0);
     let stmt = client
-        .prepare_cached("DELETE FROM presence WHERE expires_at < now() - interval '60 seconds'")
+        .prepare_cached(
+            "WITH dead AS (
+                DELETE FROM presence_instances WHERE alive_at < now() - interval '60 seconds'
+                RETURNING instance)
+             DELETE FROM presence p USING dead WHERE p.instance = dead.instance",
+        )
         .await?;
     client.execute(&stmt, &[]).await?;
-    Ok(())
+    Ok(was_there)
 }
 
 /// Whether autovacuum covers `table`: on for the server and not turned off
@@ -910,45 +959,75 @@ pub async fn vacuum_due(
     Ok(client.query_one(sql, &[&table]).await?.get(0))
 }
 
-/// Removes every row of this instance (on start: rows of an earlier run of
-/// the same id cannot exist, ids are fresh; on shutdown: its members leave at
-/// once).
+/// Removes every row of this instance and its heartbeat (on shutdown: its
+/// members leave at once).
 pub async fn presence_clear(client: &impl GenericClient, instance: &str) -> Result<(), StoreError> {
     let stmt = client
-        .prepare_cached("DELETE FROM presence WHERE instance = $1")
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM presence_instances WHERE instance = $1)
+             DELETE FROM presence WHERE instance = $1",
+        )
         .await?;
     client.execute(&stmt, &[&instance]).await?;
     Ok(())
 }
 
-/// The members other instances hold in a room, with each row's `ver`.
-pub async fn presence_load(
+/// What a read of the presence table found: the live instances but `me`
+/// (heartbeat younger than `dead_after`) with their change counter, and
+/// their rows of each room asked for. One statement, so one snapshot: the
+/// rows are those of the `ver` answered.
+pub async fn presence_read(
     client: &impl GenericClient,
-    key: &RoomKey,
+    rooms: &[RoomKey],
     me: &str,
-) -> Result<Vec<(String, i64, PresenceEntry)>, StoreError> {
+    dead_after: std::time::Duration,
+) -> Result<
+    (
+        crate::presence::view::Alive,
+        HashMap<RoomKey, Vec<crate::presence::view::Row>>,
+    ),
+    StoreError,
+> {
     let stmt = client
         .prepare_cached(
-            "SELECT instance, ver, sub, info, connections FROM presence
-              WHERE org = $1 AND room = $2 AND instance <> $3 AND expires_at > now()",
+            "WITH alive AS (
+                SELECT instance, ver FROM presence_instances
+                 WHERE alive_at > now() - make_interval(secs => $4) AND instance <> $3)
+             SELECT a.instance, a.ver, NULL::text, NULL::text, NULL::text, NULL::jsonb, NULL::int
+               FROM alive a
+             UNION ALL
+             SELECT p.instance, p.ver, p.org, p.room, p.sub, p.info, p.connections
+               FROM unnest($1::text[], $2::text[]) AS u(o, r)
+               JOIN presence p ON p.org = u.o AND p.room = u.r
+               JOIN alive a ON a.instance = p.instance",
         )
         .await?;
-    Ok(client
-        .query(&stmt, &[&key.org, &key.room.as_str(), &me])
-        .await?
-        .into_iter()
-        .map(|r| {
-            (
-                r.get(0),
-                r.get(1),
-                PresenceEntry {
-                    sub: r.get(2),
-                    info: r.get(3),
-                    connections: r.get::<_, i32>(4) as i64,
-                },
-            )
-        })
-        .collect())
+    let orgs: Vec<&str> = rooms.iter().map(|k| k.org.as_str()).collect();
+    let rms: Vec<&str> = rooms.iter().map(|k| k.room.as_str()).collect();
+    let secs = dead_after.as_secs_f64();
+    let mut alive = HashMap::new();
+    let mut found: HashMap<RoomKey, Vec<crate::presence::view::Row>> = HashMap::new();
+    for r in client.query(&stmt, &[&orgs, &rms, &me, &secs]).await? {
+        let (instance, ver): (String, i64) = (r.get(0), r.get(1));
+        let Some(org) = r.get::<_, Option<String>>(2) else {
+            alive.insert(instance, ver);
+            continue;
+        };
+        let room: String = r.get(3);
+        let Ok(room) = crate::protocol::RoomId::parse(&room) else {
+            continue;
+        };
+        found.entry(RoomKey { org, room }).or_default().push((
+            instance,
+            ver,
+            PresenceEntry {
+                sub: r.get(4),
+                info: r.get(5),
+                connections: r.get::<_, i32>(6) as i64,
+            },
+        ));
+    }
+    Ok((alive, found))
 }
 
 /// A room's members over every live instance: (sub, info, connections),
@@ -956,17 +1035,21 @@ pub async fn presence_load(
 pub async fn presence_members(
     client: &impl GenericClient,
     key: &RoomKey,
+    dead_after: std::time::Duration,
 ) -> Result<Vec<PresenceEntry>, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT sub, (array_agg(info ORDER BY ver DESC))[1], sum(connections)::bigint
-               FROM presence
-              WHERE org = $1 AND room = $2 AND expires_at > now() AND connections > 0
-              GROUP BY sub ORDER BY sub",
+            "SELECT p.sub, (array_agg(p.info ORDER BY p.ver DESC))[1], sum(p.connections)::bigint
+               FROM presence p
+               JOIN presence_instances i ON i.instance = p.instance
+              WHERE p.org = $1 AND p.room = $2 AND p.connections > 0
+                AND i.alive_at > now() - make_interval(secs => $3)
+              GROUP BY p.sub ORDER BY p.sub",
         )
         .await?;
+    let secs = dead_after.as_secs_f64();
     Ok(client
-        .query(&stmt, &[&key.org, &key.room.as_str()])
+        .query(&stmt, &[&key.org, &key.room.as_str(), &secs])
         .await?
         .into_iter()
         .map(|r| PresenceEntry {

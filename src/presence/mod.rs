@@ -7,18 +7,25 @@
 //! connection closes is kept for 2 s: a reconnect within that time is
 //! neither a leave nor a join.
 //!
-//! Each instance owns its connections. It writes the members it holds to
-//! the `presence` table (batched, every 250 ms at most) and announces the
-//! changes to the other instances (over the bus when one is set, else a
-//! NOTIFY on `roomcast_presence`); an instance that starts following a room
-//! reads the other instances' members of it once. A room's members are the
-//! union. Every live instance says it is alive every 5 s and refreshes its
-//! rows; the members of an instance not heard of for 20 s leave (their rows
-//! expire 30 s after their last refresh).
+//! The `presence` table is the truth; every instance's member lists are a
+//! view of it (see [`view`]). Each instance owns its connections: it writes
+//! the members it holds (batched, every 250 ms at most, one write at a
+//! time; a failed write is retried, rewriting the room in full), and says
+//! it is alive in `presence_instances` every 5 s. Announcements (over the
+//! bus when one is set, else a NOTIFY on `roomcast_presence` sent by the
+//! write's own transaction) bring the changes to the other instances at
+//! once. Whatever they lose, each instance reads the table for the rooms it
+//! follows every 5 s, after its bus or listener reconnects, and when an
+//! announcement was too large to send: the members of an instance whose
+//! heartbeat is older than 15 s are gone, so a dead instance's members
+//! leave within 15 + 5 + 0.25 s of its last heartbeat (at most 25.25 s
+//! after it died); a lost announcement is repaired within 5.25 s.
 //!
 //! Frames are coalesced per room: at most one every 250 ms (4 per second),
 //! listing who joined and who left since the previous one; a member that
 //! left and came back in between appears in neither list.
+
+pub mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -35,22 +42,26 @@ use crate::bus::Bus;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{RoomId, RoomKey};
 use crate::store::{self, PresenceEntry};
+use view::{Held, Remote, RoomWrite, Written};
 
-/// One presence frame per room at most this often.
+/// One presence frame per room at most this often (and this instance's
+/// changes written as often).
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// A member whose last connection closed stays this long (a reconnect).
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
-/// How often an instance says it is alive (and refreshes its rows).
+/// How often an instance says it is alive in `presence_instances`.
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// An instance whose heartbeat is older than this is dead: its members are
+/// no longer members (three heartbeats missed).
+pub const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// How often the rooms followed here are read again from the table (the
+/// repair of whatever announcements were lost).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// A write that failed is tried again after this long at the soonest.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often an instance looks whether the presence table needs a vacuum
 /// that autovacuum will not do (the first look: [`ALIVE_EVERY`] after start).
 const VACUUM_CHECK_EVERY: Duration = Duration::from_secs(30);
-/// How often every room's members are announced in full.
-const FULL_EVERY: Duration = Duration::from_secs(10);
-/// An instance not heard of for this long is dead: its members leave (four
-/// "alive" missed; checked every second, so they leave within 21.25 s, well
-/// within the contract's 30 s).
-const DEAD_AFTER: Duration = Duration::from_secs(20);
 /// Largest NOTIFY payload (PostgreSQL caps them at 8000 bytes): larger
 /// announcements say "read the room again" instead.
 const MAX_NOTIFY: usize = 7900;
@@ -68,7 +79,7 @@ pub struct Announcement {
     /// The sending instance.
     #[serde(rename = "i")]
     pub instance: String,
-    /// Its change counter.
+    /// Its change counter: the write that made these changes.
     #[serde(rename = "v", default)]
     pub ver: i64,
     #[serde(rename = "o", default, skip_serializing_if = "String::is_empty")]
@@ -83,13 +94,9 @@ pub struct Announcement {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reread: bool,
     /// `members` is every member of the room on that instance (the others
-    /// left it): sent every 10 s and after a bus reconnect, so a lost
-    /// announcement is repaired.
+    /// left it): sent when a room is rewritten in full after a failed write.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub full: bool,
-    /// "I am alive" (no room).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub alive: bool,
 }
 
 /// A connection joins a room as a member and asks for its presence frames;
@@ -134,21 +141,11 @@ pub struct PresenceIn(pub Announcement);
 #[rtype(result = "()")]
 pub struct SetBus(pub Bus);
 
-/// Announce every room's members in full at the next flush (after a bus
-/// reconnect: announcements may have been lost).
+/// Read every room followed here from the table now (the bus or the
+/// listener reconnected: announcements may have been lost).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resync;
-
-impl Handler<Resync> for Presence {
-    type Result = ();
-
-    fn handle(&mut self, _: Resync, _: &mut Context<Self>) {
-        for room in self.rooms.values_mut() {
-            room.full_due = true;
-        }
-    }
-}
 
 /// Shutting down: this instance's members leave at once.
 #[derive(Message)]
@@ -161,12 +158,9 @@ struct Local {
     sessions: HashSet<u64>,
     /// Its last connection closed then (kept for the grace).
     leaving: Option<Instant>,
-}
-
-struct Remote {
-    info: Arc<Value>,
-    connections: i64,
-    ver: i64,
+    /// Connections as last written (a leaving member keeps them until its
+    /// grace ends, so a reconnect within it changes nothing).
+    written_conns: i64,
 }
 
 #[derive(Default)]
@@ -174,42 +168,59 @@ struct Room {
     local: HashMap<String, Local>,
     /// Local member connections: session -> (sub, subscription generation).
     sessions: HashMap<u64, (String, u64)>,
-    /// (instance, sub) -> what that instance holds.
-    remote: HashMap<(String, String), Remote>,
+    /// The other instances' members.
+    remote: Remote,
     watchers: HashMap<u64, Recipient<PresenceOut>>,
     /// The members as the room's frames last showed them.
     shown: BTreeMap<String, Arc<Value>>,
-    /// What this instance last announced of its members (sub -> (info,
-    /// connections)).
-    announced: HashMap<String, (Arc<Value>, i64)>,
-    /// The other instances' members were read.
+    /// This instance's members of the room as the table holds them.
+    written: Written,
+    /// This instance's members changed since the last write.
+    write_due: bool,
+    /// The table was read for this room once.
     loaded: bool,
     /// Joins waiting for that read.
     waiting: Vec<oneshot::Sender<()>>,
+    /// The view may have changed: compare it with what frames showed.
     dirty: bool,
-    /// This instance's members of the room are to be announced in full.
-    full_due: bool,
 }
 
 impl Room {
     /// Members now: local ones (a leaving one until its grace ends) and the
     /// other live instances'.
-    fn members(&self, alive: &HashMap<String, Instant>) -> BTreeMap<String, Arc<Value>> {
+    fn members(&self) -> BTreeMap<String, Arc<Value>> {
         let mut m: BTreeMap<String, Arc<Value>> = self
             .local
             .iter()
             .map(|(sub, l)| (sub.clone(), l.info.clone()))
             .collect();
-        for ((instance, sub), r) in &self.remote {
-            if r.connections > 0 && alive.contains_key(instance) {
-                m.entry(sub.clone()).or_insert_with(|| r.info.clone());
-            }
+        for (sub, info) in self.remote.members() {
+            m.entry(sub.clone()).or_insert_with(|| info.clone());
         }
         m
     }
 
+    /// What this instance holds of the room, as it is to be written.
+    fn held(&self) -> Held {
+        self.local
+            .iter()
+            .map(|(sub, l)| {
+                let conns = if l.sessions.is_empty() {
+                    l.written_conns.max(1)
+                } else {
+                    l.sessions.len() as i64
+                };
+                (sub.clone(), (l.info.clone(), conns))
+            })
+            .collect()
+    }
+
     fn is_unused(&self) -> bool {
-        self.local.is_empty() && self.watchers.is_empty() && self.announced.is_empty()
+        self.local.is_empty()
+            && self.watchers.is_empty()
+            && self.written.is_empty()
+            && !self.write_due
+            && self.waiting.is_empty()
     }
 }
 
@@ -219,10 +230,23 @@ pub struct Presence {
     bus: Option<Bus>,
     metrics: Arc<Metrics>,
     rooms: HashMap<RoomKey, Room>,
-    /// Other instances, and when they were last heard of.
-    alive: HashMap<String, Instant>,
-    /// This instance's change counter.
+    /// This instance's change counter (the `ver` of its writes).
     ver: i64,
+    /// A write is in flight (writes go one at a time, in `ver` order).
+    writing: bool,
+    /// After a failed write, the next one waits until then.
+    retry_at: Option<Instant>,
+    /// The actor's clock for reads of the table: bumped as each is issued.
+    tick: u64,
+    /// A read of the table is in flight.
+    reading: bool,
+    /// Every room followed here is to be read.
+    read_all_due: bool,
+    /// These rooms are to be read (new here, or an announcement too large).
+    read_due: HashSet<RoomKey>,
+    /// The heartbeat row was written once (its absence later means this
+    /// instance was taken for dead).
+    registered: bool,
 }
 
 impl Presence {
@@ -233,161 +257,209 @@ impl Presence {
             bus: None,
             metrics,
             rooms: HashMap::new(),
-            alive: HashMap::new(),
             ver: 0,
+            writing: false,
+            retry_at: None,
+            tick: 0,
+            reading: false,
+            read_all_due: false,
+            read_due: HashSet::new(),
+            registered: false,
         }
     }
 
-    /// Reads the other instances' members of a room just followed.
-    fn load(&mut self, key: RoomKey, ctx: &mut Context<Self>) {
+    /// Reads the rooms due from the table (one statement, one read at a
+    /// time) and reconciles their views with what it finds.
+    fn read(&mut self, ctx: &mut Context<Self>) {
+        if self.reading || (!self.read_all_due && self.read_due.is_empty()) {
+            return;
+        }
+        let keys: Vec<RoomKey> = if std::mem::take(&mut self.read_all_due) {
+            self.read_due.clear();
+            self.rooms.keys().cloned().collect()
+        } else {
+            self.read_due.drain().collect()
+        };
+        if keys.is_empty() {
+            return;
+        }
+        self.reading = true;
+        let issued = self.tick;
+        self.tick += 1;
         let (pool, me) = (self.pool.clone(), self.instance.clone());
-        self.metrics.queries(QueryKind::Other, 1);
-        let read_key = key.clone();
+        self.metrics.queries(QueryKind::Background, 1);
+        let asked = keys.clone();
         let read = async move {
             let client = pool.get().await?;
-            store::presence_load(&client, &read_key, &me).await
+            store::presence_read(&client, &asked, &me, DEAD_AFTER).await
         };
         read.into_actor(self)
-            .map(move |rows, act, _| {
-                let Some(room) = act.rooms.get_mut(&key) else {
-                    return;
-                };
-                match rows {
-                    Ok(rows) => {
-                        for (instance, ver, e) in rows {
-                            act.alive
-                                .entry(instance.clone())
-                                .or_insert_with(Instant::now);
-                            merge(room, instance, ver, e);
-                        }
+            .map(move |found, act, ctx| {
+                act.reading = false;
+                let (alive, mut rows) = match found {
+                    Ok(found) => found,
+                    Err(e) => {
+                        log::warn!("presence: reading the members of {} rooms: {e}", keys.len());
+                        // Tried again at the next flush (the joins waiting
+                        // for it are answered after 5 s at most).
+                        act.read_due.extend(keys);
+                        return;
                     }
-                    Err(e) => log::warn!("presence: reading the members of {key}: {e}"),
+                };
+                let tick = act.tick;
+                for key in keys {
+                    let Some(room) = act.rooms.get_mut(&key) else {
+                        continue;
+                    };
+                    let room_rows = rows.remove(&key).unwrap_or_default();
+                    room.remote.reconcile(issued, &alive, &room_rows, tick);
+                    room.loaded = true;
+                    room.dirty = true;
+                    for w in room.waiting.drain(..) {
+                        let _ = w.send(());
+                    }
                 }
-                room.loaded = true;
-                room.dirty = true;
-                for w in room.waiting.drain(..) {
-                    let _ = w.send(());
-                }
+                act.flush(ctx);
             })
             .spawn(ctx);
     }
 
-    /// Every 250 ms: ends the graces that ran out, announces this instance's
-    /// changes, and sends each changed room one frame.
+    /// Every 250 ms: ends the graces that ran out, writes this instance's
+    /// changes, sends each changed room one frame, and reads what is due.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let mut out = Flushed::default();
         for (key, room) in &mut self.rooms {
-            step(key, room, &self.alive, &self.metrics, &mut out);
+            step(key, room, &self.metrics);
         }
         self.rooms.retain(|_, r| !r.is_unused());
         self.metrics
             .presence_members
             .set(self.rooms.values().map(|r| r.local.len() as i64).sum());
-        if !out.changes.is_empty() {
-            self.announce(out, ctx);
-        }
+        self.write(ctx);
+        self.read(ctx);
     }
 
-    /// The same for one room (a room just followed, out of the tick).
-    fn flush_room(&mut self, key: &RoomKey, ctx: &mut Context<Self>) {
-        let mut out = Flushed::default();
-        if let Some(room) = self.rooms.get_mut(key) {
-            step(key, room, &self.alive, &self.metrics, &mut out);
+    /// Writes what changed of this instance's members (one write at a
+    /// time), then tells the other instances.
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
         }
-        if !out.changes.is_empty() {
-            self.announce(out, ctx);
+        let mut rooms: Vec<(RoomKey, RoomWrite)> = Vec::new();
+        for (key, room) in &mut self.rooms {
+            if !std::mem::take(&mut room.write_due) {
+                continue;
+            }
+            if let Some(w) = room.written.changes(&room.held()) {
+                rooms.push((key.clone(), w));
+            }
         }
-    }
-
-    /// Writes this instance's changes, then tells the other instances.
-    fn announce(&mut self, out: Flushed, ctx: &mut Context<Self>) {
-        let Flushed {
-            changes,
-            rooms,
-            full,
-        } = out;
+        if rooms.is_empty() {
+            return;
+        }
+        self.writing = true;
         self.ver += 1;
         let ver = self.ver;
-        let mut per_room: HashMap<RoomKey, Vec<PresenceEntry>> = HashMap::new();
-        for (k, e) in &changes {
-            per_room.entry(k.clone()).or_default().push(e.clone());
-        }
-        let messages: Vec<(RoomKey, Announcement)> = rooms
-            .into_iter()
-            .filter_map(|k| {
-                let members = per_room.remove(&k)?;
-                let a = Announcement {
-                    instance: self.instance.to_string(),
-                    ver,
-                    org: k.org.clone(),
-                    room: k.room.as_str().to_owned(),
-                    full: full.contains(&k),
-                    members,
-                    reread: false,
-                    alive: false,
-                };
-                Some((k, a))
+        let announcements: Vec<(RoomKey, Announcement)> = rooms
+            .iter()
+            .map(|(k, w)| {
+                (
+                    k.clone(),
+                    Announcement {
+                        instance: self.instance.to_string(),
+                        ver,
+                        org: k.org.clone(),
+                        room: k.room.as_str().to_owned(),
+                        members: w.entries.clone(),
+                        reread: false,
+                        full: w.full,
+                    },
+                )
             })
             .collect();
-        let (pool, me, bus) = (self.pool.clone(), self.instance.clone(), self.bus.clone());
-        self.metrics.queries(QueryKind::Other, 2);
-        async move {
-            let written = async {
-                let client = pool.get().await?;
-                store::presence_write(&client, &me, ver, &changes).await?;
-                if bus.is_none() {
-                    let payloads: Vec<String> = messages
-                        .iter()
-                        .map(|(_, a)| {
-                            let text = serde_json::to_string(a).unwrap_or_default();
-                            if text.len() <= MAX_NOTIFY {
-                                return text;
+        let notify: Vec<String> = if self.bus.is_none() {
+            announcements
+                .iter()
+                .map(|(_, a)| notify_payload(a))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (pool, me) = (self.pool.clone(), self.instance.clone());
+        self.metrics.queries(QueryKind::Other, 1);
+        let changes: Vec<(RoomKey, RoomWrite)> = rooms.clone();
+        let written = async move {
+            let mut client = pool.get().await?;
+            store::presence_write(&mut client, &me, ver, &changes, &notify).await
+        };
+        written
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.writing = false;
+                match res {
+                    Ok(()) => {
+                        act.retry_at = None;
+                        for (key, w) in rooms {
+                            if let Some(room) = act.rooms.get_mut(&key) {
+                                room.written.committed(w);
                             }
-                            let reread = Announcement {
-                                members: Vec::new(),
-                                reread: true,
-                                ..a.clone()
-                            };
-                            serde_json::to_string(&reread).unwrap_or_default()
-                        })
-                        .collect();
-                    store::presence_notify(&client, &payloads).await?;
+                        }
+                        if let Some(bus) = &act.bus {
+                            for (key, a) in &announcements {
+                                bus.publish_presence(key, a);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("presence: writing this instance's members: {e}");
+                        // The outcome is not known: those rooms are
+                        // rewritten in full by the next write.
+                        act.retry_at = Some(Instant::now() + RETRY_AFTER);
+                        for (key, _) in rooms {
+                            if let Some(room) = act.rooms.get_mut(&key) {
+                                room.written.failed();
+                                room.write_due = true;
+                            }
+                        }
+                        ctx.run_later(RETRY_AFTER, |act, ctx| act.flush(ctx));
+                    }
                 }
-                Ok::<_, store::StoreError>(())
-            };
-            if let Err(e) = written.await {
-                log::warn!("presence: announcing changes: {e}");
-            }
-            if let Some(bus) = bus {
-                for (key, a) in &messages {
-                    bus.publish_presence(key, a);
-                }
-            }
+            })
+            .spawn(ctx);
+    }
+
+    /// Says this instance is alive, and forgets the rows of instances dead
+    /// for a while. Where this instance's heartbeat row is gone (it was
+    /// taken for dead: the database was out of its reach for a minute),
+    /// every room is rewritten in full.
+    fn alive(&mut self, ctx: &mut Context<Self>) {
+        let (pool, me, ver) = (self.pool.clone(), self.instance.clone(), self.ver);
+        self.metrics.queries(QueryKind::Background, 3);
+        async move {
+            let client = pool.get().await?;
+            store::presence_alive(&client, &me, ver).await
         }
         .into_actor(self)
+        .map(|res, act, _| match res {
+            Ok(true) => {}
+            Ok(false) if !act.registered => act.registered = true,
+            Ok(false) => {
+                log::warn!(
+                    "presence: this instance was taken for dead; its members are written again"
+                );
+                for room in act.rooms.values_mut() {
+                    room.written.failed();
+                    room.write_due = true;
+                }
+            }
+            Err(e) => log::debug!("presence: alive: {e}"),
+        })
         .spawn(ctx);
     }
 
-    /// Forgets the instances not heard of for a while: their members leave.
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let before = self.alive.len();
-        self.alive
-            .retain(|_, t| now.duration_since(*t) < DEAD_AFTER);
-        if self.alive.len() != before {
-            let alive = &self.alive;
-            for room in self.rooms.values_mut() {
-                room.remote
-                    .retain(|(instance, _), _| alive.contains_key(instance));
-                room.dirty = true;
-            }
-        }
-    }
-
     /// Vacuums the presence table where autovacuum does not cover it and its
-    /// dead rows are over autovacuum's threshold. Every "alive" rewrites
-    /// each member row of the instance, so without it the table and its
-    /// indexes grow by every row ever refreshed.
+    /// dead rows are over autovacuum's threshold. Every membership change
+    /// leaves a dead row, so without it the table and its indexes grow by
+    /// every change ever made.
     fn vacuum(&mut self, ctx: &mut Context<Self>) {
         let pool = self.pool.clone();
         let metrics = self.metrics.clone();
@@ -432,63 +504,27 @@ impl Presence {
         .into_actor(self)
         .spawn(ctx);
     }
+}
 
-    /// Says this instance is alive and keeps its rows from expiring.
-    fn alive(&mut self, ctx: &mut Context<Self>) {
-        let a = Announcement {
-            instance: self.instance.to_string(),
-            ver: self.ver,
-            org: String::new(),
-            room: String::new(),
-            members: Vec::new(),
-            reread: false,
-            full: false,
-            alive: true,
-        };
-        let (pool, me, bus) = (self.pool.clone(), self.instance.clone(), self.bus.clone());
-        self.metrics.queries(QueryKind::Background, 2);
-        async move {
-            let done = async {
-                let client = pool.get().await?;
-                store::presence_refresh(&client, &me).await?;
-                if bus.is_none() {
-                    let text = serde_json::to_string(&a).unwrap_or_default();
-                    store::presence_notify(&client, &[text]).await?;
-                }
-                Ok::<_, store::StoreError>(())
-            };
-            if let Err(e) = done.await {
-                log::debug!("presence: alive: {e}");
-            }
-            if let Some(bus) = bus {
-                bus.publish_alive(&a);
-            }
-        }
-        .into_actor(self)
-        .spawn(ctx);
+/// The NOTIFY payload of an announcement: itself, or "read the room again"
+/// where it is too large for a NOTIFY.
+fn notify_payload(a: &Announcement) -> String {
+    let text = serde_json::to_string(a).unwrap_or_default();
+    if text.len() <= MAX_NOTIFY {
+        return text;
     }
+    let reread = Announcement {
+        members: Vec::new(),
+        reread: true,
+        full: false,
+        ..a.clone()
+    };
+    serde_json::to_string(&reread).unwrap_or_default()
 }
 
-/// What a flush found to announce.
-#[derive(Default)]
-struct Flushed {
-    changes: Vec<(RoomKey, PresenceEntry)>,
-    /// Rooms with changes, in order.
-    rooms: Vec<RoomKey>,
-    /// Rooms announced in full.
-    full: HashSet<RoomKey>,
-}
-
-/// One room's flush: ends the graces that ran out, finds what this instance
-/// must announce, and sends the room's watchers one frame of who joined and
-/// who left since the previous one.
-fn step(
-    key: &RoomKey,
-    room: &mut Room,
-    alive: &HashMap<String, Instant>,
-    metrics: &Metrics,
-    out: &mut Flushed,
-) {
+/// One room's flush: ends the graces that ran out, and sends the room's
+/// watchers one frame of who joined and who left since the previous one.
+fn step(key: &RoomKey, room: &mut Room, metrics: &Metrics) {
     let now = Instant::now();
     let before = room.local.len();
     room.local.retain(|_, l| {
@@ -497,44 +533,13 @@ fn step(
     });
     if room.local.len() != before {
         room.dirty = true;
+        room.write_due = true;
     }
-    if !room.dirty && !room.full_due {
+    if !room.dirty {
         return;
     }
     room.dirty = false;
-    // What this instance holds now, as announced: a leaving member keeps
-    // its last announced state until its grace ends.
-    let mut changed = false;
-    let mut now_held: HashMap<String, (Arc<Value>, i64)> = HashMap::new();
-    for (sub, l) in &room.local {
-        let conns = if l.sessions.is_empty() {
-            room.announced.get(sub).map_or(1, |a| a.1)
-        } else {
-            l.sessions.len() as i64
-        };
-        now_held.insert(sub.clone(), (l.info.clone(), conns));
-    }
-    let full_now = std::mem::take(&mut room.full_due) && !now_held.is_empty();
-    for (sub, (info, conns)) in &now_held {
-        if full_now || room.announced.get(sub).is_none_or(|a| a.1 != *conns) {
-            out.changes.push((key.clone(), entry(sub, info, *conns)));
-            changed = true;
-        }
-    }
-    if full_now {
-        out.full.insert(key.clone());
-    }
-    for (sub, (info, _)) in &room.announced {
-        if !now_held.contains_key(sub) {
-            out.changes.push((key.clone(), entry(sub, info, 0)));
-            changed = true;
-        }
-    }
-    room.announced = now_held;
-    if changed {
-        out.rooms.push(key.clone());
-    }
-    let members = room.members(alive);
+    let members = room.members();
     let joined: Vec<(&String, &Arc<Value>)> = members
         .iter()
         .filter(|(sub, _)| !room.shown.contains_key(*sub))
@@ -554,32 +559,6 @@ fn step(
         }
         metrics.presence_frames.inc_by(room.watchers.len() as u64);
         room.shown = members;
-    }
-}
-
-/// Takes what another instance says of one of its members.
-fn merge(room: &mut Room, instance: String, ver: i64, e: PresenceEntry) {
-    let k = (instance, e.sub);
-    match room.remote.get(&k) {
-        Some(r) if r.ver > ver => {}
-        _ => {
-            room.remote.insert(
-                k,
-                Remote {
-                    info: Arc::new(e.info),
-                    connections: e.connections,
-                    ver,
-                },
-            );
-        }
-    }
-}
-
-fn entry(sub: &str, info: &Arc<Value>, connections: i64) -> PresenceEntry {
-    PresenceEntry {
-        sub: sub.to_owned(),
-        info: (**info).clone(),
-        connections,
     }
 }
 
@@ -621,17 +600,16 @@ impl Actor for Presence {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(16384);
         ctx.run_interval(FLUSH_EVERY, |act, ctx| act.flush(ctx));
+        self.alive(ctx);
         ctx.run_interval(ALIVE_EVERY, |act, ctx| act.alive(ctx));
         ctx.run_later(ALIVE_EVERY, |act, ctx| {
             act.vacuum(ctx);
             ctx.run_interval(VACUUM_CHECK_EVERY, |act, ctx| act.vacuum(ctx));
         });
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.expire());
-        // Repairs what a lost announcement left wrong elsewhere.
-        ctx.run_interval(FULL_EVERY, |act, _| {
-            for room in act.rooms.values_mut() {
-                room.full_due = true;
-            }
+        // Repairs whatever announcements were lost.
+        ctx.run_interval(RECONCILE_EVERY, |act, ctx| {
+            act.read_all_due = true;
+            act.read(ctx);
         });
     }
 }
@@ -644,11 +622,19 @@ impl Handler<SetBus> for Presence {
     }
 }
 
+impl Handler<Resync> for Presence {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        self.read_all_due = true;
+        self.read(ctx);
+    }
+}
+
 impl Handler<PresenceJoin> for Presence {
     type Result = ResponseActFuture<Self, Vec<Member>>;
 
     fn handle(&mut self, msg: PresenceJoin, ctx: &mut Context<Self>) -> Self::Result {
-        let is_new = !self.rooms.contains_key(&msg.key);
         let room = self.rooms.entry(msg.key.clone()).or_default();
         let stale = room
             .sessions
@@ -662,6 +648,7 @@ impl Handler<PresenceJoin> for Presence {
             info: msg.info.clone(),
             sessions: HashSet::new(),
             leaving: None,
+            written_conns: 0,
         });
         if local.leaving.take().is_some() {
             // Back within the grace: neither a leave nor a join.
@@ -673,14 +660,18 @@ impl Handler<PresenceJoin> for Presence {
         } else if local.sessions.is_empty() {
             local.leaving = Some(Instant::now());
         }
+        local.written_conns = local.sessions.len() as i64;
         room.dirty = true;
+        room.write_due = true;
+        let first = !room.loaded && room.waiting.is_empty();
         let ready = (!room.loaded).then(|| {
             let (tx, rx) = oneshot::channel();
             room.waiting.push(tx);
             rx
         });
-        if is_new {
-            self.load(msg.key.clone(), ctx);
+        if first {
+            self.read_due.insert(msg.key.clone());
+            self.read(ctx);
         }
         let (key, session, generation, out) = (msg.key, msg.session, msg.generation, msg.out);
         Box::pin(
@@ -690,17 +681,18 @@ impl Handler<PresenceJoin> for Presence {
                 }
             }
             .into_actor(self)
-            .map(move |(), act, ctx| {
-                // A room first followed here shows its members at once (no
-                // other watcher yet); otherwise what the room's frames showed
-                // (the next frame brings the rest, this member too). The
-                // connection gets every frame after this answer, none before.
-                if is_new {
-                    act.flush_room(&key, ctx);
-                }
+            .map(move |(), act, _| {
+                // A room without watchers yet shows its members at once;
+                // otherwise what the room's frames showed (the next frame
+                // brings the rest, this member too). The connection gets
+                // every frame after this answer, none before.
+                let metrics = act.metrics.clone();
                 let Some(r) = act.rooms.get_mut(&key) else {
                     return Vec::new();
                 };
+                if r.watchers.is_empty() {
+                    step(&key, r, &metrics);
+                }
                 if r.sessions
                     .get(&session)
                     .is_some_and(|(_, g)| *g == generation)
@@ -737,7 +729,11 @@ impl Handler<PresenceLeave> for Presence {
         if let Some(l) = room.local.get_mut(&sub) {
             l.sessions.remove(&msg.session);
             if l.sessions.is_empty() {
+                // Written as it was until the grace ends.
                 l.leaving = Some(Instant::now());
+            } else {
+                l.written_conns = l.sessions.len() as i64;
+                room.write_due = true;
             }
         }
         room.dirty = true;
@@ -752,10 +748,6 @@ impl Handler<PresenceIn> for Presence {
         if a.instance == *self.instance {
             return;
         }
-        self.alive.insert(a.instance.clone(), Instant::now());
-        if a.alive {
-            return;
-        }
         let Ok(room_id) = RoomId::parse(&a.room) else {
             return;
         };
@@ -767,18 +759,11 @@ impl Handler<PresenceIn> for Presence {
             return; // not followed here
         };
         if a.reread {
-            return self.load(key, ctx);
+            self.read_due.insert(key);
+            return self.read(ctx);
         }
-        if a.full {
-            // Every member of the room on that instance: the others left.
-            let listed: HashSet<&str> = a.members.iter().map(|e| e.sub.as_str()).collect();
-            room.remote.retain(|(i, sub), r| {
-                i != &a.instance || r.ver > a.ver || listed.contains(sub.as_str())
-            });
-        }
-        for e in a.members {
-            merge(room, a.instance.clone(), a.ver, e);
-        }
+        room.remote
+            .announce(&a.instance, a.ver, a.full, &a.members, self.tick);
         room.dirty = true;
     }
 }
@@ -787,18 +772,19 @@ impl Handler<Clear> for Presence {
     type Result = ResponseFuture<()>;
 
     /// Every member of this instance leaves now: its rows go and the other
-    /// instances are told (rather than finding out 25 s later).
+    /// instances are told (rather than finding out 20 s later).
     fn handle(&mut self, _: Clear, _: &mut Context<Self>) -> Self::Result {
         self.ver += 1;
         let ver = self.ver;
         let mut messages = Vec::new();
         for (key, room) in &mut self.rooms {
             let members: Vec<PresenceEntry> = room
-                .announced
-                .drain()
-                .map(|(sub, (info, _))| entry(&sub, &info, 0))
+                .held()
+                .iter()
+                .map(|(sub, (info, _))| view::entry(sub, info, 0))
                 .collect();
             room.local.clear();
+            room.written = Written::default();
             if !members.is_empty() {
                 messages.push((
                     key.clone(),
@@ -810,7 +796,6 @@ impl Handler<Clear> for Presence {
                         members,
                         reread: false,
                         full: false,
-                        alive: false,
                     },
                 ));
             }
@@ -820,11 +805,8 @@ impl Handler<Clear> for Presence {
             if let Ok(client) = pool.get().await {
                 let _ = store::presence_clear(&client, &me).await;
                 if bus.is_none() {
-                    let payloads: Vec<String> = messages
-                        .iter()
-                        .filter_map(|(_, a)| serde_json::to_string(a).ok())
-                        .filter(|t| t.len() <= MAX_NOTIFY)
-                        .collect();
+                    let payloads: Vec<String> =
+                        messages.iter().map(|(_, a)| notify_payload(a)).collect();
                     let _ = store::presence_notify(&client, &payloads).await;
                 }
             }

@@ -10,6 +10,15 @@
 //! changed are read in one statement and each board gets one frame per room
 //! (latest wins, at most 4 a second, the last change always sent: a change
 //! during a read makes the room pending again).
+//!
+//! Those announcements make boards fast; they are not what makes them
+//! right. Every 5 s, and after the bus or the listener reconnects, each org
+//! with boards here reads the rooms written since its previous read (by
+//! transaction id, see migrations/V9: exact, however long a writer held a
+//! room), so whatever notice was lost, a board agrees with the rooms table
+//! within 5.25 s. A board remembers the head it showed of each room, so a
+//! change read twice is sent once and a late read never sends an older
+//! snapshot.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,18 +27,28 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::auth::Principal;
 use crate::bus::Bus;
-use crate::db::{Db, RoomsById};
+use crate::db::{ChangeMark, Db, RoomsById, RoomsChangedSince};
 use crate::http::rooms::snapshot;
 use crate::metrics::Metrics;
 use crate::protocol::{RoomId, RoomKey, RoomSnapshot, RoomsFilter};
 
 /// Changed rooms are read (and their frames sent) this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Each org's rooms changed since its previous read are read this often
+/// (the repair of whatever notices were lost).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// A board's first answer waits this long at most for its org's mark and
+/// bus subscription.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
 
-/// A connection starts a live room list. Frames come after `BoardReady`.
+/// A connection starts a live room list. Answered once the board's org is
+/// followed here (its change mark read, its bus subject subscribed): the
+/// connection reads its first answer after that. Frames come after
+/// `BoardReady`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct BoardJoin {
@@ -44,7 +63,8 @@ pub struct BoardJoin {
 #[rtype(result = "()")]
 pub struct BoardReady {
     pub session: u64,
-    pub shown: Vec<RoomId>,
+    /// The rooms of the first answer, with their heads.
+    pub shown: Vec<(RoomId, i64)>,
 }
 
 /// The connection's credential changed (a narrower `rooms` claim).
@@ -78,6 +98,12 @@ pub struct RoomChanged {
     pub key: RoomKey,
 }
 
+/// Read every org's changed rooms now (the bus or the listener
+/// reconnected: notices may have been lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BoardsResync;
+
 /// The Db actor (it is made after this one).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -89,10 +115,29 @@ struct Board {
     out: Recipient<BoardOut>,
     /// The first answer was sent.
     ready: bool,
-    /// Rooms this board shows as matching.
-    shown: HashSet<RoomId>,
+    /// Rooms this board shows as matching, with the head it showed.
+    shown: HashMap<RoomId, i64>,
     /// Rooms that changed before the board was ready.
     missed: HashSet<RoomId>,
+}
+
+/// An org with boards here.
+#[derive(Default)]
+struct Org {
+    boards: HashSet<u64>,
+    /// Where its next reconciliation reads from (see
+    /// [`crate::store::change_mark`]); `None` until read.
+    mark: Option<i64>,
+    /// The mark is being read.
+    marking: bool,
+    /// Joins waiting for the mark.
+    waiting: Vec<oneshot::Sender<()>>,
+    /// Rooms changed (announced), to read at the next flush.
+    pending: HashSet<RoomId>,
+    /// Those are being read.
+    reading: bool,
+    /// Its rooms changed since the mark are being read.
+    reconciling: bool,
 }
 
 #[derive(Serialize)]
@@ -108,12 +153,7 @@ pub struct Boards {
     bus: Option<Bus>,
     metrics: Option<Arc<Metrics>>,
     boards: HashMap<u64, Board>,
-    /// Boards per org.
-    orgs: HashMap<String, HashSet<u64>>,
-    /// Rooms changed per org, to read at the next flush.
-    pending: HashMap<String, HashSet<RoomId>>,
-    /// Orgs whose changed rooms are being read.
-    reading: HashSet<String>,
+    orgs: HashMap<String, Org>,
 }
 
 impl Boards {
@@ -124,38 +164,39 @@ impl Boards {
         }
     }
 
+    /// Reads the rooms announced as changed, per org.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         let Some(db) = self.db.clone() else {
             return;
         };
-        let orgs: Vec<String> = self
-            .pending
-            .keys()
-            .filter(|o| !self.reading.contains(*o))
-            .cloned()
-            .collect();
-        for org in orgs {
-            let Some(rooms) = self.pending.remove(&org) else {
-                continue;
-            };
-            if !self.orgs.contains_key(&org) {
+        let mut due = Vec::new();
+        for (org_id, org) in &mut self.orgs {
+            if org.reading || org.pending.is_empty() {
                 continue;
             }
-            self.reading.insert(org.clone());
-            let asked: Vec<RoomId> = rooms.into_iter().collect();
+            org.reading = true;
+            let asked: Vec<RoomId> = org.pending.drain().collect();
+            due.push((org_id.clone(), asked));
+        }
+        for (org_id, asked) in due {
             let read = db.send(RoomsById {
-                org: org.clone(),
+                org: org_id.clone(),
                 rooms: asked.iter().map(|r| r.as_str().to_owned()).collect(),
             });
             read.into_actor(self)
                 .map(move |res, act, _| {
-                    act.reading.remove(&org);
+                    let Some(org) = act.orgs.get_mut(&org_id) else {
+                        return;
+                    };
+                    org.reading = false;
                     match res {
-                        Ok(Ok(rows)) => act.send(&org, &asked, rows),
+                        Ok(Ok(rows)) => act.send(&org_id, rows),
                         failed => {
-                            log::warn!("boards: reading changed rooms of {org} failed: {failed:?}");
+                            log::warn!(
+                                "boards: reading changed rooms of {org_id} failed: {failed:?}"
+                            );
                             // Tried again at the next flush.
-                            act.pending.entry(org).or_default().extend(asked);
+                            org.pending.extend(asked);
                         }
                     }
                 })
@@ -163,19 +204,100 @@ impl Boards {
         }
     }
 
-    /// One frame per board and room: `matches: true` for a room that passes
-    /// the board's filter and claim, `false` for one it showed and no longer
-    /// passes.
-    fn send(&mut self, org: &str, asked: &[RoomId], rows: Vec<(String, crate::store::RoomRow)>) {
-        let Some(ids) = self.orgs.get(org) else {
+    /// Reads each org's rooms changed since its mark, whatever was
+    /// announced.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let Some(db) = self.db.clone() else {
             return;
         };
-        let mut found: HashMap<RoomId, RoomSnapshot> = HashMap::new();
-        for (room, row) in rows {
-            if let Ok(id) = RoomId::parse(&room) {
-                found.insert(id.clone(), snapshot(id, row));
+        let mut due = Vec::new();
+        for (org_id, org) in &mut self.orgs {
+            let Some(mark) = org.mark else {
+                continue;
+            };
+            if org.reconciling || org.boards.is_empty() {
+                continue;
             }
+            org.reconciling = true;
+            due.push((org_id.clone(), mark));
         }
+        for (org_id, mark) in due {
+            let read = db.send(RoomsChangedSince {
+                org: org_id.clone(),
+                mark,
+            });
+            read.into_actor(self)
+                .map(move |res, act, _| {
+                    let Some(org) = act.orgs.get_mut(&org_id) else {
+                        return;
+                    };
+                    org.reconciling = false;
+                    match res {
+                        Ok(Ok((next, rows))) => {
+                            org.mark = Some(next.max(mark));
+                            act.send(&org_id, rows);
+                        }
+                        failed => {
+                            log::warn!("boards: reading the rooms of {org_id} changed since {mark} failed: {failed:?}");
+                        }
+                    }
+                })
+                .spawn(ctx);
+        }
+    }
+
+    /// Reads the org's change mark (and subscribes to its bus subject), then
+    /// answers the joins waiting for it.
+    fn mark(&mut self, org_id: &str, ctx: &mut Context<Self>) {
+        let Some(db) = self.db.clone() else {
+            return;
+        };
+        let Some(org) = self.orgs.get_mut(org_id) else {
+            return;
+        };
+        if org.marking || org.mark.is_some() {
+            return;
+        }
+        org.marking = true;
+        let subscribed = self.bus.as_ref().map(|bus| bus.subscribe_org(org_id));
+        let org_id = org_id.to_owned();
+        async move {
+            let (mark, _) = tokio::join!(db.send(ChangeMark), async {
+                if let Some(rx) = subscribed {
+                    let _ = tokio::time::timeout(JOIN_WAIT, rx).await;
+                }
+            });
+            mark
+        }
+        .into_actor(self)
+        .map(move |res, act, _| {
+            let Some(org) = act.orgs.get_mut(&org_id) else {
+                return;
+            };
+            org.marking = false;
+            org.mark = Some(match res {
+                Ok(Ok(m)) => m,
+                failed => {
+                    // The first reconciliation reads every room of the org.
+                    log::warn!("boards: reading the change mark failed: {failed:?}");
+                    0
+                }
+            });
+            for w in org.waiting.drain(..) {
+                let _ = w.send(());
+            }
+            act.forget_org_if_unused(&org_id);
+        })
+        .spawn(ctx);
+    }
+
+    /// One frame per board and room: `matches: true` for a room that passes
+    /// the board's filter and claim and is newer than what the board showed,
+    /// `false` for one it showed and no longer passes.
+    fn send(&mut self, org_id: &str, rows: Vec<(String, crate::store::RoomRow)>) {
+        let Some(org) = self.orgs.get_mut(org_id) else {
+            return;
+        };
         let encode = |snap: &RoomSnapshot, matches: bool| -> ByteString {
             serde_json::to_string(&RoomFrame {
                 op: "room",
@@ -186,28 +308,40 @@ impl Boards {
             .into()
         };
         let mut sent = 0u64;
-        for room in asked {
-            let snap = found.get(room);
+        for (room, row) in rows {
+            let Ok(id) = RoomId::parse(&room) else {
+                continue;
+            };
+            let snap = snapshot(id.clone(), row);
             let (mut yes, mut no) = (None, None);
-            for id in ids {
-                let Some(b) = self.boards.get_mut(id) else {
+            for board in &org.boards {
+                let Some(b) = self.boards.get_mut(board) else {
                     continue;
                 };
-                if !b.ready || !b.principal.may_access(room.as_str()) {
+                if !b.principal.may_access(id.as_str()) {
                     continue;
                 }
-                let passes = snap.is_some_and(|s| b.filter.matches(room, s.status));
-                let text = match (passes, snap) {
-                    (true, Some(s)) => {
-                        b.shown.insert(room.clone());
-                        yes.get_or_insert_with(|| encode(s, true)).clone()
+                if !b.ready {
+                    b.missed.insert(id.clone());
+                    continue;
+                }
+                let passes = b.filter.matches(&id, snap.status);
+                let text = match (passes, b.shown.get(&id)) {
+                    (true, Some(h)) if *h >= snap.head => continue,
+                    (true, _) => {
+                        b.shown.insert(id.clone(), snap.head);
+                        yes.get_or_insert_with(|| encode(&snap, true)).clone()
                     }
-                    (false, Some(s)) if b.shown.remove(room) => {
-                        no.get_or_insert_with(|| encode(s, false)).clone()
+                    (false, Some(_)) => {
+                        b.shown.remove(&id);
+                        no.get_or_insert_with(|| encode(&snap, false)).clone()
                     }
-                    _ => continue,
+                    (false, None) => continue,
                 };
-                b.out.do_send(BoardOut { board: *id, text });
+                b.out.do_send(BoardOut {
+                    board: *board,
+                    text,
+                });
                 sent += 1;
             }
         }
@@ -217,9 +351,12 @@ impl Boards {
     }
 
     fn forget_org_if_unused(&mut self, org: &str) {
-        if self.orgs.get(org).is_some_and(|s| s.is_empty()) {
+        if self
+            .orgs
+            .get(org)
+            .is_some_and(|o| o.boards.is_empty() && o.waiting.is_empty())
+        {
             self.orgs.remove(org);
-            self.pending.remove(org);
             if let Some(bus) = &self.bus {
                 bus.unsubscribe_org(org);
             }
@@ -233,6 +370,15 @@ impl Actor for Boards {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(16384);
         ctx.run_interval(FLUSH_EVERY, |act, ctx| act.flush(ctx));
+        ctx.run_interval(RECONCILE_EVERY, |act, ctx| act.reconcile(ctx));
+    }
+}
+
+impl Handler<BoardsResync> for Boards {
+    type Result = ();
+
+    fn handle(&mut self, _: BoardsResync, ctx: &mut Context<Self>) {
+        self.reconcile(ctx);
     }
 }
 
@@ -246,17 +392,17 @@ impl Handler<SetDb> for Boards {
 }
 
 impl Handler<BoardJoin> for Boards {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: BoardJoin, _: &mut Context<Self>) {
-        let org = msg.principal.org.clone();
-        let ids = self.orgs.entry(org.clone()).or_default();
-        if ids.is_empty() {
-            if let Some(bus) = &self.bus {
-                bus.subscribe_org(&org);
-            }
-        }
-        ids.insert(msg.session);
+    fn handle(&mut self, msg: BoardJoin, ctx: &mut Context<Self>) -> Self::Result {
+        let org_id = msg.principal.org.clone();
+        let org = self.orgs.entry(org_id.clone()).or_default();
+        org.boards.insert(msg.session);
+        let ready = org.mark.is_none().then(|| {
+            let (tx, rx) = oneshot::channel();
+            org.waiting.push(tx);
+            rx
+        });
         self.boards.insert(
             msg.session,
             Board {
@@ -264,10 +410,21 @@ impl Handler<BoardJoin> for Boards {
                 filter: msg.filter,
                 out: msg.out,
                 ready: false,
-                shown: HashSet::new(),
+                shown: HashMap::new(),
                 missed: HashSet::new(),
             },
         );
+        if ready.is_some() {
+            self.mark(&org_id, ctx);
+        }
+        Box::pin(
+            async move {
+                if let Some(rx) = ready {
+                    let _ = tokio::time::timeout(JOIN_WAIT, rx).await;
+                }
+            }
+            .into_actor(self),
+        )
     }
 }
 
@@ -281,11 +438,8 @@ impl Handler<BoardReady> for Boards {
         b.ready = true;
         b.shown = msg.shown.into_iter().collect();
         let missed = std::mem::take(&mut b.missed);
-        if !missed.is_empty() {
-            self.pending
-                .entry(b.principal.org.clone())
-                .or_default()
-                .extend(missed);
+        if let Some(org) = self.orgs.get_mut(&b.principal.org) {
+            org.pending.extend(missed);
         }
     }
 }
@@ -295,7 +449,7 @@ impl Handler<BoardCredential> for Boards {
 
     fn handle(&mut self, msg: BoardCredential, _: &mut Context<Self>) {
         if let Some(b) = self.boards.get_mut(&msg.session) {
-            b.shown.retain(|r| msg.principal.may_access(r.as_str()));
+            b.shown.retain(|r, _| msg.principal.may_access(r.as_str()));
             b.principal = msg.principal;
         }
     }
@@ -307,8 +461,8 @@ impl Handler<BoardLeave> for Boards {
     fn handle(&mut self, msg: BoardLeave, _: &mut Context<Self>) {
         if let Some(b) = self.boards.remove(&msg.session) {
             let org = b.principal.org;
-            if let Some(ids) = self.orgs.get_mut(&org) {
-                ids.remove(&msg.session);
+            if let Some(o) = self.orgs.get_mut(&org) {
+                o.boards.remove(&msg.session);
             }
             self.forget_org_if_unused(&org);
         }
@@ -319,19 +473,16 @@ impl Handler<RoomChanged> for Boards {
     type Result = ();
 
     fn handle(&mut self, msg: RoomChanged, _: &mut Context<Self>) {
-        let Some(ids) = self.orgs.get(&msg.key.org) else {
+        let Some(org) = self.orgs.get_mut(&msg.key.org) else {
             return; // no board of that org here
         };
-        for id in ids {
+        for id in &org.boards {
             if let Some(b) = self.boards.get_mut(id) {
                 if !b.ready {
                     b.missed.insert(msg.key.room.clone());
                 }
             }
         }
-        self.pending
-            .entry(msg.key.org)
-            .or_default()
-            .insert(msg.key.room);
+        org.pending.insert(msg.key.room);
     }
 }

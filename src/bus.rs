@@ -33,7 +33,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::boards::{Boards, RoomChanged};
+use crate::boards::{Boards, BoardsResync, RoomChanged};
 use crate::metrics::Metrics;
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
@@ -177,12 +177,14 @@ impl Bus {
     }
 
     /// Starts receiving an org's room changes.
-    pub fn subscribe_org(&self, org: &str) {
-        let (ready, _) = oneshot::channel();
+    /// Answered once the broker confirmed the subscription.
+    pub fn subscribe_org(&self, org: &str) -> oneshot::Receiver<()> {
+        let (ready, rx) = oneshot::channel();
         self.send(Command::Subscribe {
             subject: self.org_subject(org),
             ready,
         });
+        rx
     }
 
     /// Stops receiving an org's room changes.
@@ -527,6 +529,7 @@ impl Inbound {
             // Whatever went by while it was down is found now.
             self.router.do_send(CheckHeads);
             self.presence.do_send(Resync);
+            self.boards.do_send(BoardsResync);
         } else if !up && was {
             log::warn!(
                 "bus ({}) disconnected; delivery goes on through the head check",

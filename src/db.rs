@@ -819,3 +819,52 @@ impl Handler<RoomsById> for Db {
         })
     }
 }
+
+/// Where a read of an org's changed rooms would start now (see
+/// [`store::change_mark`]).
+#[derive(Message)]
+#[rtype(result = "Result<i64, StoreError>")]
+pub struct ChangeMark;
+
+impl Handler<ChangeMark> for Db {
+    type Result = ResponseFuture<Result<i64, StoreError>>;
+
+    fn handle(&mut self, _: ChangeMark, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        self.metrics.queries(QueryKind::Background, 1);
+        Box::pin(async move {
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::change_mark(&client).await
+                })
+                .await
+        })
+    }
+}
+
+/// The rooms of an org changed since a mark, and the next mark (the live
+/// room lists' reconciliation).
+#[derive(Message)]
+#[rtype(result = "Result<(i64, Vec<(String, RoomRow)>), StoreError>")]
+pub struct RoomsChangedSince {
+    pub org: String,
+    pub mark: i64,
+}
+
+impl Handler<RoomsChangedSince> for Db {
+    type Result = ResponseFuture<Result<(i64, Vec<(String, RoomRow)>), StoreError>>;
+
+    fn handle(&mut self, msg: RoomsChangedSince, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        self.metrics.queries(QueryKind::Background, 1);
+        Box::pin(async move {
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::rooms_changed_since(&client, &msg.org, msg.mark).await
+                })
+                .await
+        })
+    }
+}

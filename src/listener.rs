@@ -24,7 +24,7 @@ use actix::Addr;
 use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::boards::{Boards, RoomChanged};
+use crate::boards::{Boards, BoardsResync, RoomChanged};
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
@@ -143,6 +143,7 @@ async fn listen(
         // is found now.
         router.do_send(CheckHeads);
         presence.do_send(Resync);
+        to.boards.do_send(BoardsResync);
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let mut relay_try = tokio::time::interval(RELAY_TRY);

@@ -464,14 +464,19 @@ impl WsSession {
         self.unsubscribe_rooms();
         let board = self.state.next_session_id();
         self.board = Some(board);
-        self.state.boards.do_send(BoardJoin {
+        let joined = self.state.boards.send(BoardJoin {
             session: board,
             principal: self.principal.clone(),
             filter: filter.clone(),
             out: ctx.address().recipient(),
         });
         let (state, principal) = (self.state.clone(), self.principal.clone());
-        let read = async move { crate::http::rooms::visible(&state, &principal, &filter).await };
+        // The first answer is read once the org is followed here: whatever
+        // changes after it is found by the board's reads.
+        let read = async move {
+            let _ = joined.await;
+            crate::http::rooms::visible(&state, &principal, &filter).await
+        };
         ctx.spawn(read.into_actor(self).map(move |rooms, act, ctx| {
             if act.board != Some(board) {
                 return; // ended or replaced meanwhile
@@ -481,7 +486,7 @@ impl WsSession {
                     act.send(ctx, ServerMsg::Rooms { rooms: &rooms });
                     act.state.boards.do_send(BoardReady {
                         session: board,
-                        shown: rooms.into_iter().map(|r| r.room).collect(),
+                        shown: rooms.into_iter().map(|r| (r.room, r.head)).collect(),
                     });
                 }
                 Err(e) => {

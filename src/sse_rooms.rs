@@ -113,7 +113,7 @@ impl Actor for RoomsStream {
             .map(|_, _, ctx| ctx.stop()),
         );
         self.check_expiry(ctx);
-        self.state.boards.do_send(BoardJoin {
+        let joined = self.state.boards.send(BoardJoin {
             session: self.id,
             principal: self.principal.clone(),
             filter: self.filter.clone(),
@@ -124,14 +124,18 @@ impl Actor for RoomsStream {
             self.principal.clone(),
             self.filter.clone(),
         );
-        let read = async move { crate::http::rooms::visible(&state, &principal, &filter).await };
+        // The first answer is read once the org is followed here.
+        let read = async move {
+            let _ = joined.await;
+            crate::http::rooms::visible(&state, &principal, &filter).await
+        };
         ctx.spawn(read.into_actor(self).map(|rooms, act, ctx| match rooms {
             Ok(rooms) => {
                 let text = ServerMsg::Rooms { rooms: &rooms }.to_text();
                 act.write(ctx, message(None, "rooms", &text));
                 act.state.boards.do_send(BoardReady {
                     session: act.id,
-                    shown: rooms.into_iter().map(|r| r.room).collect(),
+                    shown: rooms.into_iter().map(|r| (r.room, r.head)).collect(),
                 });
             }
             Err(e) => {

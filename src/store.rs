@@ -1072,6 +1072,61 @@ pub async fn presence_notify(
     Ok(())
 }
 
+/// Where a read of rooms changed since now would start: the oldest
+/// transaction still running (`pg_snapshot_xmin`), as a number. Every
+/// change committed after this answer is made by a transaction at or after
+/// it.
+pub async fn change_mark(client: &impl GenericClient) -> Result<i64, StoreError> {
+    let stmt = client
+        .prepare_cached("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// The rooms of `org` written by a transaction at or after `mark` (see
+/// [`change_mark`]), and the mark of this read (one statement, one
+/// snapshot: a change this read could not see is at or after the new mark).
+pub async fn rooms_changed_since(
+    client: &impl GenericClient,
+    org: &str,
+    mark: i64,
+) -> Result<(i64, Vec<(String, RoomRow)>), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH m AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS mark)
+             SELECT m.mark, c.room, c.head, c.status, c.state, c.created_at, c.updated_at, c.first
+               FROM m LEFT JOIN (
+                    SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at) AS created_at,
+                           roomcast_ts(r.updated_at) AS updated_at,
+                           coalesce(rr.first, r.head + 1) AS first
+                      FROM rooms r
+                      LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
+                     WHERE r.org = $1 AND r.xid >= $2) c ON true",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&org, &mark]).await?;
+    let next = rows.first().map_or(mark, |r| r.get(0));
+    Ok((
+        next,
+        rows.into_iter()
+            .filter_map(|r| {
+                let room: Option<String> = r.get(1);
+                Some((
+                    room?,
+                    RoomRow {
+                        head: r.get(2),
+                        first: r.get(7),
+                        status: status_of(r.get(3)),
+                        state: r.get(4),
+                        created_at: r.get(5),
+                        updated_at: r.get(6),
+                    },
+                ))
+            })
+            .collect(),
+    ))
+}
+
 /// Rows of the rooms `rooms` of `org` (those that exist).
 pub async fn rooms_by_id(
     client: &impl GenericClient,

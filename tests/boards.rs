@@ -71,7 +71,14 @@ impl Board {
 
     /// Reads until `ok` holds of the board, or 20 s (the caller asserts).
     async fn read_until(&mut self, ok: impl Fn(&Board) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.read_until_by(ok, Instant::now() + Duration::from_secs(20))
+            .await
+    }
+
+    /// Reads until `ok` holds of the board, or `deadline` (the caller
+    /// asserts).
+    async fn read_until_by(&mut self, ok: impl Fn(&Board) -> bool, deadline: Instant) {
+        let deadline = tokio::time::Instant::from_std(deadline);
         while !ok(self) && tokio::time::Instant::now() < deadline {
             self.read_for(Duration::from_millis(100)).await;
         }
@@ -428,4 +435,56 @@ async fn a_captured_table_publishes_committed_changes_only() {
         .get(0);
     assert_eq!(n, 2);
     assert_eq!(db.event_count().await, 4);
+}
+
+/// Issue 23, item 3: a board on another instance learns what happened
+/// while the bus was down, without reconnecting: within 30 s a call that
+/// ended leaves an `in_progress` board and a call that started joins it.
+#[actix_web::test]
+async fn a_board_learns_what_changed_while_the_bus_was_down() {
+    let mut nats = Broker::nats();
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.bus = Some(nats.url());
+    let a = spawn_app(cfg.clone()).await;
+    let b = spawn_app(cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(a.port, "roomcast_bus_connected").await
+        + metric(b.port, "roomcast_bus_connected").await
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the bus never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    publish_ok(a.port, &producer, "call-1", json!({"type": "call.started"})).await;
+    let mut board = Board::open(b.port, &viewer, json!({"status": "in_progress"})).await;
+    assert_eq!(
+        board.heads(),
+        vec![("call-1".to_string(), 1, "in_progress".to_string())]
+    );
+    nats.kill();
+    let killed = Instant::now();
+    publish_ok(
+        a.port,
+        &producer,
+        "call-1",
+        json!({"type": "call.ended", "status": "completed"}),
+    )
+    .await;
+    publish_ok(a.port, &producer, "call-2", json!({"type": "call.started"})).await;
+    let want = list(a.port, &viewer, "&status=in_progress").await;
+    assert_eq!(
+        want,
+        vec![("call-2".to_string(), 1, "in_progress".to_string())]
+    );
+    board
+        .read_until_by(|b| b.heads() == want, killed + Duration::from_secs(30))
+        .await;
+    eprintln!(
+        "a board learned what changed during a bus outage after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(board.heads(), want);
 }

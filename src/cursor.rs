@@ -213,6 +213,8 @@ pub struct Opened {
     pub head: i64,
     /// The lowest seq still stored.
     pub first: i64,
+    /// Where the room's current life began.
+    pub born: i64,
     pub status: RoomStatus,
     pub state: serde_json::Value,
 }
@@ -267,12 +269,13 @@ pub async fn open(
             .await
             .map_err(busy)??;
     }
-    let (head, first) = (row.head(), row.first());
+    let (head, first, born) = (row.head(), row.first(), row.born());
     Ok(match row.row {
         Some(RoomRow { status, state, .. }) => Opened {
             routed,
             head,
             first,
+            born,
             status,
             state,
         },
@@ -280,27 +283,61 @@ pub async fn open(
             routed,
             head,
             first,
+            born,
             status: RoomStatus::InProgress,
             state: serde_json::json!({}),
         },
     })
 }
 
-/// Whether a read-back that found the room's lowest stored seq at `first`
-/// shows that the events after the cursor fell out of the retention.
-pub fn pruned_past(last: Option<i64>, first: Option<i64>) -> bool {
-    matches!((last, first), (Some(l), Some(f)) if l < f - 1)
+/// Where a cursor stands against what a room stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The events after it are stored.
+    Kept,
+    /// The seqs between it and this one never existed in the room's current
+    /// life (the room was created at its org's floor): go on from here,
+    /// nothing is lost.
+    Born(i64),
+    /// Events after it existed and are gone (retention): `reset`.
+    Pruned,
+}
+
+/// Where cursor `last` stands in a room whose lowest stored seq is `first`
+/// and whose current life began at `born`.
+pub fn standing(last: i64, first: i64, born: i64) -> Standing {
+    if last >= first - 1 {
+        Standing::Kept
+    } else if born >= first - 1 {
+        Standing::Born(first - 1)
+    } else {
+        Standing::Pruned
+    }
+}
+
+/// How a read-back that found the room's lowest stored seq at `first` and
+/// its life's start at `born` moves the cursor `last`.
+pub fn read_back(last: Option<i64>, first: Option<i64>, born: Option<i64>) -> Standing {
+    match (last, first) {
+        (Some(l), Some(f)) => standing(l, f, born.unwrap_or(0)),
+        _ => Standing::Kept,
+    }
 }
 
 /// Where a subscription asking for `since` starts, and whether the client
 /// must be sent `reset`: `since` beyond the head (the log it knows is gone),
-/// or below `first - 1` (the events after it fell out of the retention).
-/// `since` absent means from now.
-pub fn start_at(since: Option<i64>, head: i64, first: i64) -> (i64, bool) {
+/// or below `first - 1` where those events existed (they fell out of the
+/// retention). A `since` below the start of the room's current life starts
+/// there, with no reset. `since` absent means from now.
+pub fn start_at(since: Option<i64>, head: i64, first: i64, born: i64) -> (i64, bool) {
     match since {
         None => (head, false),
-        Some(s) if s > head || s < first - 1 => (head, true),
-        Some(s) => (s, false),
+        Some(s) if s > head => (head, true),
+        Some(s) => match standing(s, first, born) {
+            Standing::Kept => (s, false),
+            Standing::Born(at) => (at, false),
+            Standing::Pruned => (head, true),
+        },
     }
 }
 
@@ -308,6 +345,25 @@ pub fn start_at(since: Option<i64>, head: i64, first: i64) -> (i64, bool) {
 mod tests {
     use super::*;
     use crate::protocol::{Event, RoomId, Via};
+
+    #[test]
+    fn a_cursor_below_the_rooms_life_is_not_reset() {
+        // Born at 3, first stored 4: seqs 1-3 never existed in this life.
+        assert_eq!(standing(0, 4, 3), Standing::Born(3));
+        assert_eq!(start_at(Some(0), 6, 4, 3), (3, false));
+        assert_eq!(start_at(Some(2), 6, 4, 3), (3, false));
+        assert_eq!(start_at(Some(3), 6, 4, 3), (3, false));
+        // Born at 3, first stored 5: event 4 existed and is gone.
+        assert_eq!(standing(3, 5, 3), Standing::Pruned);
+        assert_eq!(start_at(Some(0), 6, 5, 3), (6, true));
+        assert_eq!(start_at(Some(4), 6, 5, 3), (4, false));
+        // Beyond the head, or from now.
+        assert_eq!(start_at(Some(7), 6, 4, 3), (6, true));
+        assert_eq!(start_at(None, 6, 4, 3), (6, false));
+        // A read-back of a room with no retention row keeps the cursor.
+        assert_eq!(read_back(Some(0), None, None), Standing::Kept);
+        assert_eq!(read_back(Some(0), Some(4), Some(3)), Standing::Born(3));
+    }
 
     pub(super) fn frame(seq: i64) -> Frame {
         let ev = Event {

@@ -123,8 +123,11 @@ pub struct CatchupDone {
     /// The page was full: more events may follow.
     pub more: bool,
     /// The room's lowest stored seq when the page was read: a cursor below
-    /// `first - 1` fell out of the retention (`reset`).
+    /// `first - 1` fell out of the retention (`reset`), unless those seqs
+    /// never existed in the room's current life (`born`).
     pub first: Option<i64>,
+    /// Where the room's current life began.
+    pub born: Option<i64>,
 }
 
 struct Waiter {
@@ -341,6 +344,7 @@ impl Db {
                     let shown = p.events.first().map(|e| e.seq).filter(|&q| q > start + 1);
                     p.first.max(shown)
                 });
+                let born = result.as_ref().ok().and_then(|p| p.born);
                 let frames = result.map(|p| encode(key, &p.events, *via));
                 if let Err(e) = &frames {
                     log::warn!("catch-up query failed room={key}: {e}");
@@ -351,6 +355,7 @@ impl Db {
                     frames,
                     more,
                     first,
+                    born,
                 };
                 for m in members {
                     // A page cut short (by its byte bound) before this

@@ -652,6 +652,10 @@ pub enum ServerMsg<'a> {
     Subscribed {
         room: &'a str,
         head: i64,
+        /// The lowest seq the room stores: a cursor below `first - 1` that
+        /// is not reset starts at `first - 1` (those seqs never existed in
+        /// the room's current life).
+        first: i64,
         status: RoomStatus,
         state: &'a Value,
         /// The room's members, for a subscription with presence.

@@ -427,12 +427,14 @@ impl WsSession {
                         ServerMsg::Subscribed {
                             room: id.as_str(),
                             head: opened.head,
+                            first: opened.first,
                             status: opened.status,
                             state: &opened.state,
                             presence: members.as_deref(),
                         },
                     );
-                    let (last, reset) = cursor::start_at(since, opened.head, opened.first);
+                    let (last, reset) =
+                        cursor::start_at(since, opened.head, opened.first, opened.born);
                     if reset {
                         act.send(
                             ctx,
@@ -885,8 +887,11 @@ impl Handler<CatchupDone> for WsSession {
             return;
         };
         sub.fetching = false;
-        if cursor::pruned_past(sub.last, msg.first) {
-            return self.reset(id, ctx);
+        match cursor::read_back(sub.last, msg.first, msg.born) {
+            cursor::Standing::Kept => {}
+            // Those seqs never existed in the room's current life.
+            cursor::Standing::Born(at) => sub.last = Some(at),
+            cursor::Standing::Pruned => return self.reset(id, ctx),
         }
         match msg.frames {
             Ok(frames) => {

@@ -308,11 +308,12 @@ impl SseSession {
             let subscribed = ServerMsg::Subscribed {
                 room: room.as_str(),
                 head: opened.head,
+                first: opened.first,
                 status: opened.status,
                 state: &opened.state,
                 presence: members.as_deref(),
             };
-            let (last, reset) = cursor::start_at(act.since, opened.head, opened.first);
+            let (last, reset) = cursor::start_at(act.since, opened.head, opened.first, opened.born);
             // `subscribed` carries where the stream starts: the head when it
             // starts from now (or is reset), the cursor asked for otherwise.
             act.send_at(
@@ -442,8 +443,11 @@ impl Handler<CatchupDone> for SseSession {
 
     fn handle(&mut self, msg: CatchupDone, ctx: &mut Context<Self>) {
         self.cursor.fetching = false;
-        if cursor::pruned_past(self.cursor.last, msg.first) {
-            return self.reset(ctx);
+        match cursor::read_back(self.cursor.last, msg.first, msg.born) {
+            cursor::Standing::Kept => {}
+            // Those seqs never existed in the room's current life.
+            cursor::Standing::Born(at) => self.cursor.last = Some(at),
+            cursor::Standing::Pruned => return self.reset(ctx),
         }
         match msg.frames {
             Ok(frames) => {

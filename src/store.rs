@@ -73,6 +73,9 @@ pub struct RoomRow {
     pub head: i64,
     /// The lowest seq still stored (head + 1 when none is: retention).
     pub first: i64,
+    /// The head the room's current life began at (its org's floor when it
+    /// was created): seqs at or below it never existed in this life.
+    pub born: i64,
     pub status: RoomStatus,
     pub state: Value,
     pub created_at: String,
@@ -95,6 +98,9 @@ impl RoomView {
     }
     pub fn first(&self) -> i64 {
         self.row.as_ref().map_or(self.floor + 1, |r| r.first)
+    }
+    pub fn born(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor, |r| r.born)
     }
 }
 
@@ -276,7 +282,7 @@ pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView
     let stmt = client
         .prepare_cached(
             "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
-                    coalesce(rr.first, r.head + 1), coalesce(f.floor, 0)
+                    coalesce(rr.first, r.head + 1), coalesce(f.floor, 0), coalesce(rr.born, 0)
                FROM (SELECT $1::text AS org, $2::text AS room) k
                LEFT JOIN rooms r ON r.org = k.org AND r.room = k.room
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
@@ -291,6 +297,7 @@ pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView
         row: head.map(|head| RoomRow {
             head,
             first: r.get(5),
+            born: r.get(7),
             status: status_of(r.get(1)),
             state: r.get(2),
             created_at: r.get(3),
@@ -308,6 +315,8 @@ pub struct EventsPage {
     /// The room's lowest stored seq when the page was read (retention): a
     /// cursor below `first - 1` can no longer be replayed.
     pub first: Option<i64>,
+    /// Where the room's current life began (see [`RoomRow::born`]).
+    pub born: Option<i64>,
 }
 
 /// Up to `limit` events with seq > `after`, ascending, and no more than
@@ -322,7 +331,7 @@ pub async fn events_after(
 ) -> Result<EventsPage, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n
+            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born
                FROM (SELECT $1::text AS org, $2::text AS room) k
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
                LEFT JOIN LATERAL (
@@ -344,6 +353,7 @@ pub async fn events_after(
         )
         .await?;
     let first: Option<i64> = rows.first().and_then(|r| r.get(0));
+    let born: Option<i64> = rows.first().and_then(|r| r.get(6));
     let fetched: i64 = rows.first().and_then(|r| r.get(5)).unwrap_or(0);
     let events = rows
         .into_iter()
@@ -364,6 +374,7 @@ pub async fn events_after(
         events,
         more,
         first,
+        born,
     })
 }
 
@@ -425,6 +436,9 @@ impl Page {
     pub fn first(&self) -> i64 {
         self.row.as_ref().map_or(self.floor + 1, |r| r.first)
     }
+    pub fn born(&self) -> i64 {
+        self.row.as_ref().map_or(self.floor, |r| r.born)
+    }
 }
 
 /// Up to `limit` events after `from`, ascending, with the room's row; no
@@ -439,6 +453,7 @@ pub async fn page(
     const HEAD: &str =
         "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
            coalesce((SELECT first FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), r.head + 1),
+           coalesce((SELECT born FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), 0),
            (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
                        'data', p.data, 'ts', roomcast_ts(p.ts)) ORDER BY p.seq), '[]'::json)
               FROM (SELECT seq, type, data, ts,
@@ -486,12 +501,13 @@ pub async fn page(
             events: Vec::new(),
         });
     };
-    let events: Vec<Event> = serde_json::from_value(r.get(6))
+    let events: Vec<Event> = serde_json::from_value(r.get(7))
         .map_err(|e| StoreError::Internal(format!("reading a page of events: {e}")))?;
     Ok(Page {
         row: Some(RoomRow {
             head: r.get(0),
             first: r.get(5),
+            born: r.get(6),
             status: status_of(r.get(1)),
             state: r.get(2),
             created_at: r.get(3),
@@ -547,7 +563,7 @@ pub async fn list_rooms(
     let stmt = client
         .prepare_cached(
             "SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at),
-                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1)
+                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1), coalesce(rr.born, 0)
                FROM rooms r
                LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
               WHERE r.org = $1 AND ($2::text IS NULL OR r.status = $2)
@@ -570,6 +586,7 @@ pub async fn list_rooms(
                 RoomRow {
                     head: r.get(1),
                     first: r.get(6),
+                    born: r.get(7),
                     status: status_of(r.get(2)),
                     state: r.get(3),
                     created_at: r.get(4),
@@ -1094,11 +1111,12 @@ pub async fn rooms_changed_since(
     let stmt = client
         .prepare_cached(
             "WITH m AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS mark)
-             SELECT m.mark, c.room, c.head, c.status, c.state, c.created_at, c.updated_at, c.first
+             SELECT m.mark, c.room, c.head, c.status, c.state, c.created_at, c.updated_at, c.first,
+                    c.born
                FROM m LEFT JOIN (
                     SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at) AS created_at,
                            roomcast_ts(r.updated_at) AS updated_at,
-                           coalesce(rr.first, r.head + 1) AS first
+                           coalesce(rr.first, r.head + 1) AS first, coalesce(rr.born, 0) AS born
                       FROM rooms r
                       LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
                      WHERE r.org = $1 AND r.xid >= $2) c ON true",
@@ -1116,6 +1134,7 @@ pub async fn rooms_changed_since(
                     RoomRow {
                         head: r.get(2),
                         first: r.get(7),
+                        born: r.get(8),
                         status: status_of(r.get(3)),
                         state: r.get(4),
                         created_at: r.get(5),
@@ -1136,7 +1155,7 @@ pub async fn rooms_by_id(
     let stmt = client
         .prepare_cached(
             "SELECT r.room, r.head, r.status, r.state, roomcast_ts(r.created_at),
-                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1)
+                    roomcast_ts(r.updated_at), coalesce(rr.first, r.head + 1), coalesce(rr.born, 0)
                FROM rooms r
                LEFT JOIN room_retention rr ON rr.org = r.org AND rr.room = r.room
               WHERE r.org = $1 AND r.room = ANY($2)",
@@ -1152,6 +1171,7 @@ pub async fn rooms_by_id(
                 RoomRow {
                     head: r.get(1),
                     first: r.get(6),
+                    born: r.get(7),
                     status: status_of(r.get(2)),
                     state: r.get(3),
                     created_at: r.get(4),

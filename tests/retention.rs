@@ -285,20 +285,25 @@ async fn a_reused_room_id_never_answers_a_head_lower_than_before() {
     );
     assert_exactly(&ws.events_until("reuse", 8, WAIT).await, 8, 8);
     // A room id never used before in the org starts at the org's floor too;
-    // a client asking from 0 is told `reset` and then gets everything.
+    // a client asking from 0 gets everything (no `reset`: seqs 1-7 never
+    // existed in that room).
     let mut fresh = WsClient::connect(
         app.port,
         &format!("/v1/rooms/brand-new/ws?since=0&token={viewer}"),
     )
     .await;
     let sub = fresh.expect_op("subscribed").await;
-    assert_eq!(sub["head"], 7);
-    assert_eq!(fresh.expect_op("reset").await["first"], 8);
+    assert_eq!(
+        (sub["head"].clone(), sub["first"].clone()),
+        (json!(7), json!(8))
+    );
     assert_eq!(
         publish(app.port, &producer, "brand-new", "x", json!(1)).await,
         8
     );
-    assert_exactly(&fresh.events_until("brand-new", 8, WAIT).await, 8, 8);
+    let got = fresh.events_until("brand-new", 8, WAIT).await;
+    assert!(got.iter().all(|m| m["op"] != "reset"), "{got:?}");
+    assert_exactly(&got, 8, 8);
     // Other orgs are untouched.
     let globex = token("globex", "viewer", false);
     let (_, body, _) = get(app.port, "/v1/rooms/reuse/events?since=0", &globex, &[]).await;
@@ -542,4 +547,114 @@ async fn pruned_space_is_used_again_where_autovacuum_does_not_run() {
         "the table grew from {grown} to {again} bytes for as many rows"
     );
     snapshot_until(app.port, "churn", |b| b["first"] == 8001).await;
+}
+
+/// Issue 23, item 5: once a closed room is compacted into its org's floor
+/// (3), a brand-new room's events are 4, 5, 6. Every reader from `since=0`
+/// gets them all with no `reset` (WebSocket, SSE, poll), and so does a
+/// subscriber that waited "from now" on that room before the floor rose:
+/// seqs 1-3 never existed in that room's life.
+#[actix_web::test]
+async fn a_compacted_floor_skips_no_stored_event() {
+    let db = TestDb::new().await;
+    let mut cfg = retention_config(&db);
+    cfg.retain_closed = Duration::from_secs(1);
+    cfg.retain_tombstones = Duration::from_secs(1);
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    // Waits "from now" on the room before the floor rises (head 0).
+    let mut waiter =
+        WsClient::connect(app.port, &format!("/v1/rooms/after/ws?token={viewer}")).await;
+    assert_eq!(waiter.expect_op("subscribed").await["head"], 0);
+    let mut sse_waiter = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/after/sse?token={viewer}"),
+        &[],
+    )
+    .await;
+    publish_n(app.port, "before", 1, 2).await;
+    let (s, _, _) = post(
+        app.port,
+        "/v1/rooms/before/events",
+        &producer,
+        &json!({"type": "done", "status": "completed"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // Compacted: the org's floor is 3.
+    let deadline = Instant::now() + WAIT;
+    while get(app.port, "/v1/rooms/before", &viewer, &[]).await.0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the tombstone was never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish_n(app.port, "after", 1, 3).await;
+    let (_, snap, _) = get(app.port, "/v1/rooms/after", &viewer, &[]).await;
+    assert_eq!(
+        (snap["head"].clone(), snap["first"].clone()),
+        (json!(6), json!(4))
+    );
+    // Poll from 0.
+    let (s, body, _) = get(app.port, "/v1/rooms/after/events?since=0", &viewer, &[]).await;
+    assert_eq!(s, 200);
+    assert_ne!(body["reset"], true, "{body}");
+    let seqs: Vec<i64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+    // WebSocket from 0.
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/after/ws?since=0&token={viewer}"),
+    )
+    .await;
+    let sub = ws.expect_op("subscribed").await;
+    assert_eq!(
+        (sub["head"].clone(), sub["first"].clone()),
+        (json!(6), json!(4))
+    );
+    assert_exactly(&no_reset_until(&mut ws, 6).await, 4, 6);
+    // SSE from 0.
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/after/sse?since=0&token={viewer}"),
+        &[],
+    )
+    .await;
+    assert_exactly(&sse_no_reset_until(&mut sse, 6).await, 4, 6);
+    // The subscribers that waited from before the floor rose.
+    assert_exactly(&no_reset_until(&mut waiter, 6).await, 4, 6);
+    assert_exactly(&sse_no_reset_until(&mut sse_waiter, 6).await, 4, 6);
+}
+
+/// The events a WebSocket gets until seq `until`; panics on a `reset`.
+async fn no_reset_until(ws: &mut WsClient, until: i64) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    while got.last().and_then(|e| e["seq"].as_i64()) < Some(until) {
+        let m = ws.recv_within(WAIT).await.expect("an event");
+        assert_ne!(m["op"], "reset", "{m}");
+        if m["op"] == "event" {
+            got.push(m);
+        }
+    }
+    got
+}
+
+/// The same over SSE.
+async fn sse_no_reset_until(sse: &mut SseClient, until: i64) -> Vec<Value> {
+    let mut got: Vec<Value> = Vec::new();
+    while got.last().and_then(|e| e["seq"].as_i64()) < Some(until) {
+        let m = sse.recv_within(WAIT).await.expect("an event");
+        assert_ne!(m.event, "reset", "{:?}", m.data);
+        if m.data["op"] == "event" && m.id.is_some() {
+            got.push(m.data);
+        }
+    }
+    got
 }

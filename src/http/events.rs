@@ -189,6 +189,12 @@ impl Answer {
             Answer::Page(p) => p.first(),
         }
     }
+    fn born(&self) -> i64 {
+        match self {
+            Answer::Memory { head, row } => row.as_ref().map_or(*head, |r| r.born),
+            Answer::Page(p) => p.born(),
+        }
+    }
     fn events(&self) -> &[Event] {
         match self {
             Answer::Memory { .. } => &[],
@@ -327,8 +333,13 @@ pub async fn poll(
         // A cursor beyond the head cannot be served by waiting: answer the
         // head now so the client resyncs (docs/decisions.md).
         let beyond = matches!(from, PollFrom::Seq(since) if since > head);
-        // A cursor whose next events fell out of the retention: `reset`.
-        if matches!(from, PollFrom::Seq(since) if since < answer.first() - 1) {
+        // A cursor whose next events fell out of the retention: `reset`
+        // (not one below the start of the room's current life: those seqs
+        // never existed, and the answer's `first` tells the client where the
+        // events begin).
+        if matches!(from, PollFrom::Seq(since)
+            if crate::cursor::standing(since, answer.first(), answer.born()) == crate::cursor::Standing::Pruned)
+        {
             return Ok(respond(&state, &key, &answer, false, true));
         }
         if fresh || beyond || stopping || tokio::time::Instant::now() >= deadline {

@@ -1232,6 +1232,7 @@ export class RoomcastClient extends Emitter {
         sub.wsSubscribed = true;
         sub.failed = null;
         if (sub.cursor === null) sub.cursor = msg.head;
+        this._lifeStart(sub, msg.first);
         if (Array.isArray(msg.presence)) this._members(sub, msg.presence);
         this._snapshot(sub, msg, 'subscribed');
         if (this._healthyWs(c)) this._contact();
@@ -1501,6 +1502,7 @@ export class RoomcastClient extends Emitter {
       this._reset(sub, body.head, body.state, body.first);
       return false;
     }
+    this._lifeStart(sub, body.first);
     for (const e of body.events) this._deliver(sub, toEvent({ ...e, room: sub.room }, source));
     this._snapshot(sub, body, first ? 'subscribed' : 'snapshot');
     return body.events.length >= limit;
@@ -1624,6 +1626,21 @@ export class RoomcastClient extends Emitter {
     this._counts[ev.source] += 1;
     this._lastEventAt = Date.now();
     sub.emit('event', ev);
+  }
+
+  /**
+   * An answer with no `reset` whose `first` is past the cursor: the seqs in
+   * between never existed in the room's current life (it was created after
+   * its org's floor rose), so the cursor moves to `first - 1`: nothing is
+   * lost.
+   * @private
+   * @param {Subscription} sub
+   * @param {unknown} first the lowest seq the room stores
+   */
+  _lifeStart(sub, first) {
+    if (typeof first === 'number' && sub.cursor !== null && sub.cursor < first - 1) {
+      sub.cursor = first - 1;
+    }
   }
 
   /**

@@ -730,6 +730,7 @@ class Client:
                 head = msg.get("head")
                 if sub.cursor is None and isinstance(head, int):
                     sub.cursor = head
+                self._life_start(sub, msg.get("first"))
                 self._snapshot(sub, msg)
         elif op == "reset":
             if sub is not None:
@@ -851,10 +852,20 @@ class Client:
         if page.reset or page.head < sub.cursor:
             self._reset(sub, page.head, page.state, page.first)
             return False
+        self._life_start(sub, page.first)
         for ev in page.events:
             self._deliver(sub, ev)
         self._snapshot(sub, page)
         return bool(page.events) and sub.cursor is not None and sub.cursor < page.head
+
+    @staticmethod
+    def _life_start(sub: RoomSubscription, first: object) -> None:
+        """An answer with no ``reset`` whose ``first`` is past the cursor: the
+        seqs in between never existed in the room's current life (it was
+        created after its org's floor rose); the cursor moves to ``first - 1``
+        and nothing is lost."""
+        if isinstance(first, int) and sub.cursor is not None and sub.cursor < first - 1:
+            sub.cursor = first - 1
 
     # --------------------------------------------------------- delivery
 

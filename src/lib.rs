@@ -40,9 +40,15 @@
 //! - [`relay`]: the **Relay** actor: with a bus, SQL producers' commits read
 //!   back once (by the instance holding the relay lock) and put on the bus.
 //! - [`boards`]: the **Boards** actor: live room lists (`subscribe_rooms`,
-//!   `/v1/rooms/sse`), coalesced per room.
+//!   `/v1/rooms/sse`), coalesced per room, reconciled with the rooms
+//!   written since each org's last read.
 //! - [`presence`]: the **Presence** actor: members of rooms (from tokens),
-//!   coalesced join/leave frames, announced across instances.
+//!   coalesced join/leave frames, announced across instances and reconciled
+//!   with the `presence` table ([`presence::view`]: the pure state a
+//!   property test drives).
+//! - [`capture`]: the **Capture** actor: moves what captured tables
+//!   (`roomcast_capture`) appended to the outbox into their rooms' logs,
+//!   one room per transaction, so a captured write never waits on a room.
 //! - [`pruner`]: retention: expired events deleted in small batches by one
 //!   instance at a time (an advisory lock), tombstones compacted.
 //! - [`store`]: every SQL statement the server sends.
@@ -58,6 +64,7 @@
 pub mod auth;
 pub mod boards;
 pub mod bus;
+pub mod capture;
 pub mod config;
 pub mod cursor;
 pub mod db;

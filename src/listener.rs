@@ -25,6 +25,7 @@ use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::boards::{Boards, BoardsResync, RoomChanged};
+use crate::capture::{Capture, Kick};
 use crate::db::EPHEMERAL_CHANNEL;
 use crate::metrics::{Metrics, QueryKind};
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
@@ -39,6 +40,8 @@ pub const APPLICATION_NAME: &str = "roomcast-listener";
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The NOTIFY channel of presence announcements (without a bus).
 pub const PRESENCE_CHANNEL: &str = "roomcast_presence";
+/// The NOTIFY channel of captured rows committed to the outbox.
+pub const OUTBOX_CHANNEL: &str = "roomcast_outbox";
 /// How often a listener that is not the relay tries to become it.
 const RELAY_TRY: Duration = Duration::from_secs(1);
 /// Advisory lock of the instance relaying SQL producers' commits onto the bus.
@@ -69,6 +72,7 @@ pub fn spawn(
     hints: Hints,
     presence: Addr<Presence>,
     boards: Addr<Boards>,
+    capture: Addr<Capture>,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
@@ -79,6 +83,7 @@ pub fn spawn(
                 router: &router,
                 presence: &presence,
                 boards: &boards,
+                capture: &capture,
             };
             match listen(&config, &to, &metrics, &connected, &instance, &hints).await {
                 Ok(()) => backoff = Duration::from_millis(100),
@@ -100,6 +105,7 @@ struct Targets<'a> {
     router: &'a Addr<Broadcaster>,
     presence: &'a Addr<Presence>,
     boards: &'a Addr<Boards>,
+    capture: &'a Addr<Capture>,
 }
 
 async fn listen(
@@ -134,7 +140,7 @@ async fn listen(
     let result = async {
         client
             .batch_execute(&format!(
-                "LISTEN roomcast; LISTEN {EPHEMERAL_CHANNEL}; LISTEN {PRESENCE_CHANNEL}"
+                "LISTEN roomcast; LISTEN {EPHEMERAL_CHANNEL}; LISTEN {PRESENCE_CHANNEL}; LISTEN {OUTBOX_CHANNEL}"
             ))
             .await?;
         connected.store(true, Ordering::Release);
@@ -156,6 +162,7 @@ async fn listen(
                             presence.do_send(PresenceIn(a));
                         }
                     }
+                    Some(n) if n.channel() == OUTBOX_CHANNEL => to.capture.do_send(Kick),
                     Some(n) if n.channel() == EPHEMERAL_CHANNEL => {
                         if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(n.payload(), instance)) {
                             router.do_send(e);

@@ -18,6 +18,7 @@ use tokio_postgres::NoTls;
 use crate::auth::Authenticator;
 use crate::boards::{Boards, SetDb};
 use crate::bus::Bus;
+use crate::capture::Capture;
 use crate::config::Config;
 use crate::db::Db;
 use crate::http::origin::Origins;
@@ -298,6 +299,7 @@ impl Application {
             metrics.clone(),
             instance.clone(),
         );
+        let capture = Capture::new(pool.clone(), metrics.clone()).start();
         listener::spawn(
             pg,
             broadcaster.clone(),
@@ -307,6 +309,7 @@ impl Application {
             hints,
             presence.clone(),
             boards.clone(),
+            capture,
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);

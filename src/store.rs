@@ -1146,6 +1146,33 @@ pub async fn rooms_changed_since(
     ))
 }
 
+/// Rooms with captured changes waiting in `roomcast_outbox` (committed).
+pub async fn outbox_rooms(
+    client: &impl tokio_postgres::GenericClient,
+    limit: i64,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT org, room FROM roomcast_outbox LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Moves one room's captured changes into its log (its own transaction);
+/// answers how many were published, -1 when another instance is at it.
+pub async fn move_outbox(
+    client: &impl tokio_postgres::GenericClient,
+    org: &str,
+    room: &str,
+) -> Result<i32, StoreError> {
+    Ok(client
+        .query_one("SELECT roomcast_move_outbox($1, $2)", &[&org, &room])
+        .await?
+        .get(0))
+}
+
 /// Rows of the rooms `rooms` of `org` (those that exist).
 pub async fn rooms_by_id(
     client: &impl GenericClient,

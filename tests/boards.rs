@@ -488,3 +488,85 @@ async fn a_board_learns_what_changed_while_the_bus_was_down() {
     );
     assert_eq!(board.heads(), want);
 }
+
+/// Issue 23, item 6: `roomcast_capture` never makes an application's
+/// transaction wait on, deadlock with or fail because of another writer or
+/// a publish. Two transactions update disjoint rows of rooms r1 and r2 in
+/// opposite orders: both commit; a REST publish to r1 while one of them is
+/// open answers at once; every committed change is published once, in
+/// order, and a rolled back one not at all.
+#[actix_web::test]
+async fn roomcast_capture_never_makes_a_writer_wait_or_deadlock() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let setup = db.client().await;
+    setup
+        .batch_execute(
+            "CREATE TABLE segments (id text PRIMARY KEY, org_id text NOT NULL, room_id text NOT NULL, words text);
+             CREATE TRIGGER segments_events AFTER INSERT OR UPDATE ON segments FOR EACH ROW
+               EXECUTE FUNCTION roomcast_capture('org_id', 'room_id', 'segment');
+             INSERT INTO segments VALUES ('a', 'acme', 'r1', ''), ('b', 'acme', 'r1', ''),
+                                         ('c', 'acme', 'r2', ''), ('d', 'acme', 'r2', '');",
+        )
+        .await
+        .unwrap();
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let t1 = db.client().await;
+    let t2 = db.client().await;
+    t1.batch_execute("BEGIN; UPDATE segments SET words = 't1' WHERE id = 'a'")
+        .await
+        .unwrap();
+    t2.batch_execute("BEGIN; UPDATE segments SET words = 't2' WHERE id = 'd'")
+        .await
+        .unwrap();
+    // A publish to r1 while t1 (which changed a row of r1) is open.
+    let started = Instant::now();
+    let seq = publish(app.port, &producer, "r1", "note", json!("rest")).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "a REST publish waited {took:?} for a captured writer"
+    );
+    // Opposite orders: t1 now touches r2, t2 touches r1.
+    let limit = Duration::from_secs(10);
+    let (r1, r2) = tokio::join!(
+        tokio::time::timeout(
+            limit,
+            t1.batch_execute("UPDATE segments SET words = 't1' WHERE id = 'c'; COMMIT")
+        ),
+        tokio::time::timeout(
+            limit,
+            t2.batch_execute("UPDATE segments SET words = 't2' WHERE id = 'b'; COMMIT")
+        ),
+    );
+    let r1 = r1.expect("t1 waited");
+    let r2 = r2.expect("t2 waited");
+    assert!(r1.is_ok() && r2.is_ok(), "t1: {r1:?}, t2: {r2:?}");
+    // A rolled back change publishes nothing.
+    t1.batch_execute("BEGIN; UPDATE segments SET words = 'never' WHERE id = 'a'; ROLLBACK")
+        .await
+        .unwrap();
+    // Every committed change arrives, once: 2 inserts and 2 updates per room.
+    for (room, want) in [("r1", 5), ("r2", 4)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = poll_all(app.port, &viewer, room, 0, 100).await;
+            if events.len() >= want {
+                assert_eq!(events.len(), want, "{room}: {events:?}");
+                assert!(events.iter().all(|e| e["data"]["row"]["words"] != "never"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{room}: {events:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let r1_events = poll_all(app.port, &viewer, "r1", 0, 100).await;
+    assert_eq!(r1_events[seq as usize - 1]["type"], "note");
+    let outbox: i64 = setup
+        .query_one("SELECT count(*) FROM roomcast_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outbox, 0);
+}

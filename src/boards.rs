@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -44,6 +44,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// A board's first answer waits this long at most for its org's mark and
 /// bus subscription.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
+/// How long the highest head read of a room is remembered (longer than any
+/// read stays in flight: its statement timeout and slot wait are bounded).
+const LATEST_KEPT: Duration = Duration::from_secs(120);
 
 /// A connection starts a live room list. Answered once the board's org is
 /// followed here (its change mark read, its bus subject subscribed): the
@@ -138,6 +141,10 @@ struct Org {
     reading: bool,
     /// Its rooms changed since the mark are being read.
     reconciling: bool,
+    /// The highest head read of each room lately: a read answered after a
+    /// newer one (two reads in flight) is older and changes nothing.
+    /// Forgotten after [`LATEST_KEPT`] (no read stays in flight that long).
+    latest: HashMap<RoomId, (i64, Instant)>,
 }
 
 #[derive(Serialize)]
@@ -212,6 +219,7 @@ impl Boards {
         };
         let mut due = Vec::new();
         for (org_id, org) in &mut self.orgs {
+            org.latest.retain(|_, (_, at)| at.elapsed() < LATEST_KEPT);
             let Some(mark) = org.mark else {
                 continue;
             };
@@ -308,10 +316,14 @@ impl Boards {
             .into()
         };
         let mut sent = 0u64;
+        let now = Instant::now();
         for (room, row) in rows {
             let Ok(id) = RoomId::parse(&room) else {
                 continue;
             };
+            if !fresh(&mut org.latest, &id, row.head, now) {
+                continue; // an older read answered after a newer one
+            }
             let snap = snapshot(id.clone(), row);
             let (mut yes, mut no) = (None, None);
             for board in &org.boards {
@@ -326,17 +338,10 @@ impl Boards {
                     continue;
                 }
                 let passes = b.filter.matches(&id, snap.status);
-                let text = match (passes, b.shown.get(&id)) {
-                    (true, Some(h)) if *h >= snap.head => continue,
-                    (true, _) => {
-                        b.shown.insert(id.clone(), snap.head);
-                        yes.get_or_insert_with(|| encode(&snap, true)).clone()
-                    }
-                    (false, Some(_)) => {
-                        b.shown.remove(&id);
-                        no.get_or_insert_with(|| encode(&snap, false)).clone()
-                    }
-                    (false, None) => continue,
+                let text = match decide(&mut b.shown, &id, snap.head, passes) {
+                    Some(true) => yes.get_or_insert_with(|| encode(&snap, true)).clone(),
+                    Some(false) => no.get_or_insert_with(|| encode(&snap, false)).clone(),
+                    None => continue,
                 };
                 b.out.do_send(BoardOut {
                     board: *board,
@@ -361,6 +366,43 @@ impl Boards {
                 bus.unsubscribe_org(org);
             }
         }
+    }
+}
+
+/// Whether a read of room `id` at `head` is not older than the newest read
+/// of it lately (reads in flight together may answer out of order).
+fn fresh(
+    latest: &mut HashMap<RoomId, (i64, Instant)>,
+    id: &RoomId,
+    head: i64,
+    now: Instant,
+) -> bool {
+    if latest.get(id).is_some_and(|(h, _)| *h > head) {
+        return false;
+    }
+    latest.insert(id.clone(), (head, now));
+    true
+}
+
+/// What a board sends for a room read at `head` that `passes` its filter
+/// or not: `Some(true)` a `room` frame with `matches: true` (it passes and
+/// is newer than what the board showed), `Some(false)` one with `matches:
+/// false` (the board showed it, and this read, not older than what it
+/// showed, no longer passes), `None` nothing. `shown` follows. A room's head
+/// rises with every change of it (status and state change only with an
+/// event), so a head not above the one shown is nothing new.
+fn decide(shown: &mut HashMap<RoomId, i64>, id: &RoomId, head: i64, passes: bool) -> Option<bool> {
+    match (passes, shown.get(id).copied()) {
+        (true, Some(h)) if h >= head => None,
+        (true, _) => {
+            shown.insert(id.clone(), head);
+            Some(true)
+        }
+        (false, Some(h)) if h <= head => {
+            shown.remove(id);
+            Some(false)
+        }
+        (false, _) => None,
     }
 }
 
@@ -484,5 +526,204 @@ impl Handler<RoomChanged> for Boards {
             }
         }
         org.pending.insert(msg.key.room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The property: whatever the order in which reads of changed rooms
+    //! answer (announced changes read late, twice, or never; the
+    //! reconciliation's reads by transaction id; writers holding a room for
+    //! long before they commit), a board's view, built from the frames it
+    //! got, never shows a room older than it showed it, and once every
+    //! writer committed and one reconciliation ran, equals the rooms table
+    //! through the board's filter.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    const ROOMS: usize = 3;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A writer takes a room (its transaction gets an id) and changes
+        /// it, completing it or not.
+        Begin { room: usize, completes: bool },
+        /// The writer of a room commits.
+        Commit { room: usize },
+        /// A change is announced: the room is read now, the answer comes
+        /// later.
+        Read { room: usize },
+        /// A read's answer arrives (and, when `dup`, stays to arrive again).
+        Answer { pick: usize, dup: bool },
+        /// A read's answer is lost.
+        Lose { pick: usize },
+        /// The reconciliation reads rooms written since its mark.
+        Issue,
+        /// Its answer arrives.
+        Reconciled,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..ROOMS, any::<bool>()).prop_map(|(room, c)| Op::Begin { room, completes: c && room != 0 }),
+            3 => (0..ROOMS).prop_map(|room| Op::Commit { room }),
+            3 => (0..ROOMS).prop_map(|room| Op::Read { room }),
+            3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, dup)| Op::Answer { pick, dup }),
+            1 => any::<usize>().prop_map(|pick| Op::Lose { pick }),
+            1 => Just(Op::Issue),
+            1 => Just(Op::Reconciled),
+        ]
+    }
+
+    /// A committed room row: (head, completed, xid of its last writer).
+    type Row = (i64, bool, i64);
+
+    #[derive(Default)]
+    struct Table {
+        rows: BTreeMap<usize, Row>,
+        /// Open writers: room -> (xid, completes).
+        open: BTreeMap<usize, (i64, bool)>,
+        next_xid: i64,
+    }
+
+    impl Table {
+        /// `pg_snapshot_xmin`: the oldest writer still open, or the next id.
+        fn xmin(&self) -> i64 {
+            self.open
+                .values()
+                .map(|(x, _)| *x)
+                .min()
+                .unwrap_or(self.next_xid)
+        }
+    }
+
+    fn id(room: usize) -> RoomId {
+        RoomId::parse(&format!("r{room}")).unwrap()
+    }
+
+    /// The board's filter: rooms in progress.
+    fn passes(completed: bool) -> bool {
+        !completed
+    }
+
+    #[derive(Default)]
+    struct Board {
+        latest: HashMap<RoomId, (i64, Instant)>,
+        shown: HashMap<RoomId, i64>,
+        /// What the client holds, from the frames: room -> head.
+        view: BTreeMap<String, i64>,
+    }
+
+    impl Board {
+        fn take(&mut self, reads: &[(usize, Row)]) -> Result<(), TestCaseError> {
+            let now = Instant::now();
+            for (room, (head, completed, _)) in reads {
+                let id = id(*room);
+                if !fresh(&mut self.latest, &id, *head, now) {
+                    continue;
+                }
+                match decide(&mut self.shown, &id, *head, passes(*completed)) {
+                    Some(true) => {
+                        let before = self.view.insert(id.as_str().to_owned(), *head);
+                        prop_assert!(
+                            before.is_none_or(|b| b < *head),
+                            "{} went back from {:?} to {}",
+                            id.as_str(),
+                            before,
+                            head
+                        );
+                    }
+                    Some(false) => {
+                        self.view.remove(id.as_str());
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn a_board_converges_to_the_rooms_table(ops in proptest::collection::vec(op(), 0..150)) {
+            let mut t = Table { next_xid: 1, ..Table::default() };
+            let mut b = Board::default();
+            let mut mark = t.xmin();
+            let mut wire: Vec<Vec<(usize, Row)>> = Vec::new();
+            let mut reconciling: Option<(i64, Vec<(usize, Row)>)> = None;
+            for op in ops {
+                match op {
+                    Op::Begin { room, completes } => {
+                        let closed = t.rows.get(&room).is_some_and(|r| r.1);
+                        if !closed && !t.open.contains_key(&room) {
+                            t.open.insert(room, (t.next_xid, completes));
+                            t.next_xid += 1;
+                        }
+                    }
+                    Op::Commit { room } => {
+                        if let Some((xid, completes)) = t.open.remove(&room) {
+                            let head = t.rows.get(&room).map_or(0, |r| r.0) + 1;
+                            t.rows.insert(room, (head, completes, xid));
+                        }
+                    }
+                    Op::Read { room } => {
+                        if let Some(r) = t.rows.get(&room) {
+                            wire.push(vec![(room, *r)]);
+                        }
+                    }
+                    Op::Answer { pick, dup } => {
+                        if !wire.is_empty() {
+                            let k = pick % wire.len();
+                            let reads = if dup { wire[k].clone() } else { wire.remove(k) };
+                            b.take(&reads)?;
+                        }
+                    }
+                    Op::Lose { pick } => {
+                        if !wire.is_empty() {
+                            let k = pick % wire.len();
+                            wire.remove(k);
+                        }
+                    }
+                    Op::Issue => {
+                        if reconciling.is_none() {
+                            let rows = t.rows.iter().filter(|(_, r)| r.2 >= mark).map(|(k, r)| (*k, *r)).collect();
+                            reconciling = Some((t.xmin(), rows));
+                        }
+                    }
+                    Op::Reconciled => {
+                        if let Some((next, rows)) = reconciling.take() {
+                            mark = mark.max(next);
+                            b.take(&rows)?;
+                        }
+                    }
+                }
+            }
+            // Every writer commits; the reconciliation in flight answers,
+            // then one more runs; late reads arrive after it.
+            let rooms: Vec<usize> = t.open.keys().copied().collect();
+            for room in rooms {
+                let (xid, completes) = t.open.remove(&room).unwrap();
+                let head = t.rows.get(&room).map_or(0, |r| r.0) + 1;
+                t.rows.insert(room, (head, completes, xid));
+            }
+            if let Some((next, rows)) = reconciling.take() {
+                mark = mark.max(next);
+                b.take(&rows)?;
+            }
+            let rows: Vec<(usize, Row)> = t.rows.iter().filter(|(_, r)| r.2 >= mark).map(|(k, r)| (*k, *r)).collect();
+            b.take(&rows)?;
+            for reads in wire {
+                b.take(&reads)?;
+            }
+            let want: BTreeMap<String, i64> = t
+                .rows
+                .iter()
+                .filter(|(_, r)| passes(r.1))
+                .map(|(k, r)| (id(*k).as_str().to_owned(), r.0))
+                .collect();
+            prop_assert_eq!(b.view, want);
+        }
     }
 }

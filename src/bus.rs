@@ -45,6 +45,17 @@ const MAX_MESSAGE: usize = 1024 * 1024 - 4096;
 /// How long a subscription waits to be confirmed by the broker before the
 /// room opens anyway (the head check covers what it misses).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// Publishes waiting for the broker's task at most; past it they are
+/// dropped and counted (`roomcast_bus_messages_total{dir="dropped"}`): the
+/// bus is at most once, and the head check finds what it did not carry.
+const MAX_QUEUED: usize = 16_384;
+/// A publish the broker does not take within this long means the broker
+/// stopped answering without closing (a black hole): the bus counts as
+/// disconnected (`/readyz` says so, publishes are dropped) until a flush
+/// goes through again.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// While stalled, the broker is probed this often.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 const VERSION: u8 = 1;
 const KIND_FRAMES: u8 = 1;
@@ -98,6 +109,8 @@ enum Command {
 struct Shared {
     kind: Kind,
     connected: AtomicBool,
+    /// Publishes sent to the broker's task and not yet taken by it.
+    queued: std::sync::atomic::AtomicUsize,
     /// This instance's id: its own messages are not routed twice.
     instance: Arc<str>,
     prefix: String,
@@ -134,6 +147,7 @@ impl Bus {
         let shared = Arc::new(Shared {
             kind,
             connected: AtomicBool::new(false),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             instance,
             prefix: prefix.to_owned(),
             metrics,
@@ -288,6 +302,19 @@ impl Bus {
     }
 
     fn send(&self, c: Command) {
+        if matches!(c, Command::Publish { .. }) {
+            // Bounded: a broker that stopped taking messages must not grow
+            // this process's memory.
+            if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                self.shared
+                    .metrics
+                    .bus_messages
+                    .with_label_values(&["dropped"])
+                    .inc();
+                return;
+            }
+        }
         // The task lives as long as the server.
         let _ = self.commands.send(c);
     }
@@ -572,6 +599,7 @@ mod nats {
                     let _ = tx.send(event);
                 }
             });
+        let options = options.ping_interval(Duration::from_secs(5));
         let client = match options.connect(url.as_str()).await {
             Ok(c) => c,
             Err(e) => {
@@ -580,29 +608,51 @@ mod nats {
             }
         };
         let mut readers: HashMap<String, actix_web::rt::task::JoinHandle<()>> = HashMap::new();
+        // A publish timed out: the broker stopped answering without closing.
+        let mut stalled = false;
+        let mut probe = tokio::time::interval(PROBE_EVERY);
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(Event::Connected) => inbound.connected(true),
+                    Some(Event::Connected) => {
+                        stalled = false;
+                        inbound.connected(true)
+                    }
                     Some(Event::Disconnected) | Some(Event::Closed) => inbound.connected(false),
                     Some(e) => log::debug!("bus (nats): {e}"),
                     None => {}
                 },
+                _ = probe.tick(), if stalled => {
+                    if matches!(tokio::time::timeout(PUBLISH_WAIT, client.flush()).await, Ok(Ok(()))) {
+                        log::info!("bus (nats): the broker answers again");
+                        stalled = false;
+                        inbound.connected(true);
+                    }
+                }
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Publish { subject, payload, fallback }) => {
-                        if !shared.connected.load(Ordering::Acquire) {
+                        shared.queued.fetch_sub(1, Ordering::AcqRel);
+                        if stalled || !shared.connected.load(Ordering::Acquire) {
                             continue; // at most once: the head check covers it
                         }
-                        match client.publish(subject.clone(), payload).await {
-                            Ok(()) => inbound.sent(),
-                            Err(e) => {
+                        match tokio::time::timeout(PUBLISH_WAIT, client.publish(subject.clone(), payload)).await {
+                            Ok(Ok(())) => inbound.sent(),
+                            Ok(Err(e)) => {
                                 if let Some(hint) = fallback {
                                     if client.publish(subject, hint).await.is_ok() {
                                         inbound.sent();
                                     }
                                 }
                                 log::debug!("bus (nats): publish: {e}");
+                            }
+                            Err(_) => {
+                                log::warn!(
+                                    "bus (nats): the broker took no message for {PUBLISH_WAIT:?}; \
+                                     taken as disconnected until it answers"
+                                );
+                                stalled = true;
+                                inbound.connected(false);
                             }
                         }
                     }
@@ -707,7 +757,7 @@ mod redis_bus {
                                 _ = &mut until => break,
                                 c = commands.recv() => match c {
                                     None => return,
-                                    Some(c) => offline(&mut channels, c),
+                                    Some(c) => offline(&inbound.shared, &mut channels, c),
                                 },
                             }
                         }
@@ -715,15 +765,30 @@ mod redis_bus {
                         continue;
                     }
                 };
-            backoff = Duration::from_millis(100);
             let (mut sink, mut stream) = pubsub.split();
             if !channels.is_empty() {
                 let all: Vec<&String> = channels.iter().collect();
                 if let Err(e) = sink.subscribe(all).await {
-                    log::warn!("bus (redis): resubscribe: {e}");
+                    log::warn!("bus (redis): resubscribe: {e}; again in {backoff:?}");
+                    // Not at once (that was a hot loop): the same wait as a
+                    // failed connect, keeping track of interest meanwhile.
+                    inbound.connected(false);
+                    let until = tokio::time::sleep(backoff);
+                    tokio::pin!(until);
+                    loop {
+                        tokio::select! {
+                            _ = &mut until => break,
+                            c = commands.recv() => match c {
+                                None => return,
+                                Some(c) => offline(&inbound.shared, &mut channels, c),
+                            },
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             }
+            backoff = Duration::from_millis(100);
             inbound.connected(true);
             let lost = loop {
                 tokio::select! {
@@ -746,9 +811,11 @@ mod redis_bus {
         }
     }
 
-    fn offline(channels: &mut HashSet<String>, c: Command) {
+    fn offline(shared: &Shared, channels: &mut HashSet<String>, c: Command) {
         match c {
-            Command::Publish { .. } => {}
+            Command::Publish { .. } => {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
             Command::Subscribe { subject, ready } => {
                 channels.insert(subject);
                 let _ = ready.send(());
@@ -771,6 +838,7 @@ mod redis_bus {
             Command::Publish {
                 subject, payload, ..
             } => {
+                inbound.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 // Every publish waiting now goes in one pipeline.
                 let mut pipe = redis::pipe();
                 pipe.cmd("PUBLISH").arg(subject).arg(&payload[..]).ignore();
@@ -781,6 +849,7 @@ mod redis_bus {
                         Ok(Command::Publish {
                             subject, payload, ..
                         }) => {
+                            inbound.shared.queued.fetch_sub(1, Ordering::AcqRel);
                             pipe.cmd("PUBLISH").arg(subject).arg(&payload[..]).ignore();
                             n += 1;
                         }

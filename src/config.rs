@@ -38,7 +38,8 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 
-    /// Catch-up interval of every subscription in ms; 0 turns the fallback off.
+    /// Catch-up interval of every subscription in ms; 0 turns the fallback off
+    /// (refused with a bus: the bus may lose messages).
     #[arg(long, env = "ROOMCAST_POLL_MS", default_value_t = 5000)]
     pub poll_ms: u64,
 

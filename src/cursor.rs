@@ -219,6 +219,19 @@ pub struct Opened {
     pub state: serde_json::Value,
 }
 
+impl Opened {
+    /// The highest head known: the snapshot's, or the router's when it
+    /// routed events past it (a snapshot read shared with subscribers that
+    /// asked earlier may predate events routed before this one joined).
+    pub fn known_head(&self) -> i64 {
+        let routed = self
+            .routed
+            .as_ref()
+            .map_or(0, |h| h.load(std::sync::atomic::Ordering::Acquire));
+        self.head.max(routed)
+    }
+}
+
 /// Opens a subscription: joins the room's routing, waits until the router
 /// knows the room's head, then reads the room's snapshot. In that order,
 /// every event committed after the snapshot is routed to the session as a
@@ -243,19 +256,16 @@ pub async fn open(
             generation,
             deliver,
         })
-        .await
-        .ok();
-    let routed = match joined {
-        Some(Joined { head, ready }) => {
-            if let Some(ready) = ready {
-                // Fired (or dropped) by the router; bounded all the same.
-                let _ = tokio::time::timeout(READY_WAIT, ready).await;
-            }
-            Some(head)
-        }
-        None => None,
-    };
+        .await;
     let busy = |_| StoreError::Unavailable("server is busy".into());
+    // A subscription the router did not take would never be pushed to: the
+    // subscribe fails (`unavailable`) rather than open half.
+    let Joined { head, ready } = joined.map_err(busy)?;
+    if let Some(ready) = ready {
+        // Fired (or dropped) by the router; bounded all the same.
+        let _ = tokio::time::timeout(READY_WAIT, ready).await;
+    }
+    let routed = Some(head);
     let mut row = db
         .send(Snapshot {
             key: key.clone(),

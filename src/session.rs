@@ -449,13 +449,16 @@ impl WsSession {
                     let mut early = Vec::new();
                     if let Some(sub) = act.subs.get_mut(&id) {
                         sub.last = Some(last);
-                        sub.head = opened.routed;
+                        sub.head = opened.routed.clone();
                         early = std::mem::take(&mut sub.presence_early);
                     }
                     for text in early {
                         act.write(ctx, text);
                     }
-                    act.advance(&id, &[], opened.head, ctx);
+                    // The routed head, not only the snapshot's: a snapshot
+                    // read shared with earlier subscribers may predate
+                    // events the router routed before this one joined.
+                    act.advance(&id, &[], opened.known_head(), ctx);
                 }),
         );
     }

@@ -332,11 +332,13 @@ impl SseSession {
                 act.send_at(ctx, opened.head, "reset", msg);
             }
             act.cursor.last = Some(last);
-            act.cursor.head = opened.routed;
+            act.cursor.head = opened.routed.clone();
             for text in std::mem::take(&mut act.cursor.presence_early) {
                 act.write(ctx, message(None, "presence", &text));
             }
-            act.advance(&[], opened.head, ctx);
+            // The routed head too (a shared snapshot read may predate
+            // events routed before this stream joined).
+            act.advance(&[], opened.known_head(), ctx);
         }));
     }
 }

@@ -84,6 +84,8 @@ pub enum StartError {
     Metrics(String),
     #[error("bus: {0}")]
     Bus(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -115,6 +117,19 @@ pub fn pool(
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
         .tcp_user_timeout(Duration::from_secs(20));
+    // And PostgreSQL's side: a backend whose roomcast vanished (a network
+    // partition, a kill -9 whose reset never arrived) is ended within about
+    // 11 s, not the kernel's two hours, so the locks it held (a room's row
+    // mid-publish, the relay's or the pruner's advisory lock) go with it and
+    // another instance takes over. (PROTOCOL: elected roles follow.)
+    let options = pg.get_options().unwrap_or("").to_owned();
+    pg.options(
+        format!(
+            "{options} -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
+             -c tcp_keepalives_count=3 -c tcp_user_timeout=10000"
+        )
+        .trim(),
+    );
     let mut pooled = pg.clone();
     if statement_timeout_ms > 0 {
         let options = pooled.get_options().unwrap_or("").to_owned();
@@ -207,6 +222,19 @@ impl Application {
     /// Must run inside an actix System (as `#[actix_web::main]` and
     /// `#[actix_web::test]` provide).
     pub async fn build(mut config: Config) -> Result<Self, StartError> {
+        if config.bus.is_some() && config.poll_ms == 0 {
+            // A bus may lose messages; the head check (every poll interval)
+            // is what finds an event whose message was lost. Without it a
+            // commit made while the relay changes hands, or before a
+            // reconnecting bus re-sends its subscriptions, could wait for
+            // ever.
+            return Err(StartError::Config(
+                "ROOMCAST_POLL_MS=0 turns off the head check, which a bus (ROOMCAST_BUS) needs: \
+                 a message the bus loses is found by it. Set ROOMCAST_POLL_MS above 0 (default 5000) \
+                 or unset ROOMCAST_BUS"
+                    .into(),
+            ));
+        }
         let mut cluster = None;
         let url = match config.database_url.clone() {
             Some(url) => url,
@@ -319,6 +347,7 @@ impl Application {
         } else {
             config.workers
         };
+        let user_timeout = Duration::from_millis(config.heartbeat_ms.saturating_mul(2));
         let limits = Arc::new(Limits::new(&config));
         let sweep = limits.clone();
         actix_web::rt::spawn(async move {
@@ -353,6 +382,11 @@ impl Application {
             .registry(state.metrics.registry().clone())
             .build()
             .map_err(|e| StartError::Metrics(e.to_string()))?;
+        // A connection whose peer vanished without closing (a laptop that
+        // slept, a network that dropped it) is aborted by the kernel once
+        // what the server sent (at least a ping or a keepalive comment every
+        // heartbeat) stays unacknowledged for two heartbeats: an SSE stream
+        // then ends, and its presence member leaves, as a WebSocket's does.
         // A deep accept queue for reconnect storms (thousands of clients
         // coming back at once after a restart).
         let server = HttpServer::new(move || {
@@ -363,6 +397,11 @@ impl Application {
         })
         .backlog(4096)
         .max_connections(100_000)
+        .on_connect(move |conn, _| {
+            if let Some(sock) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                unacked_timeout(sock, user_timeout);
+            }
+        })
         .bind(&bind)?;
         let port = server.addrs().first().map_or(0, |a| a.port());
         let server = server
@@ -425,4 +464,29 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Sets `TCP_USER_TIMEOUT` on an accepted connection: data unacknowledged
+/// for `after` aborts it (Linux; elsewhere nothing).
+fn unacked_timeout(sock: &actix_web::rt::net::TcpStream, after: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: a valid socket descriptor, an option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            log::debug!("TCP_USER_TIMEOUT: {}", std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (sock, after);
 }

@@ -4,9 +4,10 @@
 //! binary and a fresh PostgreSQL database.
 //!
 //! Needs `node`/`npm` (the npm packages are installed with `npm ci` when
-//! `node_modules` is missing) and `/usr/bin/chromium` (`apt-get install
-//! chromium`; no browser is ever downloaded). Screenshots of the dashboard go
-//! to `target/browser/`.
+//! `node_modules` is missing, and the React package's example app is built
+//! when missing) and `/usr/bin/chromium` (`apt-get install chromium`; no
+//! browser is ever downloaded). Screenshots of the dashboard go to
+//! `target/browser/`.
 
 mod common;
 
@@ -40,6 +41,29 @@ async fn browser_suite() {
             .status()
             .expect("run npm ci");
         assert!(status.success(), "npm ci failed");
+    }
+
+    // The React suite serves the React package's example app: built here
+    // when missing, or when the package's copy of the browser client is not
+    // the current one (`clients/react/ci.sh` does the same and more).
+    let react = root.join("clients/react");
+    let current = std::fs::read(root.join("src/web/client.js")).expect("read src/web/client.js");
+    let copied = std::fs::read(react.join("dist/client.js")).ok();
+    if copied.as_deref() != Some(&current[..]) || !react.join("example/dist/app.js").exists() {
+        if !react.join("node_modules").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&react)
+                .status()
+                .expect("run npm ci in clients/react");
+            assert!(status.success(), "npm ci failed in clients/react");
+        }
+        let status = Command::new("npm")
+            .args(["run", "--silent", "build"])
+            .current_dir(&react)
+            .status()
+            .expect("run npm run build in clients/react");
+        assert!(status.success(), "building clients/react failed");
     }
 
     let db = TestDb::new().await;

@@ -333,3 +333,21 @@ async fn the_relay_killed_on_nats_is_taken_over_and_sql_events_arrive_once() {
 async fn the_relay_killed_on_redis_is_taken_over_and_sql_events_arrive_once() {
     relay_leader_killed("redis").await;
 }
+
+/// Issue 23, item 10: a bus with the head check off (`ROOMCAST_POLL_MS=0`)
+/// could lose an event for good (a message the bus drops is found only by
+/// the head check), so that combination is refused at start, saying why.
+#[actix_web::test]
+async fn a_bus_with_the_head_check_off_is_refused_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let mut c = bus_config(&db, Some("nats://127.0.0.1:1".into()));
+    c.poll_ms = 0;
+    let err = match roomcast::startup::Application::build(c).await {
+        Ok(_) => panic!("a bus with ROOMCAST_POLL_MS=0 was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("ROOMCAST_POLL_MS") && err.contains("ROOMCAST_BUS"),
+        "{err}"
+    );
+}

@@ -11,141 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
-use roomcast::auth::{mint, now_secs, Claims};
-use serde_json::{json, Value};
-
-/// A token of `sub` in org `org` carrying `info`.
-fn member_token(org: &str, sub: &str, info: Value) -> String {
-    mint(
-        SECRET,
-        &Claims {
-            sub: sub.into(),
-            org: org.into(),
-            exp: now_secs() + 3600,
-            rooms: None,
-            publish: None,
-            info: Some(info),
-        },
-    )
-}
-
-/// A connection that is a member of a room and keeps its view of the
-/// members from `subscribed` and the `presence` frames.
-struct Member {
-    ws: WsClient,
-    sub: String,
-    room: String,
-    seen: BTreeSet<String>,
-    frames: usize,
-    /// Every (joined, left) frame received, in order.
-    log: Vec<(Vec<String>, Vec<String>)>,
-}
-
-impl Member {
-    async fn join(port: u16, org: &str, sub: &str, room: &str) -> Member {
-        Self::join_with(port, org, sub, room, json!({"name": sub.to_uppercase()})).await
-    }
-
-    /// Joins with a token carrying `info`.
-    async fn join_with(port: u16, org: &str, sub: &str, room: &str, info: Value) -> Member {
-        let tok = member_token(org, sub, info);
-        let mut ws = WsClient::connect(port, &format!("/v1/ws?token={tok}")).await;
-        ws.expect_op("welcome").await;
-        ws.send(json!({"op": "subscribe", "room": room, "presence": true}))
-            .await;
-        let s = ws.expect_op("subscribed").await;
-        let seen = s["presence"]
-            .as_array()
-            .expect("subscribed carries the members")
-            .iter()
-            .map(|m| m["sub"].as_str().unwrap().to_owned())
-            .collect();
-        Member {
-            ws,
-            sub: sub.into(),
-            room: room.into(),
-            seen,
-            frames: 0,
-            log: Vec::new(),
-        }
-    }
-
-    fn apply(&mut self, m: &Value) {
-        if m["op"] != "presence" || m["room"] != self.room.as_str() {
-            return;
-        }
-        self.frames += 1;
-        let joined: Vec<String> = m["joined"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["sub"].as_str().unwrap().to_owned())
-            .collect();
-        let left: Vec<String> = m["left"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["sub"].as_str().unwrap().to_owned())
-            .collect();
-        for s in &joined {
-            assert!(
-                self.seen.insert(s.clone()),
-                "{} told {s} joined twice",
-                self.sub
-            );
-        }
-        for s in &left {
-            assert!(
-                self.seen.remove(s),
-                "{} told {s} left but never joined",
-                self.sub
-            );
-        }
-        self.log.push((joined, left));
-    }
-
-    /// Reads frames for `d`.
-    async fn read_for(&mut self, d: Duration) {
-        let until = tokio::time::Instant::now() + d;
-        loop {
-            let left = until.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.ws.recv_within(left).await {
-                Some(m) => self.apply(&m),
-                None if self.ws.ended => return,
-                None => {}
-            }
-        }
-    }
-
-    /// Reads frames until the view is `want` (panics after 40 s).
-    async fn until(&mut self, want: &BTreeSet<String>) {
-        self.until_by(want, Instant::now() + Duration::from_secs(40))
-            .await
-    }
-
-    /// Reads frames until the view is `want` (panics at `deadline`).
-    async fn until_by(&mut self, want: &BTreeSet<String>, deadline: Instant) {
-        while &self.seen != want {
-            assert!(
-                Instant::now() < deadline,
-                "{} sees {:?}, wanted {:?}",
-                self.sub,
-                self.seen,
-                want
-            );
-            if let Some(m) = self.ws.recv_within(Duration::from_millis(500)).await {
-                self.apply(&m);
-            }
-        }
-    }
-}
-
-fn set(subs: &[&str]) -> BTreeSet<String> {
-    subs.iter().map(|s| s.to_string()).collect()
-}
+use serde_json::json;
 
 async fn rest_members(port: u16, org: &str, room: &str) -> BTreeSet<String> {
     let (s, body, _) = get(
@@ -648,4 +514,91 @@ async fn a_leave_whose_write_failed_is_written_later() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Issue 23, item 12: an SSE member whose network vanished without closing
+/// (half-open: nothing it is sent is acknowledged) leaves within two
+/// heartbeats plus the leave grace, not when TCP gives up (15 minutes).
+/// The client runs in a network namespace of its own, over a veth pair
+/// whose client end then goes down (nothing reaches it, nothing comes back,
+/// its socket stays open). Needs root (`ip netns`); says so and passes
+/// where it cannot run.
+#[actix_web::test]
+async fn a_half_open_sse_member_leaves_within_two_heartbeats() {
+    let tag = format!("{:04x}", rand_u16());
+    let ns = format!("rcns{tag}");
+    let (host_if, ns_if) = (format!("rca{tag}"), format!("rcb{tag}"));
+    let subnet = 1 + (rand_u16() % 250);
+    let (host_ip, ns_ip) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+    let sh = |cmd: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !sh(&format!("ip netns add {ns}")) {
+        eprintln!("SKIPPED: a_half_open_sse_member_leaves_within_two_heartbeats needs root (ip netns add)");
+        return;
+    }
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    for cmd in [
+        format!("ip link add {host_if} type veth peer name {ns_if}"),
+        format!("ip link set {ns_if} netns {ns}"),
+        format!("ip addr add {host_ip}/30 dev {host_if}"),
+        format!("ip link set {host_if} up"),
+        format!("ip netns exec {ns} ip addr add {ns_ip}/30 dev {ns_if}"),
+        format!("ip netns exec {ns} ip link set {ns_if} up"),
+        format!("ip netns exec {ns} ip link set lo up"),
+    ] {
+        assert!(sh(&cmd), "{cmd}");
+    }
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    // Loopback for the observer, the veth address for the client.
+    cfg.bind = "0.0.0.0:0".into();
+    cfg.heartbeat_ms = 1000;
+    let app = spawn_app(cfg).await;
+    let tok = member_token("acme", "sleeper", json!({}));
+    let url = format!(
+        "http://{host_ip}:{}/v1/rooms/half/sse?presence=1&token={tok}",
+        app.port
+    );
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _curl = Killed(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "curl", "-sN", &url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("curl in the namespace"),
+    );
+    // The observer, on loopback.
+    let mut obs = Member::join(app.port, "acme", "obs", "half").await;
+    obs.until(&set(&["obs", "sleeper"])).await;
+    // The client's network goes silent: nothing reaches it, and it says
+    // nothing (its link is down, its socket stays open).
+    assert!(sh(&format!("ip netns exec {ns} ip link set {ns_if} down")));
+    let cut = Instant::now();
+    obs.until_by(&set(&["obs"]), cut + Duration::from_secs(15))
+        .await;
+    eprintln!("a half-open SSE member left after {:?}", cut.elapsed());
+}
+
+fn rand_u16() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
 }

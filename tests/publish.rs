@@ -230,7 +230,7 @@ async fn state_is_a_merge_patch_shown_on_subscribe() {
     let sub = ws.expect_op("subscribed").await;
     assert_eq!(
         sub,
-        json!({"op": "subscribed", "room": "meet", "head": 2, "status": "in_progress",
+        json!({"op": "subscribed", "room": "meet", "head": 2, "first": 1, "status": "in_progress",
                "state": {"stage": "transcribe", "progress": {"upload": 1.0, "transcribe": 0.5}}})
     );
 }

@@ -313,6 +313,8 @@ export class Subscription extends Emitter {
     this.wsSubscribed = false;
     /** @internal the server refused the subscription (forbidden, bad request): not retried */
     this.failed = /** @type {ClientError | null} */ (null);
+    /** @internal the `first` of the last `subscribed`: the room's first event when the cursor is below it and no `reset` came @type {number | null} */
+    this.lifeFirst = null;
     /** @internal events that arrived ahead of the cursor, by seq, while a gap is read back @type {Map<number, RoomEvent>} */
     this.pending = new Map();
     /** @internal a gap read-back is running */
@@ -1232,7 +1234,9 @@ export class RoomcastClient extends Emitter {
         sub.wsSubscribed = true;
         sub.failed = null;
         if (sub.cursor === null) sub.cursor = msg.head;
-        this._lifeStart(sub, msg.first);
+        // A `reset` may follow; if none does, the room's events start at
+        // `first` (see _deliver).
+        sub.lifeFirst = typeof msg.first === 'number' ? msg.first : null;
         if (Array.isArray(msg.presence)) this._members(sub, msg.presence);
         this._snapshot(sub, msg, 'subscribed');
         if (this._healthyWs(c)) this._contact();
@@ -1587,6 +1591,10 @@ export class RoomcastClient extends Emitter {
       return;
     }
     if (sub.cursor === null) sub.cursor = ev.seq - 1;
+    // The room's first event after a `subscribed` whose `first` was past the
+    // cursor, with no `reset` in between: the seqs before it never existed
+    // in the room's current life.
+    if (ev.seq === sub.lifeFirst && ev.seq > sub.cursor + 1) sub.cursor = ev.seq - 1;
     if (ev.seq <= sub.cursor) {
       this._counts.duplicates += 1;
       return;
@@ -1724,6 +1732,7 @@ export class RoomcastClient extends Emitter {
    */
   _reset(sub, head, state, first) {
     const since = sub.cursor ?? head;
+    sub.lifeFirst = null;
     sub.cursor = head;
     sub.head = head;
     sub.state = state ?? {};

@@ -9,12 +9,13 @@
 //! forces the private cluster.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+use std::time::Instant;
 
 use awc::ws;
 use futures_util::{SinkExt, StreamExt};
@@ -942,4 +943,256 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------- presence
+
+/// A token of `sub` in org `org` carrying `info`.
+pub fn member_token(org: &str, sub: &str, info: Value) -> String {
+    mint(
+        SECRET,
+        &Claims {
+            sub: sub.into(),
+            org: org.into(),
+            exp: now_secs() + 3600,
+            rooms: None,
+            publish: None,
+            info: Some(info),
+        },
+    )
+}
+
+/// A connection that is a member of a room and keeps its view of the
+/// members from `subscribed` and the `presence` frames.
+pub struct Member {
+    pub ws: WsClient,
+    pub sub: String,
+    pub room: String,
+    pub seen: BTreeSet<String>,
+    pub frames: usize,
+    /// Every (joined, left) frame received, in order.
+    pub log: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Member {
+    pub async fn join(port: u16, org: &str, sub: &str, room: &str) -> Member {
+        Self::join_with(port, org, sub, room, json!({"name": sub.to_uppercase()})).await
+    }
+
+    /// Joins with a token carrying `info`.
+    pub async fn join_with(port: u16, org: &str, sub: &str, room: &str, info: Value) -> Member {
+        let tok = member_token(org, sub, info);
+        let mut ws = WsClient::connect(port, &format!("/v1/ws?token={tok}")).await;
+        ws.expect_op("welcome").await;
+        ws.send(json!({"op": "subscribe", "room": room, "presence": true}))
+            .await;
+        let s = ws.expect_op("subscribed").await;
+        let seen = s["presence"]
+            .as_array()
+            .expect("subscribed carries the members")
+            .iter()
+            .map(|m| m["sub"].as_str().unwrap().to_owned())
+            .collect();
+        Member {
+            ws,
+            sub: sub.into(),
+            room: room.into(),
+            seen,
+            frames: 0,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn apply(&mut self, m: &Value) {
+        if m["op"] != "presence" || m["room"] != self.room.as_str() {
+            return;
+        }
+        self.frames += 1;
+        let joined: Vec<String> = m["joined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["sub"].as_str().unwrap().to_owned())
+            .collect();
+        let left: Vec<String> = m["left"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["sub"].as_str().unwrap().to_owned())
+            .collect();
+        for s in &joined {
+            assert!(
+                self.seen.insert(s.clone()),
+                "{} told {s} joined twice",
+                self.sub
+            );
+        }
+        for s in &left {
+            assert!(
+                self.seen.remove(s),
+                "{} told {s} left but never joined",
+                self.sub
+            );
+        }
+        self.log.push((joined, left));
+    }
+
+    /// Reads frames for `d`.
+    pub async fn read_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.ws.recv_within(left).await {
+                Some(m) => self.apply(&m),
+                None if self.ws.ended => return,
+                None => {}
+            }
+        }
+    }
+
+    /// Reads frames until the view is `want` (panics after 40 s).
+    pub async fn until(&mut self, want: &BTreeSet<String>) {
+        self.until_by(want, Instant::now() + Duration::from_secs(40))
+            .await
+    }
+
+    /// Reads frames until the view is `want` (panics at `deadline`).
+    pub async fn until_by(&mut self, want: &BTreeSet<String>, deadline: Instant) {
+        while &self.seen != want {
+            assert!(
+                Instant::now() < deadline,
+                "{} sees {:?}, wanted {:?}",
+                self.sub,
+                self.seen,
+                want
+            );
+            if let Some(m) = self.ws.recv_within(Duration::from_millis(500)).await {
+                self.apply(&m);
+            }
+        }
+    }
+}
+
+pub fn set(subs: &[&str]) -> BTreeSet<String> {
+    subs.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------- room lists
+
+/// A live room list (tests/boards.rs, tests/chaos.rs): its view of the rooms (room -> snapshot), kept from `rooms` and
+/// `room` frames.
+pub struct Board {
+    pub ws: WsClient,
+    pub view: HashMap<String, Value>,
+    /// `room` frames received per room.
+    pub frames: HashMap<String, usize>,
+}
+
+impl Board {
+    pub async fn open(port: u16, tok: &str, filter: Value) -> Board {
+        let mut ws = WsClient::connect(port, &format!("/v1/ws?token={tok}")).await;
+        ws.expect_op("welcome").await;
+        let mut msg = json!({"op": "subscribe_rooms"});
+        for (k, v) in filter.as_object().unwrap() {
+            msg[k] = v.clone();
+        }
+        ws.send(msg).await;
+        let first = ws.expect_op("rooms").await;
+        let view = first["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["room"].as_str().unwrap().to_owned(), r.clone()))
+            .collect();
+        Board {
+            ws,
+            view,
+            frames: HashMap::new(),
+        }
+    }
+
+    pub fn apply(&mut self, m: &Value) {
+        if m["op"] != "room" {
+            return;
+        }
+        let id = m["room"]["room"].as_str().unwrap().to_owned();
+        *self.frames.entry(id.clone()).or_default() += 1;
+        if m["matches"] == true {
+            self.view.insert(id, m["room"].clone());
+        } else {
+            self.view.remove(&id);
+        }
+    }
+
+    pub async fn read_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Some(m) = self.ws.recv_within(left).await {
+                self.apply(&m);
+            }
+        }
+    }
+
+    /// Reads until `ok` holds of the board, or 20 s (the caller asserts).
+    pub async fn read_until(&mut self, ok: impl Fn(&Board) -> bool) {
+        self.read_until_by(ok, Instant::now() + Duration::from_secs(20))
+            .await
+    }
+
+    /// Reads until `ok` holds of the board, or `deadline` (the caller
+    /// asserts).
+    pub async fn read_until_by(&mut self, ok: impl Fn(&Board) -> bool, deadline: Instant) {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        while !ok(self) && tokio::time::Instant::now() < deadline {
+            self.read_for(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// (room, head, status) of every room in the view, sorted.
+    pub fn heads(&self) -> Vec<(String, i64, String)> {
+        let mut v: Vec<_> = self
+            .view
+            .values()
+            .map(|r| {
+                (
+                    r["room"].as_str().unwrap().to_owned(),
+                    r["head"].as_i64().unwrap(),
+                    r["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub async fn list(port: u16, tok: &str, query: &str) -> Vec<(String, i64, String)> {
+    let (s, body, _) = get(port, &format!("/v1/rooms?limit=1000{query}"), tok, &[]).await;
+    assert_eq!(s, 200, "{body}");
+    let mut v: Vec<_> = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room"].as_str().unwrap().to_owned(),
+                r["head"].as_i64().unwrap(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub async fn publish_ok(port: u16, tok: &str, room: &str, body: Value) {
+    let (s, b, _) = post(port, &format!("/v1/rooms/{room}/events"), tok, &body).await;
+    assert!(s == 201 || s == 200, "{s} {b}");
 }

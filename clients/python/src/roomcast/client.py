@@ -126,6 +126,9 @@ class RoomSubscription:
         self.ws_subscribed = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._pending: dict[int, Event] = {}
+        # The ``first`` of the last ``subscribed``: the room's first event
+        # when the cursor is below it and no ``reset`` came.
+        self._life_first: int | None = None
         self._repair_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -730,7 +733,10 @@ class Client:
                 head = msg.get("head")
                 if sub.cursor is None and isinstance(head, int):
                     sub.cursor = head
-                self._life_start(sub, msg.get("first"))
+                # A ``reset`` may follow; if none does, the room's events
+                # start at ``first`` (see _deliver).
+                first = msg.get("first")
+                sub._life_first = first if isinstance(first, int) else None
                 self._snapshot(sub, msg)
         elif op == "reset":
             if sub is not None:
@@ -880,6 +886,11 @@ class Client:
             return
         if sub.cursor is None:
             sub.cursor = ev.seq - 1
+        # The room's first event after a ``subscribed`` whose ``first`` was
+        # past the cursor, with no ``reset`` in between: the seqs before it
+        # never existed in the room's current life.
+        if ev.seq == sub._life_first and ev.seq > sub.cursor + 1:
+            sub.cursor = ev.seq - 1
         if ev.seq <= sub.cursor:
             self._counts.duplicates += 1
             return
@@ -939,6 +950,7 @@ class Client:
 
     def _reset(self, sub: RoomSubscription, head: int, state: Any, first: Any = None) -> None:
         before = sub.cursor
+        sub._life_first = None
         sub.cursor = head
         sub.head = head
         sub.state = state if isinstance(state, dict) else {}

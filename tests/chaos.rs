@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -721,4 +722,156 @@ async fn a_reconnect_storm_of_2000_clients() {
     }
     .print();
     server.terminate();
+}
+
+/// Issue 23: every view converges. Three instances on NATS, each with
+/// presence members, an observer and a live room list. The broker is killed
+/// for 5 s while members join and leave and calls start and end; then one
+/// instance is killed with kill -9. Every observer's member list and every
+/// board agree with the database again within 30 s of each fault, without
+/// reconnecting, and no member that stayed connected is ever reported as
+/// left.
+#[actix_web::test]
+async fn views_converge_through_a_broker_outage_and_a_kill_9() {
+    let _one = serial();
+    let db = TestDb::new().await;
+    let mut broker = Broker::nats();
+    let url = broker.url();
+    let env = [
+        ("ROOMCAST_RATE_LIMITS", "off"),
+        ("ROOMCAST_POLL_MS", "1000"),
+        ("ROOMCAST_BUS", url.as_str()),
+    ];
+    let mut servers: Vec<ServerProcess> = (0..3)
+        .map(|_| ServerProcess::start(&db.url, 0, &env))
+        .collect();
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let started = Instant::now();
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    for i in 0..5 {
+        publish_ok(
+            ports[i % 3],
+            &producer,
+            &format!("call-{i}"),
+            json!({"type": "call.started"}),
+        )
+        .await;
+    }
+    // Two members and an observer per instance.
+    let mut stay = Vec::new();
+    let mut leaving = None;
+    for (i, port) in ports.iter().enumerate() {
+        for m in ["a", "b"] {
+            let member = Member::join(*port, "acme", &format!("m{i}{m}"), "standup").await;
+            if (i, m) == (1, "b") {
+                leaving = Some(member);
+            } else {
+                stay.push(member);
+            }
+        }
+    }
+    let mut observers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        observers.push(Member::join(*port, "acme", &format!("o{i}"), "standup").await);
+    }
+    let mut boards = Vec::new();
+    for port in &ports {
+        boards.push(Board::open(*port, &viewer, json!({"status": "in_progress"})).await);
+    }
+    let mut truth: BTreeSet<String> = ["m0a", "m0b", "m1a", "m1b", "m2a", "m2b", "o0", "o1", "o2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for o in &mut observers {
+        o.until(&truth).await;
+    }
+
+    // The broker goes for 5 s; meanwhile members and calls change.
+    broker.kill();
+    let outage = Instant::now();
+    let late = Member::join(ports[0], "acme", "late0", "standup").await;
+    truth.insert("late0".into());
+    leaving.take().unwrap().ws.close().await;
+    truth.remove("m1b");
+    publish_ok(
+        ports[0],
+        &producer,
+        "call-0",
+        json!({"type": "call.ended", "status": "completed"}),
+    )
+    .await;
+    publish_ok(
+        ports[1],
+        &producer,
+        "call-5",
+        json!({"type": "call.started"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.restart();
+    let restarted = Instant::now();
+    let want = list(ports[0], &viewer, "&status=in_progress").await;
+    let deadline = restarted + Duration::from_secs(30);
+    for o in &mut observers {
+        o.until_by(&truth, deadline).await;
+    }
+    for b in &mut boards {
+        b.read_until_by(|b| b.heads() == want, deadline).await;
+        assert_eq!(b.heads(), want, "a board did not converge after the outage");
+    }
+    let after_outage = restarted.elapsed();
+
+    // kill -9 of instance 2: its members leave everywhere.
+    servers[2].kill9();
+    let killed = Instant::now();
+    for s in ["m2a", "m2b", "o2"] {
+        truth.remove(s);
+    }
+    let dead_observer = observers.pop();
+    boards.pop();
+    let deadline = killed + Duration::from_secs(30);
+    for o in &mut observers {
+        o.until_by(&truth, deadline).await;
+    }
+    let after_kill = killed.elapsed();
+
+    // Nobody who stayed was ever reported as left.
+    let really_left: BTreeSet<&str> = ["m1b", "m2a", "m2b", "o2"].into_iter().collect();
+    let mut wrongly_left = 0;
+    for o in &observers {
+        for (_, left) in &o.log {
+            wrongly_left += left
+                .iter()
+                .filter(|s| !really_left.contains(s.as_str()))
+                .count();
+        }
+    }
+    Report {
+        scenario: "views_converge",
+        events: 0,
+        clients: observers.len() + boards.len() + stay.len() + 1,
+        losses: 0,
+        duplicates: 0,
+        peak_rss_mib: servers.iter().map(|s| peak_rss_mib(s.child.id())).fold(0.0, f64::max),
+        seconds: started.elapsed().as_secs_f64(),
+        extra: json!({
+            "faults": "NATS killed for 5 s while a member joined, one left, a call ended and one started; then kill -9 of one of three instances",
+            "outage_s": (restarted - outage).as_secs_f64(),
+            "converged_after_the_broker_came_back_s": (after_outage.as_secs_f64() * 100.0).round() / 100.0,
+            "converged_after_kill_9_s": (after_kill.as_secs_f64() * 100.0).round() / 100.0,
+            "members_wrongly_reported_left": wrongly_left,
+        }),
+    }
+    .print();
+    assert_eq!(
+        wrongly_left, 0,
+        "a member still connected was reported as left"
+    );
+    drop((late, dead_observer, stay));
+    for (i, s) in servers.iter_mut().enumerate() {
+        if i != 2 {
+            s.terminate();
+        }
+    }
 }

@@ -351,3 +351,64 @@ async fn a_bus_with_the_head_check_off_is_refused_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// Issue 23, item 8: a NATS broker that stops answering without closing
+/// (a black hole: nothing forwarded, the connection open) is noticed:
+/// `/readyz` answers 503 within 30 s (async-nats' default pings took two
+/// minutes), delivery goes on through the head check (every event once, on
+/// another instance), and the bus is back when the broker answers again.
+#[actix_web::test]
+async fn a_nats_broker_that_stops_answering_is_noticed() {
+    let broker = Broker::nats();
+    let proxy = Proxy::start(broker.port);
+    let db = TestDb::new().await;
+    let mut ca = bus_config(&db, Some(broker.url_via(&proxy)));
+    ca.poll_ms = 500;
+    let mut cb = bus_config(&db, Some(broker.url()));
+    cb.poll_ms = 500;
+    let a = spawn_app(ca).await;
+    let b = spawn_app(cb).await;
+    bus_up(&[a.port, b.port]).await;
+    let producer = token("acme", "producer", true);
+    let ready = |port: u16| async move {
+        awc::Client::new()
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(a.port).await, 200);
+    proxy.freeze(true);
+    let frozen = Instant::now();
+    // Events published on a, ten a second, until a says its bus is down.
+    let mut published = 0i64;
+    while ready(a.port).await == 200 {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "the stalled broker went unnoticed for 30 s"
+        );
+        published = publish(a.port, &producer, "hole", "t", json!({"n": published + 1})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a stalled NATS broker was noticed after {:?} ({published} events published meanwhile)",
+        frozen.elapsed()
+    );
+    // Every event reaches a subscriber on the other instance, once.
+    let got = follow(b.port, "hole".into(), published).await;
+    assert_exactly(&got, 1, published);
+    proxy.freeze(false);
+    let back = Instant::now();
+    while ready(a.port).await != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "the bus never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the bus was back {:?} after the broker answered again",
+        back.elapsed()
+    );
+}

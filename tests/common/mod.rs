@@ -700,6 +700,9 @@ pub fn admin_port() -> u16 {
 /// an outage at that very moment.
 pub struct Proxy {
     pub port: u16,
+    /// While on, nothing is forwarded either way and the connections stay
+    /// open (a peer that stopped answering without closing: a black hole).
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     outage: std::sync::Arc<std::sync::atomic::AtomicBool>,
     armed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -721,6 +724,8 @@ impl Proxy {
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let (a, c, l, r) = (armed.clone(), cuts.clone(), live.clone(), refusing.clone());
         let o = outage.clone();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fz = frozen.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -741,9 +746,18 @@ impl Proxy {
                 }
                 let (mut c_in, mut s_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (fz1, fz2) = (fz.clone(), fz.clone());
+                let hold = |f: &std::sync::atomic::AtomicBool| {
+                    while f.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                };
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
-                    while let Ok(n) = c_in.read(&mut buf) {
+                    while let Ok(n) = {
+                        hold(&fz1);
+                        c_in.read(&mut buf)
+                    } {
                         if n == 0 || s_out.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -755,7 +769,10 @@ impl Proxy {
                 let (outage, refusing, live) = (o.clone(), r.clone(), l.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 65536];
-                    while let Ok(n) = s_in.read(&mut buf) {
+                    while let Ok(n) = {
+                        hold(&fz2);
+                        s_in.read(&mut buf)
+                    } {
                         if n == 0 {
                             break;
                         }
@@ -789,6 +806,7 @@ impl Proxy {
         });
         Proxy {
             port,
+            frozen,
             refusing,
             outage,
             armed,
@@ -815,6 +833,11 @@ impl Proxy {
     /// Connections broken after a COMMIT so far.
     pub fn cuts(&self) -> usize {
         self.cuts.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// While on, nothing is forwarded and connections stay open.
+    pub fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// While on, new connections are closed at once (an outage).

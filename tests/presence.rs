@@ -602,3 +602,37 @@ async fn a_half_open_sse_member_leaves_within_two_heartbeats() {
 fn rand_u16() -> u16 {
     (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
 }
+
+/// Issue 23: the reconciliation reads O(rooms followed here) in one
+/// statement, never a statement per room or per connection: the background
+/// statements of 10 s cost the same with members in 200 rooms as in 10
+/// (the figure is printed: statements per 10 s, all background work).
+#[actix_web::test]
+async fn reconciling_presence_costs_the_same_for_200_rooms_as_for_10() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let mut members = Vec::new();
+    for i in 0..10 {
+        members.push(Member::join(app.port, "acme", &format!("m{i}"), &format!("room-{i}")).await);
+    }
+    let window = Duration::from_secs(10);
+    let measure = || async {
+        let before = app.queries("background").await;
+        tokio::time::sleep(window).await;
+        app.queries("background").await - before
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ten = measure().await;
+    for i in 10..200 {
+        members.push(Member::join(app.port, "acme", &format!("m{i}"), &format!("room-{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let two_hundred = measure().await;
+    eprintln!(
+        "background statements per 10 s: {ten} with members in 10 rooms, {two_hundred} in 200"
+    );
+    assert!(
+        two_hundred <= ten + 3,
+        "the background work grew with the rooms followed: {ten} -> {two_hundred}"
+    );
+}

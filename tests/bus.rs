@@ -412,3 +412,65 @@ async fn a_nats_broker_that_stops_answering_is_noticed() {
         back.elapsed()
     );
 }
+
+/// Issue 23, item 13: a Redis that refuses the subscriptions (here an ACL
+/// without SUBSCRIBE) is retried with a growing pause, not in a hot loop:
+/// connections to it over 5 s stay few (the loop used to reconnect as fast
+/// as it could).
+#[actix_web::test]
+async fn a_redis_that_refuses_subscriptions_is_retried_with_a_pause() {
+    let broker = Broker::start_with(
+        "redis",
+        free_port(),
+        &[
+            "--user",
+            "default",
+            "on",
+            "nopass",
+            "~*",
+            "&*",
+            "+@all",
+            "-subscribe",
+            "-psubscribe",
+        ],
+    );
+    let db = TestDb::new().await;
+    let mut c = bus_config(&db, Some(broker.url()));
+    c.poll_ms = 500;
+    let app = spawn_app(c).await;
+    // A subscriber makes the instance subscribe to the room's channel.
+    let viewer = token("acme", "viewer", false);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let client = redis::Client::open(broker.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let connections = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let n = connections(after) - connections(before);
+    eprintln!("connections to a Redis refusing SUBSCRIBE over 5 s: {n}");
+    assert!(n <= 20, "{n} connections in 5 s: a hot loop");
+    // Delivery goes on through the head check.
+    let producer = token("acme", "producer", true);
+    publish(app.port, &producer, "r", "t", json!(1)).await;
+    assert_exactly(
+        &ws.events_until("r", 1, Duration::from_secs(10)).await,
+        1,
+        1,
+    );
+}

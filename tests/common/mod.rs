@@ -870,6 +870,8 @@ pub struct Broker {
     pub kind: &'static str,
     pub port: u16,
     child: Option<Child>,
+    /// More arguments of the server (an ACL, say).
+    extra: Vec<String>,
 }
 
 impl Broker {
@@ -890,10 +892,16 @@ impl Broker {
     }
 
     fn start(kind: &'static str, port: u16) -> Broker {
+        Self::start_with(kind, port, &[])
+    }
+
+    /// A broker started with more arguments.
+    pub fn start_with(kind: &'static str, port: u16, extra: &[&str]) -> Broker {
         let mut b = Broker {
             kind,
             port,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         b.restart();
         b
@@ -943,6 +951,7 @@ impl Broker {
                 c
             }
         };
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -748,20 +748,9 @@ mod redis_bus {
                         if let Ok(Err(e)) = failed {
                             log::debug!("bus (redis): connect: {e}");
                         }
-                        inbound.connected(false);
-                        // While down: keep track of interest, drop publishes.
-                        let until = tokio::time::sleep(backoff);
-                        tokio::pin!(until);
-                        loop {
-                            tokio::select! {
-                                _ = &mut until => break,
-                                c = commands.recv() => match c {
-                                    None => return,
-                                    Some(c) => offline(&inbound.shared, &mut channels, c),
-                                },
-                            }
+                        if !down(&inbound, &mut channels, &mut commands, &mut backoff).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                         continue;
                     }
                 };
@@ -771,20 +760,10 @@ mod redis_bus {
                 if let Err(e) = sink.subscribe(all).await {
                     log::warn!("bus (redis): resubscribe: {e}; again in {backoff:?}");
                     // Not at once (that was a hot loop): the same wait as a
-                    // failed connect, keeping track of interest meanwhile.
-                    inbound.connected(false);
-                    let until = tokio::time::sleep(backoff);
-                    tokio::pin!(until);
-                    loop {
-                        tokio::select! {
-                            _ = &mut until => break,
-                            c = commands.recv() => match c {
-                                None => return,
-                                Some(c) => offline(&inbound.shared, &mut channels, c),
-                            },
-                        }
+                    // failed connect.
+                    if !down(&inbound, &mut channels, &mut commands, &mut backoff).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             }
@@ -809,6 +788,31 @@ mod redis_bus {
             log::warn!("bus (redis): {lost}; reconnecting");
             inbound.connected(false);
         }
+    }
+
+    /// The broker is out of reach: waits `backoff` (then doubles it, up to
+    /// 2 s), keeping track of interest and dropping publishes meanwhile.
+    /// `false`: the server is shutting down.
+    async fn down(
+        inbound: &Inbound,
+        channels: &mut HashSet<String>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        backoff: &mut Duration,
+    ) -> bool {
+        inbound.connected(false);
+        let until = tokio::time::sleep(*backoff);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => break,
+                c = commands.recv() => match c {
+                    None => return false,
+                    Some(c) => offline(&inbound.shared, channels, c),
+                },
+            }
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        true
     }
 
     fn offline(shared: &Shared, channels: &mut HashSet<String>, c: Command) {

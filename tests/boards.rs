@@ -22,14 +22,7 @@ async fn board_of_200_rooms(bus: Option<&Broker>) {
     let a = spawn_app(cfg.clone()).await;
     let b = spawn_app(cfg).await;
     if bus.is_some() {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while metric(a.port, "roomcast_bus_connected").await
-            + metric(b.port, "roomcast_bus_connected").await
-            < 2
-        {
-            assert!(Instant::now() < deadline, "the bus never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        bus_up(&[a.port, b.port]).await;
     }
     let producer = token("acme", "producer", true);
     let viewer = token("acme", "viewer", false);
@@ -332,14 +325,7 @@ async fn a_board_learns_what_changed_while_the_bus_was_down() {
     cfg.bus = Some(nats.url());
     let a = spawn_app(cfg.clone()).await;
     let b = spawn_app(cfg).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(a.port, "roomcast_bus_connected").await
-        + metric(b.port, "roomcast_bus_connected").await
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the bus never connected");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bus_up(&[a.port, b.port]).await;
     let producer = token("acme", "producer", true);
     let viewer = token("acme", "viewer", false);
     publish_ok(a.port, &producer, "call-1", json!({"type": "call.started"})).await;

@@ -32,17 +32,6 @@ async fn follow(port: u16, room: String, until: i64) -> Vec<Value> {
     ws.events_until(&room, until, WAIT).await
 }
 
-/// Waits until every instance reports its bus connected.
-async fn bus_up(ports: &[u16]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for &p in ports {
-        while metric(p, "roomcast_bus_connected").await != 1 {
-            assert!(Instant::now() < deadline, "the bus of :{p} never connected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// Three instances, 10 rooms, 5 subscribers per room per instance, 1,000
 /// REST publishes on one instance: with a bus the two remote instances read
 /// nothing back from PostgreSQL (every event came over the bus); without one

@@ -1189,20 +1189,19 @@ impl Board {
 
     /// (room, head, status) of every room in the view, sorted.
     pub fn heads(&self) -> Vec<(String, i64, String)> {
-        let mut v: Vec<_> = self
-            .view
-            .values()
-            .map(|r| {
-                (
-                    r["room"].as_str().unwrap().to_owned(),
-                    r["head"].as_i64().unwrap(),
-                    r["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let mut v: Vec<_> = self.view.values().map(room_head).collect();
         v.sort();
         v
     }
+}
+
+/// (room, head, status) of a room snapshot.
+fn room_head(r: &Value) -> (String, i64, String) {
+    (
+        r["room"].as_str().unwrap().to_owned(),
+        r["head"].as_i64().unwrap(),
+        r["status"].as_str().unwrap().to_owned(),
+    )
 }
 
 pub async fn list(port: u16, tok: &str, query: &str) -> Vec<(String, i64, String)> {
@@ -1212,13 +1211,7 @@ pub async fn list(port: u16, tok: &str, query: &str) -> Vec<(String, i64, String
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            (
-                r["room"].as_str().unwrap().to_owned(),
-                r["head"].as_i64().unwrap(),
-                r["status"].as_str().unwrap().to_owned(),
-            )
-        })
+        .map(room_head)
         .collect();
     v.sort();
     v
@@ -1227,4 +1220,15 @@ pub async fn list(port: u16, tok: &str, query: &str) -> Vec<(String, i64, String
 pub async fn publish_ok(port: u16, tok: &str, room: &str, body: Value) {
     let (s, b, _) = post(port, &format!("/v1/rooms/{room}/events"), tok, &body).await;
     assert!(s == 201 || s == 200, "{s} {b}");
+}
+
+/// Waits until every instance reports its bus connected.
+pub async fn bus_up(ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &p in ports {
+        while metric(p, "roomcast_bus_connected").await != 1 {
+            assert!(Instant::now() < deadline, "the bus of :{p} never connected");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

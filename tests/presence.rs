@@ -525,42 +525,11 @@ async fn a_leave_whose_write_failed_is_written_later() {
 /// where it cannot run.
 #[actix_web::test]
 async fn a_half_open_sse_member_leaves_within_two_heartbeats() {
-    let tag = format!("{:04x}", rand_u16());
-    let ns = format!("rcns{tag}");
-    let (host_if, ns_if) = (format!("rca{tag}"), format!("rcb{tag}"));
-    let subnet = 1 + (rand_u16() % 250);
-    let (host_ip, ns_ip) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
-    let sh = |cmd: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !sh(&format!("ip netns add {ns}")) {
+    let Some(net) = Netns::new() else {
         eprintln!("SKIPPED: a_half_open_sse_member_leaves_within_two_heartbeats needs root (ip netns add)");
         return;
-    }
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
-    for cmd in [
-        format!("ip link add {host_if} type veth peer name {ns_if}"),
-        format!("ip link set {ns_if} netns {ns}"),
-        format!("ip addr add {host_ip}/30 dev {host_if}"),
-        format!("ip link set {host_if} up"),
-        format!("ip netns exec {ns} ip addr add {ns_ip}/30 dev {ns_if}"),
-        format!("ip netns exec {ns} ip link set {ns_if} up"),
-        format!("ip netns exec {ns} ip link set lo up"),
-    ] {
-        assert!(sh(&cmd), "{cmd}");
-    }
+    };
+    let (ns, host_ip) = (net.ns.clone(), net.host_ip.clone());
     let db = TestDb::new().await;
     let mut cfg = config(&db);
     // Loopback for the observer, the veth address for the client.
@@ -572,13 +541,6 @@ async fn a_half_open_sse_member_leaves_within_two_heartbeats() {
         "http://{host_ip}:{}/v1/rooms/half/sse?presence=1&token={tok}",
         app.port
     );
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _curl = Killed(
         std::process::Command::new("ip")
             .args(["netns", "exec", &ns, "curl", "-sN", &url])
@@ -592,15 +554,11 @@ async fn a_half_open_sse_member_leaves_within_two_heartbeats() {
     obs.until(&set(&["obs", "sleeper"])).await;
     // The client's network goes silent: nothing reaches it, and it says
     // nothing (its link is down, its socket stays open).
-    assert!(sh(&format!("ip netns exec {ns} ip link set {ns_if} down")));
+    net.cut();
     let cut = Instant::now();
     obs.until_by(&set(&["obs"]), cut + Duration::from_secs(15))
         .await;
     eprintln!("a half-open SSE member left after {:?}", cut.elapsed());
-}
-
-fn rand_u16() -> u16 {
-    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
 }
 
 /// Issue 23: the reconciliation reads O(rooms followed here) in one

@@ -440,7 +440,7 @@ impl Presence {
         }
         .into_actor(self)
         .map(|res, act, _| match res {
-            Ok(true) => {}
+            Ok(true) => act.registered = true,
             Ok(false) if !act.registered => act.registered = true,
             Ok(false) => {
                 log::warn!(

@@ -1232,3 +1232,82 @@ pub async fn bus_up(ports: &[u16]) {
         }
     }
 }
+
+// -------------------------------------------------------- network namespaces
+
+/// Runs a shell command; whether it succeeded.
+pub fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A network namespace of the test's own, joined to this one by a veth pair
+/// (`host_ip` here, `ns_ip` there, a /30): a peer whose network can be cut
+/// without closing its sockets (`ip link set <ns_if> down` inside). Needs
+/// root; `None` where `ip netns add` fails. Deleted when dropped.
+pub struct Netns {
+    pub ns: String,
+    pub ns_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Netns {
+    pub fn new() -> Option<Netns> {
+        let tag = format!("{:04x}", uuid::Uuid::new_v4().as_u128() & 0xffff);
+        let subnet = 1 + (uuid::Uuid::new_v4().as_u128() % 250);
+        let net = Netns {
+            ns: format!("rcns{tag}"),
+            ns_if: format!("rcb{tag}"),
+            host_ip: format!("10.213.{subnet}.1"),
+            ns_ip: format!("10.213.{subnet}.2"),
+        };
+        if !sh(&format!("ip netns add {}", net.ns)) {
+            return None;
+        }
+        let (ns, ns_if, host_if) = (&net.ns, &net.ns_if, format!("rca{tag}"));
+        for cmd in [
+            format!("ip link add {host_if} type veth peer name {ns_if}"),
+            format!("ip link set {ns_if} netns {ns}"),
+            format!("ip addr add {}/30 dev {host_if}", net.host_ip),
+            format!("ip link set {host_if} up"),
+            format!(
+                "ip netns exec {ns} ip addr add {}/30 dev {ns_if}",
+                net.ns_ip
+            ),
+            format!("ip netns exec {ns} ip link set {ns_if} up"),
+            format!("ip netns exec {ns} ip link set lo up"),
+        ] {
+            assert!(sh(&cmd), "{cmd}");
+        }
+        Some(net)
+    }
+
+    /// Cuts the namespace off: nothing reaches it, nothing leaves it, its
+    /// sockets stay open.
+    pub fn cut(&self) {
+        assert!(sh(&format!(
+            "ip netns exec {} ip link set {} down",
+            self.ns, self.ns_if
+        )));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -519,3 +519,106 @@ async fn a_resubscription_while_the_first_opens_keeps_its_own_since() {
     let events = ws.events_until("again", 30, Duration::from_secs(10)).await;
     assert_exactly(&events, 26, 30);
 }
+
+/// Issue 23, item 11: a subscriber whose snapshot read is shared with a
+/// subscribe that asked earlier gets a head older than the router's, when
+/// an event was routed between the two; resuming from that older head, it
+/// must read the event it missed at once (the router's head counts as
+/// known), not wait for the poll timer: with `ROOMCAST_POLL_MS=0` and a
+/// quiet room it would never arrive.
+///
+/// The shared read is held after its snapshot is taken: `org_floors`, which
+/// the snapshot joins and a publish into an existing room never touches,
+/// becomes a view that waits on an advisory lock the test holds.
+#[actix_web::test]
+async fn a_subscriber_on_a_shared_snapshot_read_gets_events_routed_before_it_joined() {
+    shared_snapshot_read(false).await;
+}
+
+/// Issue 23, item 11, over SSE.
+#[actix_web::test]
+async fn an_sse_stream_on_a_shared_snapshot_read_gets_events_routed_before_it_joined() {
+    shared_snapshot_read(true).await;
+}
+
+async fn shared_snapshot_read(sse: bool) {
+    let db = TestDb::new().await;
+    let mut c = config(&db);
+    c.poll_ms = 0;
+    let app = spawn_app(c).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let gate = db.client().await;
+    gate.batch_execute(
+        "ALTER TABLE org_floors RENAME TO org_floors_kept;
+         CREATE FUNCTION test_gate() RETURNS SETOF text LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEXT 'nobody'; END $$;
+         CREATE VIEW org_floors AS
+             SELECT org, floor FROM org_floors_kept
+             UNION ALL SELECT g, 0::bigint FROM test_gate() g;",
+    )
+    .await
+    .unwrap();
+    publish(app.port, &producer, "r", "old", json!(1)).await;
+
+    // A keeps the room routed, with its head known to the router.
+    let mut a = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?token={viewer}")).await;
+    a.expect_op("welcome").await;
+    assert_eq!(a.expect_op("subscribed").await["head"], 1);
+
+    // C's snapshot read takes its snapshot (head 1), then waits on the gate.
+    gate.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
+    let watch = db.client().await;
+    let waiting = || async {
+        watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event = 'advisory'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut c = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?token={viewer}")).await;
+    c.expect_op("welcome").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while waiting().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "C's snapshot read never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Seq 2 is routed (A has it by push) while C's read is held.
+    assert_eq!(publish(app.port, &producer, "r", "new", json!(2)).await, 2);
+    let pushed = a.events_until("r", 2, WAIT).await;
+    assert_exactly(&pushed, 2, 2);
+    assert_eq!(pushed[0]["via"], "push");
+
+    // B, resuming from seq 1, joins after seq 2 was routed; its snapshot
+    // read is C's, which will say the head is 1.
+    let (port, tok) = (app.port, viewer.clone());
+    let b = actix_web::rt::spawn(async move {
+        let path = format!("/v1/rooms/r/{}?since=1&token={tok}", if sse { "sse" } else { "ws" });
+        if sse {
+            let mut b = SseClient::connect(port, &path, &[]).await;
+            let got = b.events_until(2, Duration::from_secs(5)).await;
+            let more = b.recv_within(Duration::from_millis(300)).await;
+            (SseClient::frames(&got), more.map(|m| m.data))
+        } else {
+            let mut b = WsClient::connect(port, &path).await;
+            b.expect_op("welcome").await;
+            assert_eq!(b.expect_op("subscribed").await["head"], 1);
+            let got = b.events_until("r", 2, Duration::from_secs(5)).await;
+            (got, b.recv_within(Duration::from_millis(300)).await)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting().await, 1, "B's snapshot read was not shared with C's");
+    gate.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
+    assert_eq!(c.expect_op("subscribed").await["head"], 1);
+
+    // B gets seq 2 without any poll, once.
+    let (got, more) = b.await.unwrap();
+    assert_exactly(&got, 2, 2);
+    assert!(more.is_none(), "{more:?}");
+}

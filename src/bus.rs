@@ -455,6 +455,9 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
                     return None;
                 }
                 let seq = buf.get_i64_le();
+                if seq < 1 {
+                    return None;
+                }
                 let n = buf.get_u8() as usize;
                 let ty = text(&mut buf, n)?;
                 if buf.remaining() < 4 {
@@ -479,10 +482,11 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
             if buf.remaining() < 8 {
                 return None;
             }
-            Message::Hint {
-                key,
-                seq: buf.get_i64_le(),
+            let seq = buf.get_i64_le();
+            if seq < 1 {
+                return None;
             }
+            Message::Hint { key, seq }
         }
         KIND_EPHEMERAL => {
             if buf.remaining() < 4 {

@@ -206,9 +206,12 @@ async fn listen(
     result
 }
 
-/// A hint payload is the JSON array `[org, room, seq]`.
+/// A hint payload is the JSON array `[org, room, seq]`, seq 1 or more.
 fn parse_hint(payload: &str) -> Option<Hint> {
     let (org, room, seq): (String, String, i64) = serde_json::from_str(payload).ok()?;
+    if seq < 1 {
+        return None;
+    }
     let room = RoomId::parse(&room).ok()?;
     Some(Hint {
         key: RoomKey { org, room },

@@ -27,8 +27,12 @@ const IDLE: Duration = Duration::from_secs(300);
 struct Relayed {
     /// Highest seq relayed (or decided not to be: older than the first hint).
     done: i64,
-    /// Highest seq a hint announced.
+    /// Highest seq a hint announced (a hint is not the truth: only what
+    /// the database answers is relayed, and a read that finds nothing drops
+    /// what the hint said).
     wanted: i64,
+    /// Something was relayed (the room was not only heard of by hints).
+    confirmed: bool,
     reading: bool,
     touched: Option<Instant>,
 }
@@ -114,6 +118,7 @@ impl Handler<CatchupDone> for Relay {
                 let fresh: Vec<Frame> = frames.iter().filter(|f| f.seq > r.done).cloned().collect();
                 if let Some(last) = fresh.last() {
                     r.done = last.seq;
+                    r.confirmed = true;
                     self.bus.publish_frames(&msg.key, &fresh, false);
                     self.boards.do_send(RoomChanged {
                         key: msg.key.clone(),
@@ -124,9 +129,15 @@ impl Handler<CatchupDone> for Relay {
                         closed: false,
                     });
                 } else if !msg.more {
-                    // Nothing more to read (the hint's seq is not there:
-                    // never wait for it again).
-                    r.done = r.done.max(r.wanted);
+                    // Nothing more to read: the hint's seq is not there (a
+                    // forged or stale hint). Never wait for it again, and
+                    // never take it for the head: a room known only by such
+                    // hints is forgotten (the next hint starts it afresh).
+                    if !r.confirmed {
+                        self.rooms.remove(&msg.key);
+                        return;
+                    }
+                    r.wanted = r.done;
                 }
                 self.read(&msg.key, ctx);
             }

@@ -16,6 +16,11 @@
 //! statement for every room that arrived while the previous batch ran). A
 //! room followed only by pollers is never read back: a commit moves what is
 //! known of its head (which wakes long-polls), nothing more.
+//!
+//! A hint is not the truth: any database role may `NOTIFY`, and whoever can
+//! publish on the broker can send one. Its seq never moves a head; it makes
+//! the router read the room once (and wakes the room's long-polls once,
+//! which read it themselves), and only what the database answers is routed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -90,8 +95,16 @@ pub struct Watched {
     pub known: i64,
     /// The room's row as last read, if its head is `known`.
     pub snapshot: Option<Arc<RoomRow>>,
-    /// Carries `known` as it moves.
-    pub changes: watch::Receiver<i64>,
+    /// Carries `known` as it moves, and the hints heard.
+    pub changes: watch::Receiver<Known>,
+}
+
+/// What long-polls wait on: the highest seq known to exist, and a count of
+/// the hints that said a commit may have happened (each worth one read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    pub head: i64,
+    pub hints: u64,
 }
 
 /// A poller read the room's row from the database: kept, so that the next
@@ -189,11 +202,14 @@ struct RoomEntry {
     held: BTreeMap<i64, Frame>,
     /// A read from the database is running for this room.
     fetching: bool,
-    /// Highest seq known to exist (from hints and head checks).
+    /// Highest seq known to exist (from head checks and frames; never from
+    /// a hint).
     want: i64,
+    /// A hint asked for a read that has not run yet (or failed).
+    hinted: bool,
     gap_timer: bool,
-    /// `known()` for pollers, changed whenever it moves.
-    known: watch::Sender<i64>,
+    /// `known()` for pollers, changed whenever it moves or a hint wakes them.
+    known: watch::Sender<Known>,
     /// The room's row as a poller last read it.
     snapshot: Option<Arc<RoomRow>>,
     /// Last time a poller looked at the room.
@@ -213,8 +229,9 @@ impl RoomEntry {
             held: BTreeMap::new(),
             fetching: false,
             want: 0,
+            hinted: false,
             gap_timer: false,
-            known: watch::channel(-1).0,
+            known: watch::channel(Known { head: -1, hints: 0 }).0,
             snapshot: None,
             polled: None,
         }
@@ -232,10 +249,15 @@ impl RoomEntry {
     fn publish_known(&self) {
         let known = self.known();
         self.known.send_if_modified(|k| {
-            let moved = *k != known;
-            *k = known;
+            let moved = k.head != known;
+            k.head = known;
             moved
         });
+    }
+
+    /// Wakes the pollers waiting on this room for one read of their own.
+    fn nudge(&self) {
+        self.known.send_modify(|k| k.hints += 1);
     }
 
     /// Hands `msg` to every session (never waiting: a full mailbox is
@@ -452,6 +474,7 @@ impl Broadcaster {
             return;
         }
         entry.fetching = true;
+        entry.hinted = false;
         self.db.do_send(Catchup {
             key: key.clone(),
             after: routed,
@@ -542,7 +565,10 @@ impl Broadcaster {
                     self.resync_later(key, ctx);
                 }
                 self.accept(key, std::iter::empty(), ctx);
-                if self.rooms.get(key).is_some_and(|e| !e.is_settled()) {
+                if self.rooms.get(key).is_some_and(|e| e.hinted) {
+                    // A hint heard while the head was read: it may be newer.
+                    self.fetch(key, Via::Push, ctx);
+                } else if self.rooms.get(key).is_some_and(|e| !e.is_settled()) {
                     self.settle_later(key, GAP_WAIT, ctx);
                 }
             }
@@ -807,21 +833,26 @@ impl Handler<Committed> for Broadcaster {
 impl Handler<Hint> for Broadcaster {
     type Result = ();
 
+    /// A commit may have happened: one read tells (see the module's doc).
     fn handle(&mut self, msg: Hint, ctx: &mut Context<Self>) {
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
             return;
         };
-        entry.want = entry.want.max(msg.seq);
-        if entry.sessions.is_empty() {
-            // Pollers only: nothing to route, nothing to read.
-            entry.skip_to_known();
-            entry.publish_known();
+        let Some(routed) = entry.routed else {
+            // The head is being read; the hint may be newer than that read.
+            entry.hinted = true;
+            return;
+        };
+        if msg.seq <= routed.max(entry.want) || entry.held.contains_key(&msg.seq) {
             return;
         }
-        entry.publish_known();
-        if entry.routed.is_some_and(|r| msg.seq > r) && !entry.held.contains_key(&msg.seq) {
-            self.fetch(&msg.key, Via::Push, ctx);
+        if entry.sessions.is_empty() {
+            // Pollers only: nothing to route; they read the room themselves.
+            entry.nudge();
+            return;
         }
+        entry.hinted = true;
+        self.fetch(&msg.key, Via::Push, ctx);
     }
 }
 
@@ -862,13 +893,20 @@ impl Handler<CatchupDone> for Broadcaster {
             }
             Err(_) => {
                 // Tried again shortly, whatever the poll interval.
+                if let Some(e) = self.rooms.get_mut(&msg.key) {
+                    e.hinted = true;
+                }
                 let key = msg.key.clone();
                 ctx.run_later(RETRY_AFTER, move |act, ctx| {
-                    if act.rooms.get(&key).is_some_and(|e| !e.is_settled()) {
+                    if act
+                        .rooms
+                        .get(&key)
+                        .is_some_and(|e| !e.is_settled() || e.hinted)
+                    {
                         act.fetch(&key, Via::Push, ctx);
                     }
                 });
-                false
+                return;
             }
         };
         let Some(entry) = self.rooms.get_mut(&msg.key) else {
@@ -877,7 +915,8 @@ impl Handler<CatchupDone> for Broadcaster {
         let behind = entry
             .routed
             .is_some_and(|r| entry.want > r || !entry.held.is_empty());
-        if got_any && (behind || msg.more) {
+        if (got_any && (behind || msg.more)) || (entry.hinted && !entry.fetching) {
+            // A hint heard during the read may be newer than what it saw.
             self.fetch(&msg.key, Via::Push, ctx);
         }
     }

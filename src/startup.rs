@@ -378,8 +378,12 @@ impl Application {
         });
         let data = state.clone();
         // HTTP request counts and durations per route, in the same registry.
+        // Labels are bounded whatever clients send: a route's pattern (never
+        // the room or org it names), one value for every unmatched path, and
+        // only the methods `known_methods` lets through.
         let http_metrics = actix_web_prom::PrometheusMetricsBuilder::new("roomcast")
             .registry(state.metrics.registry().clone())
+            .mask_unmatched_patterns("UNMATCHED")
             .build()
             .map_err(|e| StartError::Metrics(e.to_string()))?;
         // A connection whose peer vanished without closing (a laptop that
@@ -392,6 +396,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(http_metrics.clone())
+                .wrap(actix_web::middleware::from_fn(http::known_methods))
                 .app_data(data.clone())
                 .configure(http::routes)
         })

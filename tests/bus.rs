@@ -463,3 +463,86 @@ async fn a_redis_that_refuses_subscriptions_is_retried_with_a_pause() {
         1,
     );
 }
+
+/// Issue 24, item 2, the relay: a forged hint (any database login may
+/// `NOTIFY roomcast`) with a seq far beyond the head, for a room the relay
+/// follows and for one it never heard of, must not stop it relaying the
+/// SQL commits that follow: they reach the other instances by push, long
+/// before the head check (one minute here) would find them.
+#[actix_web::test]
+async fn a_forged_hint_does_not_stall_the_relay() {
+    let broker = Broker::nats();
+    let db = TestDb::new().await;
+    let apps = [
+        spawn_app({
+            let mut c = bus_config(&db, Some(broker.url()));
+            c.poll_ms = 60_000;
+            c
+        })
+        .await,
+        spawn_app({
+            let mut c = bus_config(&db, Some(broker.url()));
+            c.poll_ms = 60_000;
+            c
+        })
+        .await,
+    ];
+    let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
+    bus_up(&ports).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(ports[0], "roomcast_relay_leader").await
+        + metric(ports[1], "roomcast_relay_leader").await
+        != 1
+    {
+        assert!(Instant::now() < deadline, "no relay elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sql = db.client().await;
+    let sql_publish = |room: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.query_one(
+                "SELECT roomcast_publish('acme', $1, 'seg', '{}'::jsonb)",
+                &[&room],
+            )
+            .await
+            .expect("SQL publish");
+        }
+    };
+    let viewer = token("acme", "viewer", false);
+    let mut followers = Vec::new();
+    for &port in &ports {
+        for room in ["known", "fresh"] {
+            let mut ws =
+                WsClient::connect(port, &format!("/v1/rooms/{room}/ws?since=0&token={viewer}"))
+                    .await;
+            ws.expect_op("subscribed").await;
+            followers.push((room, ws));
+        }
+    }
+    // The relay follows "known" from this commit on.
+    sql_publish("known").await;
+    for (room, ws) in followers.iter_mut().filter(|(r, _)| *r == "known") {
+        assert_exactly(
+            &ws.events_until(room, 1, Duration::from_secs(10)).await,
+            1,
+            1,
+        );
+    }
+    for room in ["known", "fresh"] {
+        sql.execute(
+            &format!("NOTIFY roomcast, '[\"acme\",\"{room}\",{}]'", i64::MAX),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sql_publish("known").await;
+    sql_publish("fresh").await;
+    for (room, ws) in followers.iter_mut() {
+        let (from, to) = if *room == "known" { (2, 2) } else { (1, 1) };
+        let got = ws.events_until(room, to, Duration::from_secs(10)).await;
+        assert_exactly(&got, from, to);
+    }
+}

@@ -567,7 +567,9 @@ async fn shared_snapshot_read(sse: bool) {
     assert_eq!(a.expect_op("subscribed").await["head"], 1);
 
     // C's snapshot read takes its snapshot (head 1), then waits on the gate.
-    gate.execute("SELECT pg_advisory_lock(4242)", &[]).await.unwrap();
+    gate.execute("SELECT pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
     let watch = db.client().await;
     let waiting = || async {
         watch
@@ -584,7 +586,10 @@ async fn shared_snapshot_read(sse: bool) {
     c.expect_op("welcome").await;
     let deadline = std::time::Instant::now() + WAIT;
     while waiting().await == 0 {
-        assert!(std::time::Instant::now() < deadline, "C's snapshot read never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C's snapshot read never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -598,7 +603,10 @@ async fn shared_snapshot_read(sse: bool) {
     // read is C's, which will say the head is 1.
     let (port, tok) = (app.port, viewer.clone());
     let b = actix_web::rt::spawn(async move {
-        let path = format!("/v1/rooms/r/{}?since=1&token={tok}", if sse { "sse" } else { "ws" });
+        let path = format!(
+            "/v1/rooms/r/{}?since=1&token={tok}",
+            if sse { "sse" } else { "ws" }
+        );
         if sse {
             let mut b = SseClient::connect(port, &path, &[]).await;
             let got = b.events_until(2, Duration::from_secs(5)).await;
@@ -613,8 +621,14 @@ async fn shared_snapshot_read(sse: bool) {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(waiting().await, 1, "B's snapshot read was not shared with C's");
-    gate.execute("SELECT pg_advisory_unlock(4242)", &[]).await.unwrap();
+    assert_eq!(
+        waiting().await,
+        1,
+        "B's snapshot read was not shared with C's"
+    );
+    gate.execute("SELECT pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
     assert_eq!(c.expect_op("subscribed").await["head"], 1);
 
     // B gets seq 2 without any poll, once.

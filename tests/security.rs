@@ -594,3 +594,138 @@ async fn tokens_never_reach_the_log() {
         assert!(!text.contains(signature), "the {name} token is in the log");
     }
 }
+
+/// Issue 24, item 1: requests nobody authenticated (random paths, random
+/// methods, paths naming rooms) add no series to `/metrics`: unmatched
+/// paths share one label value, unknown methods are refused before they are
+/// counted, and no label carries a room or org id.
+#[actix_web::test]
+async fn random_paths_and_methods_leave_metrics_bounded() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("roomcast_http_"))
+            .count()
+    };
+    let client = awc::Client::default();
+    // Warm up every label value an ordinary unmatched request uses.
+    let _ = client.get(app.url("/nothing-here")).send().await;
+    let _ = client.post(app.url("/nothing-here")).send().await;
+    let _ = http_get_text(app.port, "/metrics").await;
+    let before = http_get_text(app.port, "/metrics").await;
+    for i in 0..300 {
+        let path = format!("/{}/x{i}/secret-room-{i}", uuid::Uuid::new_v4());
+        let method = if i % 3 == 0 {
+            awc::http::Method::from_bytes(format!("M{i}").as_bytes()).unwrap()
+        } else if i % 3 == 1 {
+            awc::http::Method::GET
+        } else {
+            awc::http::Method::POST
+        };
+        let res = client.request(method, app.url(&path)).send().await.unwrap();
+        assert!(res.status().is_client_error(), "{path}: {}", res.status());
+        // A known route with an unknown method.
+        let res = client
+            .request(
+                awc::http::Method::from_bytes(format!("Z{i}").as_bytes()).unwrap(),
+                app.url(&format!("/v1/rooms/secret-room-{i}/events")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+    let after = http_get_text(app.port, "/metrics").await;
+    assert_eq!(series(&before), series(&after), "{after}");
+    assert!(!after.contains("secret-room"), "{after}");
+}
+
+/// Issue 24, item 2: a hint is only a hint. Any database login may
+/// `NOTIFY roomcast` with a seq far beyond the head; that costs at most a
+/// bounded read, an up-to-date long-poll then waits (it does not spin on the
+/// database), and delivery goes on by push for REST, SQL and long-poll
+/// alike.
+#[actix_web::test]
+async fn a_forged_hint_costs_a_bounded_read_and_delivery_goes_on() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    assert_eq!(
+        publish(app.port, &producer, "r", "first", json!(1)).await,
+        1
+    );
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?token={viewer}")).await;
+    ws.expect_op("welcome").await;
+    ws.expect_op("subscribed").await;
+    let sql = db.client().await;
+    let reads = || async {
+        app.queries("poll").await + app.queries("catchup").await + app.queries("head").await
+    };
+    let long_poll = |wait: u64| {
+        let (port, viewer) = (app.port, viewer.clone());
+        async move {
+            let started = Instant::now();
+            let (status, body, _) = get(
+                port,
+                &format!("/v1/rooms/r/events?since=1&wait={wait}"),
+                &viewer,
+                &[],
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            (body, started.elapsed())
+        }
+    };
+
+    // A poller waits while the forged hints arrive (a room's pollers and
+    // its sessions both).
+    let waiting = actix_web::rt::spawn(long_poll(3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in [i64::MAX, 1_000_000, i64::MAX] {
+        sql.execute(&format!("NOTIFY roomcast, '[\"acme\",\"r\",{seq}]'"), &[])
+            .await
+            .unwrap();
+    }
+    let (body, _) = waiting.await.unwrap();
+    assert_eq!(body["events"], json!([]), "{body}");
+    assert_eq!(body["head"], 1, "{body}");
+
+    // An up-to-date long-poll afterwards waits out its time at the cost of
+    // a read or two, not thousands.
+    let before = reads().await;
+    let (body, took) = long_poll(3).await;
+    let cost = reads().await - before;
+    assert_eq!(body["events"], json!([]), "{body}");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    assert!(
+        cost <= 3,
+        "an up-to-date long-poll of 3 s cost {cost} reads"
+    );
+    assert!(ws.recv_within(Duration::from_millis(200)).await.is_none());
+
+    // Delivery goes on: a REST publish, then an SQL one (a real hint after
+    // the forged ones), reach the subscriber and a long-poll at once.
+    let waiting = actix_web::rt::spawn(long_poll(10));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        publish(app.port, &producer, "r", "second", json!(2)).await,
+        2
+    );
+    let (body, took) = waiting.await.unwrap();
+    assert_eq!(body["events"][0]["seq"], 2, "{body}");
+    assert!(took < Duration::from_secs(3), "the long-poll took {took:?}");
+    sql.execute(
+        "SELECT roomcast_publish('acme', 'r', 'third', '3'::jsonb)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let got = ws.events_until("r", 3, Duration::from_secs(3)).await;
+    assert_exactly(&got, 2, 3);
+    assert!(got.iter().all(|e| e["via"] == "push"), "{got:?}");
+}

@@ -296,12 +296,15 @@ pub async fn poll(
         .map_err(busy)?;
     let mut changes = watched.changes;
     let (mut known, mut snapshot) = (watched.known, watched.snapshot);
+    let (mut hints, mut hinted) = (changes.borrow().hints, false);
     let mut _waiting = None;
     loop {
         let answer = match from {
             // Nothing newer than `since`, and the room's row at that head is
             // in memory (or the room was never published to).
-            PollFrom::Seq(since) if since == known && (known == 0 || snapshot.is_some()) => {
+            PollFrom::Seq(since)
+                if since == known && (known == 0 || snapshot.is_some()) && !hinted =>
+            {
                 Answer::Memory {
                     head: known,
                     row: snapshot.clone(),
@@ -348,17 +351,22 @@ pub async fn poll(
         // Hold the request until the room's known head passes what was seen.
         _waiting.get_or_insert_with(|| Waiting::new(&state));
         let mut shutdown = state.shutdown.clone();
+        // A hint (`hints` moved) is worth one read, never more: the read
+        // above answered what the database holds, whatever the hint said.
         let woke = tokio::select! {
-            r = tokio::time::timeout_at(deadline, changes.wait_for(|k| *k > head)) => {
-                matches!(r, Ok(Ok(_)))
-            }
+            r = tokio::time::timeout_at(
+                deadline,
+                changes.wait_for(|k| k.head > head || k.hints != hints),
+            ) => matches!(r, Ok(Ok(_))),
             _ = shutdown.wait_for(|s| *s) => false,
         };
         if !woke {
             // Nothing came (or the server is stopping): answer what was seen.
             return Ok(respond(&state, &key, &answer, not_modified, false));
         }
-        known = *changes.borrow();
+        let now = *changes.borrow_and_update();
+        hinted = now.hints != hints;
+        (known, hints) = (now.head, now.hints);
         snapshot = None;
     }
 }

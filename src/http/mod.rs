@@ -51,6 +51,30 @@ pub fn caller_room(
     Ok((principal, key))
 }
 
+/// Refuses a request whose method no route answers before anything counts
+/// it: the request metrics label each request with its method, and a method
+/// is any token a client sends, so an unknown one would be a new series.
+/// The answer is the one such a request always had (404 `not_found`).
+pub async fn known_methods(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::http::Method;
+    let known = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    if !known.contains(req.method()) {
+        return Err(ApiError::NotFound("no such resource".into()).into());
+    }
+    next.call(req).await
+}
+
 /// Every route of the server.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(

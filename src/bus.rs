@@ -16,7 +16,13 @@
 //! not cluster size. The rest of the server sees one `Bus` handle and never
 //! which broker is behind it.
 //!
-//! Message layout (binary, little endian):
+//! Every message is sealed with the cluster key for its subject
+//! (`crate::seal`): other broker users can neither read nor forge one, and
+//! one sent to a room's subject cannot be replayed on another's. A message
+//! that does not open, or whose content names another subject's room, is
+//! dropped and counted (`roomcast_bus_rejected_total`).
+//!
+//! Message layout inside the seal (binary, little endian):
 //! `1u8 version, kind u8, instance (u8 len + bytes), org (u16 len + bytes),
 //! room (u8 len + bytes)`, then per kind: frames: `closed u8, count u32`,
 //! each `seq i64, type (u8 len + bytes), text (u32 len + bytes)`; hint:
@@ -38,10 +44,11 @@ use crate::metrics::Metrics;
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
 use crate::room::{Broadcaster, CheckHeads, Committed, Ephemeral, Hint};
+use crate::seal::{Seal, OVERHEAD};
 
 /// The largest message put on the bus (NATS' default `max_payload` is
 /// 1 MiB); a round's frames past it travel as a hint.
-const MAX_MESSAGE: usize = 1024 * 1024 - 4096;
+const MAX_MESSAGE: usize = 1024 * 1024 - 4096 - OVERHEAD;
 /// How long a subscription waits to be confirmed by the broker before the
 /// room opens anyway (the head check covers what it misses).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
@@ -82,7 +89,7 @@ impl Kind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("ROOMCAST_BUS must be nats://host:port or redis://host:port, not {0:?}")]
+    #[error("ROOMCAST_BUS must be nats://host:port or redis://host:port, not {0:?}...")]
     Scheme(String),
     #[error("ROOMCAST_BUS: {0}")]
     Url(String),
@@ -115,6 +122,7 @@ struct Shared {
     instance: Arc<str>,
     prefix: String,
     metrics: Arc<Metrics>,
+    seal: Arc<Seal>,
 }
 
 /// The handle every part of the server uses.
@@ -136,13 +144,16 @@ impl Bus {
         router: Addr<Broadcaster>,
         presence: Addr<Presence>,
         boards: Addr<Boards>,
+        seal: Arc<Seal>,
     ) -> Result<Bus, BusError> {
         let kind = if url.starts_with("nats://") {
             Kind::Nats
         } else if url.starts_with("redis://") {
             Kind::Redis
         } else {
-            return Err(BusError::Scheme(url.to_owned()));
+            // Never the whole URL: it may hold credentials.
+            let scheme: String = url.chars().take_while(|c| *c != ':').take(16).collect();
+            return Err(BusError::Scheme(scheme));
         };
         let shared = Arc::new(Shared {
             kind,
@@ -151,6 +162,7 @@ impl Bus {
             instance,
             prefix: prefix.to_owned(),
             metrics,
+            seal,
         });
         let (commands, rx) = mpsc::unbounded_channel();
         let inbound = Inbound {
@@ -173,9 +185,7 @@ impl Bus {
 
     /// The subject of an org's room changes (live room lists).
     fn org_subject(&self, org: &str) -> String {
-        let mut s = format!("{}.org.", self.shared.prefix);
-        escape(&mut s, org);
-        s
+        org_subject(&self.shared.prefix, org)
     }
 
     /// Tells the instances with a live room list of the org that `key`
@@ -301,8 +311,13 @@ impl Bus {
         });
     }
 
-    fn send(&self, c: Command) {
-        if matches!(c, Command::Publish { .. }) {
+    fn send(&self, mut c: Command) {
+        if let Command::Publish {
+            subject,
+            payload,
+            fallback,
+        } = &mut c
+        {
             // Bounded: a broker that stopped taking messages must not grow
             // this process's memory.
             if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED {
@@ -313,6 +328,11 @@ impl Bus {
                     .with_label_values(&["dropped"])
                     .inc();
                 return;
+            }
+            let seal = &self.shared.seal;
+            *payload = seal.seal(subject.as_bytes(), payload).into();
+            if let Some(f) = fallback {
+                *f = seal.seal(subject.as_bytes(), f).into();
             }
         }
         // The task lives as long as the server.
@@ -332,6 +352,13 @@ fn escape(out: &mut String, s: &str) {
             out.push_str(&format!("{b:02X}"));
         }
     }
+}
+
+/// `<prefix>.org.<org>`, escaped.
+fn org_subject(prefix: &str, org: &str) -> String {
+    let mut s = format!("{prefix}.org.");
+    escape(&mut s, org);
+    s
 }
 
 /// `<prefix>.room.<org>.<room>`, both escaped.
@@ -408,6 +435,28 @@ pub enum Message {
     Presence(Announcement),
     /// A room of the org changed (live room lists).
     RoomChanged(RoomKey),
+}
+
+impl Message {
+    /// The subject this message belongs on.
+    fn subject(&self, prefix: &str) -> String {
+        match self {
+            Message::Frames { key, .. }
+            | Message::Hint { key, .. }
+            | Message::Ephemeral { key, .. } => subject(prefix, key),
+            Message::Presence(a) => subject(
+                prefix,
+                &RoomKey {
+                    org: a.org.clone(),
+                    room: match RoomId::parse(&a.room) {
+                        Ok(r) => r,
+                        Err(_) => return String::new(),
+                    },
+                },
+            ),
+            Message::RoomChanged(key) => org_subject(prefix, &key.org),
+        }
+    }
 }
 
 /// Takes `n` bytes off `buf` (None when it holds fewer).
@@ -524,14 +573,23 @@ struct Inbound {
 }
 
 impl Inbound {
-    fn message(&self, payload: Bytes) {
-        self.shared
-            .metrics
-            .bus_messages
-            .with_label_values(&["in"])
-            .inc();
-        match decode(payload, &self.shared.instance) {
-            None => log::warn!("bus: a malformed message was ignored"),
+    /// A message arrived on `subject`: opened, checked against the subject,
+    /// then handed on.
+    fn message(&self, subject: &str, payload: &[u8]) {
+        let shared = &self.shared;
+        shared.metrics.bus_messages.with_label_values(&["in"]).inc();
+        let opened = shared
+            .seal
+            .open(subject.as_bytes(), payload)
+            .and_then(|plain| match decode(Bytes::from(plain), &shared.instance) {
+                Some(Some(m)) if m.subject(&shared.prefix) != subject => None,
+                decoded => decoded,
+            });
+        match opened {
+            None => {
+                shared.metrics.bus_rejected.inc();
+                log::debug!("bus: a message on {subject} that did not open was dropped");
+            }
             Some(None) => {}
             Some(Some(Message::Frames {
                 key,
@@ -607,7 +665,7 @@ mod nats {
         let client = match options.connect(url.as_str()).await {
             Ok(c) => c,
             Err(e) => {
-                log::error!("bus: cannot use {url}: {e}");
+                log::error!("bus (nats): cannot use ROOMCAST_BUS: {e}");
                 return;
             }
         };
@@ -671,7 +729,7 @@ mod nats {
                                 let mut sub = Subscription(Some(sub));
                                 readers.insert(subject, actix_web::rt::spawn(async move {
                                     while let Some(m) = sub.next().await {
-                                        inbound.message(m.payload);
+                                        inbound.message(m.subject.as_str(), &m.payload);
                                     }
                                 }));
                                 // Confirmed once the server has it (a round trip).
@@ -776,7 +834,7 @@ mod redis_bus {
             let lost = loop {
                 tokio::select! {
                     m = stream.next() => match m {
-                        Some(m) => inbound.message(Bytes::copy_from_slice(m.get_payload_bytes())),
+                        Some(m) => inbound.message(m.get_channel_name(), m.get_payload_bytes()),
                         None => break "the subscribed connection closed".to_owned(),
                     },
                     c = commands.recv() => match c {

@@ -127,8 +127,18 @@ pub struct Config {
     /// The bus between instances: unset = LISTEN/NOTIFY on the one
     /// PostgreSQL; `nats://host:port` = NATS core; `redis://host:port` =
     /// Redis pub/sub. Every instance of a deployment sets the same.
-    #[arg(long, env = "ROOMCAST_BUS")]
+    /// Credentials in it are never shown (`--help`) nor logged.
+    #[arg(long, env = "ROOMCAST_BUS", hide_env_values = true)]
     pub bus: Option<String>,
+
+    /// The cluster secret that seals (authenticates and encrypts) what
+    /// instances tell each other: bus messages, presence and ephemeral
+    /// NOTIFYs. Comma separated while rotating: the first seals, every one
+    /// listed opens (roll out old,new; then new,old; then new). Unset:
+    /// the secret the database generated at its first migration, which
+    /// only roomcast's own role can read.
+    #[arg(long, env = "ROOMCAST_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
 
     /// Prefix of the bus subjects (channels), to share a broker between
     /// deployments.
@@ -224,6 +234,7 @@ impl Config {
             max_connections_per_sub: 100,
             allowed_origins: None,
             bus: None,
+            cluster_secret: None,
             bus_prefix: "roomcast".into(),
             retain_closed: Duration::from_secs(24 * 3600),
             retain_max_age: Duration::from_secs(7 * 24 * 3600),

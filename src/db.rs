@@ -26,8 +26,7 @@ use crate::store::{
     self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, RoomView, StoreError,
 };
 
-/// The NOTIFY channel that carries ephemeral events to other instances.
-pub const EPHEMERAL_CHANNEL: &str = "roomcast_ephemeral";
+pub use crate::store::EPHEMERAL_CHANNEL;
 /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL.
 const MAX_NOTIFY_PAYLOAD: usize = 7999;
 
@@ -244,6 +243,8 @@ pub struct Db {
     /// The bus to other instances: this instance's commits and ephemeral
     /// events go there (`None`: NOTIFY hints and NOTIFY announcements).
     bus: Option<Bus>,
+    /// Seals NOTIFY announcements of ephemeral events.
+    seal: Arc<crate::seal::Seal>,
     /// Poll pages being read, with everyone waiting for each.
     pages: HashMap<(RoomKey, PollFrom, i64), Vec<oneshot::Sender<Result<Arc<Page>, StoreError>>>>,
     /// Rooms with a publish round running, and the publishes that arrived
@@ -259,7 +260,7 @@ impl Db {
         boards: Addr<Boards>,
         page: i64,
         page_bytes: i64,
-        bus: Option<Bus>,
+        (bus, seal): (Option<Bus>, Arc<crate::seal::Seal>),
         read_bound: std::time::Duration,
     ) -> Self {
         let readers = (pool.status().max_size.saturating_sub(RESERVED_FOR_PUBLISH)).max(2);
@@ -269,6 +270,7 @@ impl Db {
         }
         Db {
             bus,
+            seal,
             hints,
             reads: Reads {
                 pool: pool.clone(),
@@ -726,9 +728,11 @@ impl Handler<Announce> for Db {
         if let Some(bus) = &self.bus {
             return bus.publish_ephemeral(&msg.key, &msg.frame);
         }
-        let payload =
-            serde_json::json!([&*msg.instance, msg.key.org, msg.key.room, &*msg.frame.text])
-                .to_string();
+        let payload = self.seal.seal_text(
+            EPHEMERAL_CHANNEL,
+            &serde_json::json!([&*msg.instance, msg.key.org, msg.key.room, &*msg.frame.text])
+                .to_string(),
+        );
         if payload.len() > MAX_NOTIFY_PAYLOAD {
             log::warn!(
                 "ephemeral event for {} too large for other instances ({} bytes)",

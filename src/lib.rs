@@ -80,6 +80,7 @@ pub mod protocol;
 pub mod pruner;
 pub mod relay;
 pub mod room;
+pub mod seal;
 pub mod session;
 pub mod sse;
 pub mod sse_rooms;

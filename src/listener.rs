@@ -16,6 +16,7 @@
 //! so it is released when the instance dies and another listener takes it
 //! within a second). The other listeners ignore hints.
 
+use crate::seal::Seal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +39,7 @@ use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
 pub const APPLICATION_NAME: &str = "roomcast-listener";
 /// How often the idle listener checks that its connection is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-/// The NOTIFY channel of presence announcements (without a bus).
-pub const PRESENCE_CHANNEL: &str = "roomcast_presence";
+pub use crate::store::PRESENCE_CHANNEL;
 /// The NOTIFY channel of captured rows committed to the outbox.
 pub const OUTBOX_CHANNEL: &str = "roomcast_outbox";
 /// How often a listener that is not the relay tries to become it.
@@ -68,7 +68,7 @@ pub fn spawn(
     router: Addr<Broadcaster>,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
-    instance: Arc<str>,
+    (instance, seal): (Arc<str>, Arc<Seal>),
     hints: Hints,
     presence: Addr<Presence>,
     boards: Addr<Boards>,
@@ -85,7 +85,16 @@ pub fn spawn(
                 boards: &boards,
                 capture: &capture,
             };
-            match listen(&config, &to, &metrics, &connected, &instance, &hints).await {
+            match listen(
+                &config,
+                &to,
+                &metrics,
+                &connected,
+                (&instance, &seal),
+                &hints,
+            )
+            .await
+            {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => log::warn!("listener: {e}; reconnecting in {backoff:?}"),
             }
@@ -113,7 +122,7 @@ async fn listen(
     to: &Targets<'_>,
     metrics: &Metrics,
     connected: &AtomicBool,
-    instance: &str,
+    (instance, seal): (&str, &Seal),
     hints: &Hints,
 ) -> Result<(), tokio_postgres::Error> {
     let (router, presence) = (to.router, to.presence);
@@ -158,14 +167,24 @@ async fn listen(
             tokio::select! {
                 n = rx.recv() => match n {
                     Some(n) if n.channel() == PRESENCE_CHANNEL => {
-                        if let Ok(a) = serde_json::from_str::<Announcement>(n.payload()) {
-                            presence.do_send(PresenceIn(a));
+                        match seal.open_text(PRESENCE_CHANNEL, n.payload()) {
+                            Some(text) => {
+                                if let Ok(a) = serde_json::from_str::<Announcement>(&text) {
+                                    presence.do_send(PresenceIn(a));
+                                }
+                            }
+                            None => metrics.bus_rejected.inc(),
                         }
                     }
                     Some(n) if n.channel() == OUTBOX_CHANNEL => to.capture.do_send(Kick),
                     Some(n) if n.channel() == EPHEMERAL_CHANNEL => {
-                        if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(n.payload(), instance)) {
-                            router.do_send(e);
+                        match seal.open_text(EPHEMERAL_CHANNEL, n.payload()) {
+                            Some(text) => {
+                                if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(&text, instance)) {
+                                    router.do_send(e);
+                                }
+                            }
+                            None => metrics.bus_rejected.inc(),
                         }
                     }
                     Some(n) => {

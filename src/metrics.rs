@@ -84,6 +84,9 @@ pub struct Metrics {
     pub delivered_catchup: IntCounter,
     db_queries: IntCounterVec,
     pub notifications: IntCounter,
+    /// Messages of "other instances" that did not open with the cluster
+    /// key (forged, altered, another deployment's), bus and NOTIFY.
+    pub bus_rejected: IntCounter,
     pub publish_seconds: Histogram,
     pub session_backlog_bytes: IntGauge,
     /// How long the oldest unsent frame of any session has waited.
@@ -141,6 +144,11 @@ impl Metrics {
         let notifications = IntCounter::new(
             "roomcast_notifications_received_total",
             "NOTIFY hints received by the listener",
+        )
+        .expect("static");
+        let bus_rejected = IntCounter::new(
+            "roomcast_bus_rejected_total",
+            "messages between instances (bus, NOTIFY) dropped because they did not open with the cluster key",
         )
         .expect("static");
         let publish_seconds = Histogram::with_opts(
@@ -238,6 +246,7 @@ impl Metrics {
             Box::new(events_delivered.clone()),
             Box::new(db_queries.clone()),
             Box::new(notifications.clone()),
+            Box::new(bus_rejected.clone()),
             Box::new(publish_seconds.clone()),
             Box::new(session_backlog_bytes.clone()),
             Box::new(session_lag_seconds.clone()),
@@ -288,6 +297,7 @@ impl Metrics {
             events_delivered,
             db_queries,
             notifications,
+            bus_rejected,
             publish_seconds,
             session_backlog_bytes,
             session_lag_seconds,

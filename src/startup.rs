@@ -28,8 +28,9 @@ use crate::pgcluster::PrivateCluster;
 use crate::presence::{Clear, Presence, SetBus};
 use crate::relay::Relay;
 use crate::room::Broadcaster;
+use crate::seal::Seal;
 use crate::webhook::Secrets;
-use crate::{http, listener};
+use crate::{http, listener, store};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -197,6 +198,27 @@ pub async fn migrate_to(pool: &Pool, version: Option<u32>) -> Result<(), StartEr
     result
 }
 
+/// The cluster key: `ROOMCAST_CLUSTER_SECRET` (new,old while rotating), else
+/// the secret the database generated, which only roomcast's own role (and
+/// superusers) can read.
+async fn cluster_seal(config: &Config, pool: &Pool) -> Result<Seal, StartError> {
+    let secrets: Vec<String> = match config.cluster_secret.as_deref() {
+        Some(list) => list.split(',').map(str::to_owned).collect(),
+        None => {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| StartError::Database(e.to_string()))?;
+            vec![store::cluster_secret(&client)
+                .await
+                .map_err(|e| StartError::Database(e.to_string()))?]
+        }
+    };
+    Seal::new(&secrets).ok_or_else(|| {
+        StartError::Config("ROOMCAST_CLUSTER_SECRET is set but holds no secret".into())
+    })
+}
+
 /// Creates database `name` on the server of `admin_url` if it is missing.
 pub async fn ensure_database(admin_url: &str, name: &str) -> Result<(), StartError> {
     let (client, conn) = tokio_postgres::connect(admin_url, NoTls)
@@ -252,6 +274,7 @@ impl Application {
         config.database_url = Some(url.clone());
         let (pool, pg) = pool(&url, config.db_pool, config.statement_timeout_ms)?;
         migrate(&pool).await?;
+        let seal = Arc::new(cluster_seal(&config, &pool).await?);
 
         let metrics = Arc::new(Metrics::new());
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
@@ -266,7 +289,13 @@ impl Application {
         let instance: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let mut made = None;
         let mut bus_error = None;
-        let presence = Presence::new(instance.clone(), pool.clone(), metrics.clone()).start();
+        let presence = Presence::new(
+            instance.clone(),
+            pool.clone(),
+            metrics.clone(),
+            seal.clone(),
+        )
+        .start();
         let boards = Boards::new(metrics.clone()).start();
         let presence_in = presence.clone();
         // The Db actor reports commits to the Broadcaster, which asks the Db
@@ -283,6 +312,7 @@ impl Application {
                     ctx.address(),
                     presence_in.clone(),
                     boards.clone(),
+                    seal.clone(),
                 ) {
                     Ok(bus) => Some(bus),
                     Err(e) => {
@@ -298,7 +328,7 @@ impl Application {
                 boards.clone(),
                 page,
                 page_bytes,
-                bus.clone(),
+                (bus.clone(), seal.clone()),
                 read_bound,
             )
             .start();
@@ -333,7 +363,7 @@ impl Application {
             broadcaster.clone(),
             metrics.clone(),
             listener_up.clone(),
-            instance.clone(),
+            (instance.clone(), seal),
             hints,
             presence.clone(),
             boards.clone(),

@@ -10,6 +10,22 @@ use serde_json::Value;
 
 use crate::protocol::{Event, NewEvent, RoomKey, RoomStatus};
 
+/// The NOTIFY channel of presence announcements (without a bus); sealed
+/// (`crate::seal`).
+pub const PRESENCE_CHANNEL: &str = "roomcast_presence";
+/// The NOTIFY channel that carries ephemeral events to other instances;
+/// sealed (`crate::seal`).
+pub const EPHEMERAL_CHANNEL: &str = "roomcast_ephemeral";
+
+/// The cluster secret the database generated (migrations/V12), for
+/// deployments that set none (`ROOMCAST_CLUSTER_SECRET`).
+pub async fn cluster_secret(client: &impl GenericClient) -> Result<String, StoreError> {
+    let row = client
+        .query_one("SELECT secret FROM roomcast_cluster", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// What a database call can fail with, as the API needs to tell it apart.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

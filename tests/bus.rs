@@ -546,3 +546,194 @@ async fn a_forged_hint_does_not_stall_the_relay() {
         assert_exactly(&got, from, to);
     }
 }
+
+/// What an attacker who can publish on the broker sends: roomcast's plain
+/// message layout (it is in the source), one message per kind.
+fn forged_messages(org: &str, room: &str, from_seq: i64) -> Vec<Vec<u8>> {
+    let header = |kind: u8| {
+        let mut b = vec![1u8, kind, 4];
+        b.extend_from_slice(b"evil");
+        b.extend_from_slice(&(org.len() as u16).to_le_bytes());
+        b.extend_from_slice(org.as_bytes());
+        b.push(room.len() as u8);
+        b.extend_from_slice(room.as_bytes());
+        b
+    };
+    let mut frames = header(1);
+    frames.push(1); // closed
+    frames.extend_from_slice(&3u32.to_le_bytes());
+    for seq in from_seq..from_seq + 3 {
+        let text = format!(
+            r#"{{"op":"event","room":"{room}","seq":{seq},"type":"forged","data":"x","ts":"2026-01-01T00:00:00.000Z"}}"#
+        );
+        frames.extend_from_slice(&seq.to_le_bytes());
+        frames.push(6);
+        frames.extend_from_slice(b"forged");
+        frames.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        frames.extend_from_slice(text.as_bytes());
+    }
+    let mut hint = header(2);
+    hint.extend_from_slice(&i64::MAX.to_le_bytes());
+    let mut presence = header(4);
+    let a = format!(
+        r#"{{"i":"evil","v":1,"o":"{org}","r":"{room}","m":[{{"sub":"mallory","info":{{}},"connections":1}}]}}"#
+    );
+    presence.extend_from_slice(&(a.len() as u32).to_le_bytes());
+    presence.extend_from_slice(a.as_bytes());
+    vec![frames, hint, presence]
+}
+
+/// Issue 24, items 3 and 4: messages published on the broker by anyone
+/// but the instances (forged frames ahead of the head, a hint, a presence
+/// announcement) are rejected and counted; the real events still arrive
+/// exactly once, with their own content, and nobody sees a forged member.
+async fn forged_on_the_broker(kind: &str) {
+    let broker = Broker::of(kind);
+    let db = TestDb::new().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut c = bus_config(&db, Some(broker.url()));
+        c.poll_ms = 60_000;
+        apps.push(spawn_app(c).await);
+    }
+    let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
+    bus_up(&ports).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut ws =
+        WsClient::connect(ports[1], &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let mut observer = Member::join(ports[1], "acme", "observer", "r").await;
+    assert_eq!(publish(ports[0], &producer, "r", "real", json!(1)).await, 1);
+    assert_exactly(&ws.events_until("r", 1, WAIT).await, 1, 1);
+
+    let subject = roomcast::bus::subject(
+        "roomcast",
+        &roomcast::protocol::RoomKey {
+            org: "acme".into(),
+            room: roomcast::protocol::RoomId::parse("r").unwrap(),
+        },
+    );
+    let before = metric(ports[1], "roomcast_bus_rejected_total").await;
+    let forged = forged_messages("acme", "r", 2);
+    match kind {
+        "nats" => {
+            let client = async_nats::connect(broker.url()).await.unwrap();
+            for m in &forged {
+                client
+                    .publish(subject.clone(), m.clone().into())
+                    .await
+                    .unwrap();
+            }
+            client.flush().await.unwrap();
+        }
+        _ => {
+            let client = redis::Client::open(broker.url()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            for m in &forged {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(&subject)
+                    .arg(m.as_slice())
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let heard = ws.recv_within(Duration::from_secs(1)).await;
+    assert!(heard.is_none(), "a forged message was delivered: {heard:?}");
+
+    for i in 2..=4 {
+        assert_eq!(publish(ports[0], &producer, "r", "real", json!(i)).await, i);
+    }
+    let got = ws.events_until("r", 4, Duration::from_secs(10)).await;
+    assert_exactly(&got, 2, 4);
+    assert!(
+        got.iter()
+            .all(|e| e["type"] == "real" && e["via"] == "push"),
+        "{got:?}"
+    );
+    observer.read_for(Duration::from_millis(500)).await;
+    assert!(
+        !observer.seen.contains("mallory"),
+        "a forged member was shown"
+    );
+    assert_eq!(
+        metric(ports[1], "roomcast_bus_rejected_total").await,
+        before + forged.len() as u64
+    );
+}
+
+#[actix_web::test]
+async fn forged_nats_messages_are_rejected_and_real_events_arrive_once() {
+    forged_on_the_broker("nats").await;
+}
+
+#[actix_web::test]
+async fn forged_redis_messages_are_rejected_and_real_events_arrive_once() {
+    forged_on_the_broker("redis").await;
+}
+
+/// Issue 24: an instance that seals with another cluster secret is not
+/// heard (its messages are rejected and counted, never routed); one given
+/// the database's secret explicitly is heard as any other.
+#[actix_web::test]
+async fn an_instance_with_another_cluster_secret_is_not_heard() {
+    let broker = Broker::nats();
+    let db = TestDb::new().await;
+    let mut ca = bus_config(&db, Some(broker.url()));
+    ca.poll_ms = 60_000;
+    let a = spawn_app(ca).await;
+    let secret: String = db
+        .client()
+        .await
+        .query_one("SELECT secret FROM roomcast_cluster", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut cw = bus_config(&db, Some(broker.url()));
+    cw.cluster_secret = Some("not-the-cluster-secret".into());
+    let wrong = spawn_app(cw).await;
+    let mut cr = bus_config(&db, Some(broker.url()));
+    cr.cluster_secret = Some(format!("rotated-in,{secret}"));
+    let rotating = spawn_app(cr).await;
+    bus_up(&[a.port, wrong.port, rotating.port]).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut ws = WsClient::connect(a.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+
+    assert_eq!(
+        publish(wrong.port, &producer, "r", "unheard", json!(1)).await,
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(a.port, "roomcast_bus_rejected_total").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the wrong secret's message was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ws.recv_within(Duration::from_secs(1)).await.is_none());
+
+    // An instance sealing with a key A does not have ("rotated-in" first)
+    // is not heard either; one that lists A's secret first is.
+    let mut cr = bus_config(&db, Some(broker.url()));
+    cr.cluster_secret = Some(format!("{secret},rotated-in"));
+    let heard = spawn_app(cr).await;
+    bus_up(&[a.port, heard.port]).await;
+    assert_eq!(
+        publish(rotating.port, &producer, "r", "unheard", json!(2)).await,
+        2
+    );
+    assert!(ws.recv_within(Duration::from_secs(1)).await.is_none());
+    assert_eq!(
+        publish(heard.port, &producer, "r", "heard", json!(3)).await,
+        3
+    );
+    let got = ws.events_until("r", 3, Duration::from_secs(5)).await;
+    // 1 and 2 are read back once 3 shows the gap.
+    assert_exactly(&got, 1, 3);
+    assert_eq!(got[2]["via"], "push");
+}

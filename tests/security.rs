@@ -729,3 +729,76 @@ async fn a_forged_hint_costs_a_bounded_read_and_delivery_goes_on() {
     assert_exactly(&got, 2, 3);
     assert!(got.iter().all(|e| e["via"] == "push"), "{got:?}");
 }
+
+/// Issue 24, item 4, without a bus: any database role may LISTEN and NOTIFY
+/// on roomcast's channels. What the instances say there is sealed with the
+/// cluster key: a role listening reads no member `info`, and a presence
+/// announcement it forges (under a live instance's id, even) is rejected
+/// and counted, never shown.
+#[actix_web::test]
+async fn presence_notifies_are_sealed_and_forged_ones_rejected() {
+    let db = TestDb::new().await;
+    let a = spawn_app(config(&db)).await;
+    let b = spawn_app(config(&db)).await;
+    let mut observer = Member::join(b.port, "acme", "observer", "r").await;
+
+    // A role listening on the presence channel while a member joins on A.
+    let url = db.url.clone();
+    let listening = std::thread::spawn(move || {
+        std::process::Command::new("psql")
+            .args([
+                &url,
+                "-X",
+                "-c",
+                "LISTEN roomcast_presence",
+                "-c",
+                "SELECT pg_sleep(3)",
+            ])
+            .output()
+            .expect("psql")
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _x = Member::join_with(a.port, "acme", "x", "r", json!({"ssn": "078-05-1120"})).await;
+    observer.until(&set(&["observer", "x"])).await;
+    let out = listening.join().unwrap();
+    let heard = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        heard.contains("roomcast_presence"),
+        "nothing heard: {heard}"
+    );
+    assert!(
+        !heard.contains("078-05-1120"),
+        "member info readable by any role: {heard}"
+    );
+
+    // A forged announcement under A's instance id, newer than its writes.
+    let sql = db.client().await;
+    let (instance, ver): (String, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT instance, ver FROM presence_instances ORDER BY alive_at DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let before = metric(b.port, "roomcast_bus_rejected_total").await;
+    for (i, v) in [(instance.as_str(), ver + 1), ("evil", 1)] {
+        let forged = json!({"i": i, "v": v, "o": "acme", "r": "r",
+            "m": [{"sub": "mallory", "info": {"name": "M"}, "connections": 1}]});
+        sql.execute(
+            "SELECT pg_notify('roomcast_presence', $1)",
+            &[&forged.to_string()],
+        )
+        .await
+        .unwrap();
+    }
+    observer.read_for(Duration::from_secs(2)).await;
+    assert!(
+        !observer.seen.contains("mallory"),
+        "a forged member was shown"
+    );
+    assert!(observer.seen.contains("x"));
+    assert!(metric(b.port, "roomcast_bus_rejected_total").await >= before + 2);
+}

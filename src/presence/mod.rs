@@ -41,7 +41,8 @@ use tokio::sync::oneshot;
 use crate::bus::Bus;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{RoomId, RoomKey};
-use crate::store::{self, PresenceEntry};
+use crate::seal::Seal;
+use crate::store::{self, PresenceEntry, PRESENCE_CHANNEL};
 use view::{Held, Remote, RoomWrite, Written};
 
 /// One presence frame per room at most this often (and this instance's
@@ -64,7 +65,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const VACUUM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// Largest NOTIFY payload (PostgreSQL caps them at 8000 bytes): larger
 /// announcements say "read the room again" instead.
-const MAX_NOTIFY: usize = 7900;
+/// Sealed (`crate::seal`, as text), an announcement grows by a third: past
+/// this it is sent as "read the room again".
+const MAX_NOTIFY: usize = 5900;
 
 /// A member as frames show it.
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +229,8 @@ impl Room {
 
 pub struct Presence {
     instance: Arc<str>,
+    /// Seals NOTIFY announcements (the bus seals its own).
+    seal: Arc<Seal>,
     pool: Pool,
     bus: Option<Bus>,
     metrics: Arc<Metrics>,
@@ -250,9 +255,10 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(instance: Arc<str>, pool: Pool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(instance: Arc<str>, pool: Pool, metrics: Arc<Metrics>, seal: Arc<Seal>) -> Self {
         Presence {
             instance,
+            seal,
             pool,
             bus: None,
             metrics,
@@ -379,7 +385,7 @@ impl Presence {
         let notify: Vec<String> = if self.bus.is_none() {
             announcements
                 .iter()
-                .map(|(_, a)| notify_payload(a))
+                .map(|(_, a)| notify_payload(a, &self.seal))
                 .collect()
         } else {
             Vec::new()
@@ -506,12 +512,12 @@ impl Presence {
     }
 }
 
-/// The NOTIFY payload of an announcement: itself, or "read the room again"
-/// where it is too large for a NOTIFY.
-fn notify_payload(a: &Announcement) -> String {
+/// The NOTIFY payload of an announcement, sealed for the presence channel:
+/// itself, or "read the room again" where it is too large for a NOTIFY.
+fn notify_payload(a: &Announcement, seal: &Seal) -> String {
     let text = serde_json::to_string(a).unwrap_or_default();
     if text.len() <= MAX_NOTIFY {
-        return text;
+        return seal.seal_text(PRESENCE_CHANNEL, &text);
     }
     let reread = Announcement {
         members: Vec::new(),
@@ -519,7 +525,10 @@ fn notify_payload(a: &Announcement) -> String {
         full: false,
         ..a.clone()
     };
-    serde_json::to_string(&reread).unwrap_or_default()
+    seal.seal_text(
+        PRESENCE_CHANNEL,
+        &serde_json::to_string(&reread).unwrap_or_default(),
+    )
 }
 
 /// One room's flush: ends the graces that ran out, and sends the room's
@@ -801,12 +810,15 @@ impl Handler<Clear> for Presence {
             }
         }
         let (pool, me, bus) = (self.pool.clone(), self.instance.clone(), self.bus.clone());
+        let seal = self.seal.clone();
         Box::pin(async move {
             if let Ok(client) = pool.get().await {
                 let _ = store::presence_clear(&client, &me).await;
                 if bus.is_none() {
-                    let payloads: Vec<String> =
-                        messages.iter().map(|(_, a)| notify_payload(a)).collect();
+                    let payloads: Vec<String> = messages
+                        .iter()
+                        .map(|(_, a)| notify_payload(a, &seal))
+                        .collect();
                     let _ = store::presence_notify(&client, &payloads).await;
                 }
             }

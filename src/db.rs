@@ -79,6 +79,8 @@ pub struct ListRooms {
 #[rtype(result = "Result<OrgHealth, StoreError>")]
 pub struct Health {
     pub org: String,
+    /// The token's `rooms` claim: only those rooms count.
+    pub rooms: Option<Vec<String>>,
     pub stalled_after_s: f64,
 }
 
@@ -772,7 +774,8 @@ impl Handler<Health> for Db {
             reads
                 .run(async {
                     let (_permit, client) = reads.get().await?;
-                    store::org_health(&client, &msg.org, msg.stalled_after_s).await
+                    store::org_health(&client, &msg.org, msg.rooms.as_deref(), msg.stalled_after_s)
+                        .await
                 })
                 .await
         })

@@ -67,7 +67,31 @@ impl Backlog {
     }
 }
 
+/// Events delivered to one org's clients (`/v1/health` answers an org
+/// about its own deliveries, never the server's). One entry per org that
+/// had a client here: orgs come from tokens this server signed.
+#[derive(Default)]
+pub struct OrgDelivered {
+    pub push: std::sync::atomic::AtomicU64,
+    pub catchup: std::sync::atomic::AtomicU64,
+    pub poll: std::sync::atomic::AtomicU64,
+    pub sse: std::sync::atomic::AtomicU64,
+}
+
+impl OrgDelivered {
+    /// Counts `n` events delivered over WebSocket `via`.
+    pub fn ws(&self, via: crate::protocol::Via, n: u64) {
+        let c = match via {
+            crate::protocol::Via::Push => &self.push,
+            crate::protocol::Via::Catchup => &self.catchup,
+        };
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub struct Metrics {
+    /// Deliveries per org (see [`OrgDelivered`]).
+    orgs: Mutex<HashMap<String, std::sync::Arc<OrgDelivered>>>,
     registry: Registry,
     /// Every open session's backlog, read when metrics are rendered (so the
     /// largest backlog costs nothing per message).
@@ -290,6 +314,7 @@ impl Metrics {
             delivered_catchup: events_delivered.with_label_values(&["catchup"]),
             registry,
             backlogs: Mutex::new(HashMap::new()),
+            orgs: Mutex::new(HashMap::new()),
             db_pool,
             connections,
             subscriptions,
@@ -324,6 +349,15 @@ impl Metrics {
     /// The registry, shared with the HTTP request metrics (actix-web-prom).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The delivery counters of `org` (made on first use).
+    pub fn org(&self, org: &str) -> std::sync::Arc<OrgDelivered> {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
+        match orgs.get(org) {
+            Some(c) => c.clone(),
+            None => orgs.entry(org.to_owned()).or_default().clone(),
+        }
     }
 
     /// The counter of events delivered over WebSocket `via`.

@@ -150,6 +150,8 @@ pub struct WsSession {
     board: Option<u64>,
     /// Counted against the token's `sub` while open.
     _slot: ConnectionSlot,
+    /// The deliveries of the token's org.
+    delivered: std::sync::Arc<crate::metrics::OrgDelivered>,
 }
 
 impl WsSession {
@@ -161,6 +163,7 @@ impl WsSession {
     ) -> Self {
         let out = Outbox::new(state.config.backlog());
         WsSession {
+            delivered: state.metrics.org(&principal.org),
             limiter: state.limits.client_limiter(),
             refused: 0,
             board: None,
@@ -589,7 +592,7 @@ impl WsSession {
         let Some(sub) = subs.get_mut(id) else {
             return;
         };
-        let metrics = &state.metrics;
+        let (metrics, org) = (&state.metrics, &*self.delivered);
         let ask = sub.advance(frames, known_head, |f| {
             if !out.has_room() {
                 return false;
@@ -597,6 +600,7 @@ impl WsSession {
             out.wrote(ws_frame_len(f.text.len()));
             ctx.text(f.text.clone());
             metrics.delivered(f.via).inc();
+            org.ws(f.via, 1);
             true
         });
         if let Some(after) = ask {

@@ -145,6 +145,7 @@ impl SseSession {
     }
 
     fn advance(&mut self, frames: &[Frame], known_head: i64, ctx: &mut Context<Self>) {
+        let org = self.state.metrics.org(&self.cursor.key.org);
         let SseSession {
             cursor, out, tx, ..
         } = self;
@@ -165,6 +166,7 @@ impl SseSession {
                 return false;
             }
             delivered.inc();
+            org.sse.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             true
         });
         if gone {

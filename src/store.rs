@@ -629,29 +629,46 @@ pub struct OrgHealth {
 pub async fn org_health(
     client: &impl GenericClient,
     org: &str,
+    rooms: Option<&[String]>,
     stalled_after_s: f64,
 ) -> Result<OrgHealth, StoreError> {
+    // A `rooms` claim (ids, and prefixes ending in `*`) limits every figure
+    // to the rooms it covers.
+    let (ids, prefixes): (Option<Vec<&str>>, Vec<&str>) = match rooms {
+        None => (None, Vec::new()),
+        Some(list) => (
+            Some(
+                list.iter()
+                    .filter(|p| !p.ends_with('*'))
+                    .map(String::as_str)
+                    .collect(),
+            ),
+            list.iter().filter_map(|p| p.strip_suffix('*')).collect(),
+        ),
+    };
+    const COVERED: &str = "($2::text[] IS NULL OR room = ANY($2)
+                             OR EXISTS (SELECT 1 FROM unnest($3::text[]) p WHERE starts_with(room, p)))";
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT count(*) FILTER (WHERE status = 'in_progress'),
                     roomcast_ts(max(updated_at))
-               FROM rooms WHERE org = $1",
-        )
+               FROM rooms WHERE org = $1 AND {COVERED}"
+        ))
         .await?;
-    let row = client.query_one(&stmt, &[&org]).await?;
+    let row = client.query_one(&stmt, &[&org, &ids, &prefixes]).await?;
     let stalled_stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT room, roomcast_ts(updated_at),
                     extract(epoch FROM clock_timestamp() - updated_at)::float8
                FROM rooms
-              WHERE org = $1 AND status = 'in_progress'
-                AND updated_at < clock_timestamp() - make_interval(secs => $2)
+              WHERE org = $1 AND {COVERED} AND status = 'in_progress'
+                AND updated_at < clock_timestamp() - make_interval(secs => $4)
               ORDER BY updated_at
-              LIMIT 100",
-        )
+              LIMIT 100"
+        ))
         .await?;
     let stalled = client
-        .query(&stalled_stmt, &[&org, &stalled_after_s])
+        .query(&stalled_stmt, &[&org, &ids, &prefixes, &stalled_after_s])
         .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

@@ -78,10 +78,23 @@ async fn org_health_reports_stalled_pipelines_and_delivery() {
         (json!(0), json!([]))
     );
     assert_eq!(h["last_publish_at"], json!(null));
-    // A rooms claim limits the stalled rooms shown.
+    // Issue 24, item 7: nor another org's deliveries.
+    assert_eq!(h["delivery"]["push"], 0, "{h}");
+    assert_eq!(h["delivery"]["push_ratio"], json!(null), "{h}");
+    // A rooms claim limits every figure to the rooms it covers: the stalled
+    // rooms shown, the rooms in progress, the last publish.
     let narrow = token_with("acme", "v", false, Some(vec!["busy"]), 60);
     let (_, h, _) = get(app.port, "/v1/health?stalled_after=1", &narrow, &[]).await;
     assert_eq!(h["stalled_rooms"], json!([]));
+    assert_eq!(h["rooms_in_progress"], 1, "{h}");
+    let by_prefix = token_with("acme", "v", false, Some(vec!["id*", "nothing"]), 60);
+    let (_, h, _) = get(app.port, "/v1/health?stalled_after=1", &by_prefix, &[]).await;
+    assert_eq!(h["rooms_in_progress"], 1, "{h}");
+    assert_eq!(h["stalled_rooms"][0]["room"], "idle", "{h}");
+    let none = token_with("acme", "v", false, Some(vec!["d"]), 60);
+    let (_, h, _) = get(app.port, "/v1/health?stalled_after=1", &none, &[]).await;
+    assert_eq!(h["rooms_in_progress"], 0, "{h}");
+    assert_eq!(h["last_publish_at"], json!(null), "{h}");
     for (path, tok, want) in [
         ("/v1/health", "", 401),
         ("/v1/health?stalled_after=0", viewer.as_str(), 400),

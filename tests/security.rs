@@ -802,3 +802,42 @@ async fn presence_notifies_are_sealed_and_forged_ones_rejected() {
     assert!(observer.seen.contains("x"));
     assert!(metric(b.port, "roomcast_bus_rejected_total").await >= before + 2);
 }
+
+/// Issue 24, item 6: broker credentials and the cluster secret are never
+/// shown: not by `--help` (which names the settings), not in the error of a
+/// bus URL it cannot use.
+#[actix_web::test]
+async fn broker_credentials_and_the_cluster_secret_are_never_shown() {
+    let db = TestDb::new().await;
+    let run = |args: &[&str], bus: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .args(args)
+            .env("ROOMCAST_BUS", bus)
+            .env("ROOMCAST_CLUSTER_SECRET", "cluster-s3cret")
+            .env("ROOMCAST_JWT_SECRET", "jwt-s3cret")
+            .env("DATABASE_URL", &db.url)
+            .env("ROOMCAST_BIND", "127.0.0.1:0")
+            .output()
+            .expect("roomcast runs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let help = run(
+        &["serve", "--help"],
+        "nats://ops:broker-s3cret@127.0.0.1:4222",
+    );
+    assert!(
+        help.contains("ROOMCAST_BUS") && help.contains("ROOMCAST_CLUSTER_SECRET"),
+        "{help}"
+    );
+    let refused = run(&["serve"], "xnats://ops:broker-s3cret@127.0.0.1:4222");
+    assert!(refused.contains("ROOMCAST_BUS"), "{refused}");
+    for out in [&help, &refused] {
+        for secret in ["broker-s3cret", "cluster-s3cret", "jwt-s3cret"] {
+            assert!(!out.contains(secret), "{secret} shown: {out}");
+        }
+    }
+}

@@ -398,6 +398,11 @@ fn respond(
         .events_delivered
         .with_label_values(&["poll"])
         .inc_by(events.len() as u64);
+    state
+        .metrics
+        .org(&key.org)
+        .poll
+        .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
     HttpResponse::Ok()
         .insert_header(etag)
         .insert_header((header::CACHE_CONTROL, "no-cache"))

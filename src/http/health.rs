@@ -91,6 +91,7 @@ pub async fn org(
         .db
         .send(Health {
             org: principal.org.clone(),
+            rooms: principal.rooms.clone(),
             stalled_after_s: stalled_after,
         })
         .await
@@ -103,14 +104,10 @@ pub async fn org(
         .map(|(room, at, idle)| json!({"room": room, "last_event_at": at, "idle_s": idle.round()}))
         .collect();
     let listener = state.listener_up.load(Ordering::Acquire);
-    let delivered = |via: &str| {
-        state
-            .metrics
-            .events_delivered
-            .with_label_values(&[via])
-            .get()
-    };
-    let (push, catchup) = (delivered("push"), delivered("catchup"));
+    // The org's own deliveries on this server (never another org's).
+    let counts = state.metrics.org(&principal.org);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (push, catchup) = (get(&counts.push), get(&counts.catchup));
     let ratio = if push + catchup == 0 {
         serde_json::Value::Null
     } else {
@@ -135,12 +132,12 @@ pub async fn org(
         "last_publish_at": h.last_publish_at,
         "stalled_after_s": stalled_after,
         "stalled_rooms": stalled,
-        // This server's deliveries (all orgs): how much arrives live.
+        // The org's deliveries on this server: how much arrives live.
         "delivery": {
             "push": push,
             "catchup": catchup,
-            "poll": delivered("poll"),
-            "sse": delivered("sse"),
+            "poll": get(&counts.poll),
+            "sse": get(&counts.sse),
             "push_ratio": ratio,
         },
     })))

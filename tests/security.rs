@@ -841,3 +841,146 @@ async fn broker_credentials_and_the_cluster_secret_are_never_shown() {
         }
     }
 }
+
+/// Issue 24, item 9: a producer role given only what the README says
+/// (`GRANT roomcast_producer TO it`) publishes with `roomcast_publish` and
+/// through a captured table, and can neither read nor write roomcast's
+/// tables; bound to an org, it publishes into that org only; a captured
+/// table publishes only the columns named.
+#[actix_web::test]
+async fn a_producer_role_publishes_and_touches_nothing_else() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let admin = db.client().await;
+    let role = format!("rc_producer_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT roomcast_producer TO {role};
+             CREATE TABLE calls (id text PRIMARY KEY, org_id text, status text, ssn text);
+             GRANT SELECT, INSERT, UPDATE ON calls TO {role};
+             CREATE TRIGGER calls_events AFTER INSERT OR UPDATE ON calls FOR EACH ROW
+               EXECUTE FUNCTION roomcast_capture('org_id', 'id', 'call', 'status', '', '[\"id\", \"status\"]');"
+        ))
+        .await
+        .unwrap();
+    struct DropRole(String, String);
+    impl Drop for DropRole {
+        fn drop(&mut self) {
+            // Roles are the cluster's: dropped once the database is gone.
+            let _ = std::process::Command::new("psql")
+                .args([
+                    &self.1,
+                    "-X",
+                    "-q",
+                    "-c",
+                    &format!("DROP OWNED BY {0}; DROP ROLE IF EXISTS {0}", self.0),
+                ])
+                .output();
+        }
+    }
+    let _dropped = DropRole(role.clone(), db.url.clone());
+    let mut as_producer: tokio_postgres::Config = db.url.parse().unwrap();
+    as_producer.user(&role);
+    let (producer, conn) = as_producer
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("the producer logs in");
+    actix_web::rt::spawn(conn);
+
+    let viewer = token("acme", "viewer", false);
+    let mut ws =
+        WsClient::connect(app.port, &format!("/v1/rooms/c1/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let seq: i64 = producer
+        .query_one(
+            "SELECT roomcast_publish('acme', 'c1', 'stage', '{\"stage\": \"asr\"}')",
+            &[],
+        )
+        .await
+        .expect("roomcast_publish")
+        .get(0);
+    assert_eq!(seq, 1);
+    producer
+        .execute(
+            "INSERT INTO calls VALUES ('c1', 'acme', 'in_progress', '078-05-1120')",
+            &[],
+        )
+        .await
+        .expect("a captured write");
+    let got = ws.events_until("c1", 2, Duration::from_secs(10)).await;
+    assert_exactly(&got, 1, 2);
+    assert_eq!(got[1]["type"], "call.inserted");
+    assert_eq!(
+        got[1]["data"]["row"],
+        json!({"id": "c1", "status": "in_progress"})
+    );
+    assert!(!got[1].to_string().contains("078-05-1120"), "{}", got[1]);
+    // An update of a column not published publishes nothing.
+    producer
+        .execute("UPDATE calls SET ssn = 'x' WHERE id = 'c1'", &[])
+        .await
+        .unwrap();
+    assert!(ws.recv_within(Duration::from_millis(1500)).await.is_none());
+
+    for sql in [
+        "SELECT count(*) FROM events",
+        "INSERT INTO events (org, room, seq, type, data) VALUES ('acme', 'c1', 99, 'x', 'null')",
+        "UPDATE rooms SET head = 0",
+        "DELETE FROM events",
+        "SELECT secret FROM roomcast_cluster",
+        "SELECT * FROM roomcast_publish_ex('acme', 'c1', 't', 'null', NULL, NULL, NULL, true)",
+        "SELECT roomcast_move_outbox('acme', 'c1')",
+        "INSERT INTO roomcast_producer_orgs VALUES (current_user, 'acme')",
+    ] {
+        let err = producer.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err}"
+        );
+    }
+
+    // Bound to org acme: another org is refused, acme still publishes.
+    admin
+        .execute(
+            "INSERT INTO roomcast_producer_orgs VALUES ($1, 'acme')",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    let err = producer
+        .query_one(
+            "SELECT roomcast_publish('globex', 'g1', 'stage', '{}')",
+            &[],
+        )
+        .await
+        .expect_err("another org");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
+    producer
+        .execute(
+            "INSERT INTO calls VALUES ('g2', 'globex', 'in_progress', 'x')",
+            &[],
+        )
+        .await
+        .expect("a captured write is never refused");
+    producer
+        .query_one("SELECT roomcast_publish('acme', 'c1', 'stage', '{}')", &[])
+        .await
+        .expect("its own org");
+    assert_exactly(
+        &ws.events_until("c1", 3, Duration::from_secs(10)).await,
+        3,
+        3,
+    );
+    let globex: i64 = admin
+        .query_one("SELECT count(*) FROM events WHERE org = 'globex'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(globex, 0);
+}

@@ -89,7 +89,9 @@ impl Kind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("ROOMCAST_BUS must be nats://host:port or redis://host:port, not {0:?}...")]
+    #[error(
+        "ROOMCAST_BUS must be nats://, tls:// (NATS), redis:// or rediss:// (Redis), not {0:?}..."
+    )]
     Scheme(String),
     #[error("ROOMCAST_BUS: {0}")]
     Url(String),
@@ -132,23 +134,45 @@ pub struct Bus {
     shared: Arc<Shared>,
 }
 
+/// What a bus starts with besides its URL.
+pub struct BusOptions {
+    /// Prefix of every subject (channel).
+    pub prefix: String,
+    /// Seals every message (the cluster key).
+    pub seal: Arc<Seal>,
+    /// Certificate authorities to trust for TLS (PEM), else the system's.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// NATS: the NKey seed to authenticate with.
+    pub nkey: Option<String>,
+}
+
 impl Bus {
     /// Starts the broker's task (it connects, and reconnects, by itself; the
     /// server starts whether or not the broker answers yet). Messages of
     /// other instances go to `router`.
+    ///
+    /// Credentials go in the URL (`nats://user:pass@host:port`,
+    /// `nats://token@host:port`, `redis://user:pass@host:port`) or, for an
+    /// NKey, in `options`; `tls://` (NATS) and `rediss://` (Redis) use TLS.
+    /// The URL is never logged.
     pub fn start(
         url: &str,
-        prefix: &str,
+        options: BusOptions,
         instance: Arc<str>,
         metrics: Arc<Metrics>,
         router: Addr<Broadcaster>,
         presence: Addr<Presence>,
         boards: Addr<Boards>,
-        seal: Arc<Seal>,
     ) -> Result<Bus, BusError> {
-        let kind = if url.starts_with("nats://") {
+        let BusOptions {
+            prefix,
+            seal,
+            tls_ca,
+            nkey,
+        } = options;
+        let kind = if url.starts_with("nats://") || url.starts_with("tls://") {
             Kind::Nats
-        } else if url.starts_with("redis://") {
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Kind::Redis
         } else {
             // Never the whole URL: it may hold credentials.
@@ -160,7 +184,7 @@ impl Bus {
             connected: AtomicBool::new(false),
             queued: std::sync::atomic::AtomicUsize::new(0),
             instance,
-            prefix: prefix.to_owned(),
+            prefix,
             metrics,
             seal,
         });
@@ -173,10 +197,24 @@ impl Bus {
         };
         match kind {
             Kind::Nats => {
-                actix_web::rt::spawn(nats::run(url.to_owned(), shared.clone(), rx, inbound));
+                let target = nats::Target::parse(url, tls_ca, nkey)?;
+                actix_web::rt::spawn(nats::run(target, shared.clone(), rx, inbound));
             }
             Kind::Redis => {
-                let client = redis::Client::open(url).map_err(|e| BusError::Url(e.to_string()))?;
+                let client = match tls_ca {
+                    None => redis::Client::open(url),
+                    Some(ca) => {
+                        let pem = std::fs::read(&ca).map_err(|e| {
+                            BusError::Url(format!("ROOMCAST_BUS_TLS_CA {}: {e}", ca.display()))
+                        })?;
+                        let certs = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        };
+                        redis::Client::build_with_tls(url, certs)
+                    }
+                }
+                .map_err(|e| BusError::Url(e.to_string()))?;
                 actix_web::rt::spawn(redis_bus::run(client, rx, inbound));
             }
         }
@@ -641,8 +679,72 @@ mod nats {
     use super::*;
     use async_nats::{ConnectOptions, Event};
 
-    pub(super) async fn run(
+    /// Where and how to connect: the URL without its credentials, and the
+    /// credentials apart (async-nats ignores those in a URL,
+    /// nats-io/nats.rs#1623).
+    pub(super) struct Target {
         url: String,
+        user: Option<(String, String)>,
+        token: Option<String>,
+        nkey: Option<String>,
+        tls_ca: Option<std::path::PathBuf>,
+        tls: bool,
+    }
+
+    impl Target {
+        pub(super) fn parse(
+            url: &str,
+            tls_ca: Option<std::path::PathBuf>,
+            nkey: Option<String>,
+        ) -> Result<Target, BusError> {
+            let mut parsed =
+                url::Url::parse(url).map_err(|e| BusError::Url(format!("not a URL ({e})")))?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let name = decode(parsed.username());
+            let (user, token) = match parsed.password() {
+                Some(pass) => (Some((name, decode(pass))), None),
+                None if !name.is_empty() => (None, Some(name)),
+                None => (None, None),
+            };
+            let tls = parsed.scheme() == "tls";
+            // Cannot fail for a URL with a host; a URL without one fails
+            // to connect and says so.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            Ok(Target {
+                url: parsed.to_string(),
+                user,
+                token,
+                nkey,
+                tls_ca,
+                tls,
+            })
+        }
+
+        fn options(&self, options: ConnectOptions) -> ConnectOptions {
+            let mut options = options.require_tls(self.tls);
+            if let Some((user, pass)) = &self.user {
+                options = options.user_and_password(user.clone(), pass.clone());
+            }
+            if let Some(token) = &self.token {
+                options = options.token(token.clone());
+            }
+            if let Some(seed) = &self.nkey {
+                options = options.nkey(seed.clone());
+            }
+            if let Some(ca) = &self.tls_ca {
+                options = options.add_root_certificates(ca.clone());
+            }
+            options
+        }
+    }
+
+    pub(super) async fn run(
+        target: Target,
         shared: Arc<Shared>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         inbound: Inbound,
@@ -661,8 +763,8 @@ mod nats {
                     let _ = tx.send(event);
                 }
             });
-        let options = options.ping_interval(Duration::from_secs(5));
-        let client = match options.connect(url.as_str()).await {
+        let options = target.options(options.ping_interval(Duration::from_secs(5)));
+        let client = match options.connect(target.url.as_str()).await {
             Ok(c) => c,
             Err(e) => {
                 log::error!("bus (nats): cannot use ROOMCAST_BUS: {e}");

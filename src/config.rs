@@ -140,6 +140,17 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
+    /// A PEM file of the certificate authorities to trust for the bus's TLS
+    /// (`tls://` for NATS, `rediss://` for Redis), instead of the system's.
+    #[arg(long, env = "ROOMCAST_BUS_TLS_CA")]
+    pub bus_tls_ca: Option<PathBuf>,
+
+    /// The NKey seed roomcast authenticates to NATS with (user and password
+    /// or a token go in ROOMCAST_BUS: nats://user:pass@host:port,
+    /// nats://token@host:port).
+    #[arg(long, env = "ROOMCAST_BUS_NKEY", hide_env_values = true)]
+    pub bus_nkey: Option<String>,
+
     /// Prefix of the bus subjects (channels), to share a broker between
     /// deployments.
     #[arg(long, env = "ROOMCAST_BUS_PREFIX", default_value = "roomcast")]
@@ -235,6 +246,8 @@ impl Config {
             allowed_origins: None,
             bus: None,
             cluster_secret: None,
+            bus_tls_ca: None,
+            bus_nkey: None,
             bus_prefix: "roomcast".into(),
             retain_closed: Duration::from_secs(24 * 3600),
             retain_max_age: Duration::from_secs(7 * 24 * 3600),

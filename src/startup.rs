@@ -17,7 +17,7 @@ use tokio_postgres::NoTls;
 
 use crate::auth::Authenticator;
 use crate::boards::{Boards, SetDb};
-use crate::bus::Bus;
+use crate::bus::{Bus, BusOptions};
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::db::Db;
@@ -306,13 +306,17 @@ impl Application {
                 None => None,
                 Some(url) => match Bus::start(
                     url,
-                    &config.bus_prefix,
+                    BusOptions {
+                        prefix: config.bus_prefix.clone(),
+                        seal: seal.clone(),
+                        tls_ca: config.bus_tls_ca.clone(),
+                        nkey: config.bus_nkey.clone(),
+                    },
                     instance.clone(),
                     metrics2.clone(),
                     ctx.address(),
                     presence_in.clone(),
                     boards.clone(),
-                    seal.clone(),
                 ) {
                     Ok(bus) => Some(bus),
                     Err(e) => {

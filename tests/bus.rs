@@ -737,3 +737,163 @@ async fn an_instance_with_another_cluster_secret_is_not_heard() {
     assert_exactly(&got, 1, 3);
     assert_eq!(got[2]["via"], "push");
 }
+
+/// Two instances on `url` (and `nkey`, `ca`): both connect and an event
+/// published on one reaches the other by push, with nothing read back.
+async fn two_instances_deliver_over(url: &str, ca: Option<&std::path::Path>, nkey: Option<&str>) {
+    let db = TestDb::new().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut c = bus_config(&db, Some(url.to_owned()));
+        c.bus_tls_ca = ca.map(|p| p.to_path_buf());
+        c.bus_nkey = nkey.map(str::to_owned);
+        apps.push(spawn_app(c).await);
+    }
+    bus_up(&[apps[0].port, apps[1].port]).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut ws = WsClient::connect(
+        apps[1].port,
+        &format!("/v1/rooms/r/ws?since=0&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+    let reads = apps[1].queries("catchup").await;
+    for i in 1..=3 {
+        publish(apps[0].port, &producer, "r", "t", json!(i)).await;
+    }
+    let got = ws.events_until("r", 3, Duration::from_secs(10)).await;
+    assert_exactly(&got, 1, 3);
+    assert!(got.iter().all(|e| e["via"] == "push"), "{got:?}");
+    assert_eq!(
+        apps[1].queries("catchup").await,
+        reads,
+        "events were read back"
+    );
+}
+
+/// An instance that cannot authenticate never says its bus is up.
+async fn refused_over(url: &str, ca: Option<&std::path::Path>) {
+    let db = TestDb::new().await;
+    let mut c = bus_config(&db, Some(url.to_owned()));
+    c.bus_tls_ca = ca.map(|p| p.to_path_buf());
+    let app = spawn_app(c).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metric(app.port, "roomcast_bus_connected").await, 0);
+}
+
+/// Issue 24, item 5: NATS with a user and password, over TLS (a CA made
+/// by the test); the wrong password and a plain connection are refused.
+#[actix_web::test]
+async fn nats_with_a_password_over_tls() {
+    let certs = TestCerts::make();
+    let broker = Broker::start_with(
+        "nats",
+        free_port(),
+        &[
+            "--user",
+            "ops",
+            "--pass",
+            "s3cret/pw",
+            "--tls",
+            "--tlscert",
+            certs.cert.to_str().unwrap(),
+            "--tlskey",
+            certs.key.to_str().unwrap(),
+        ],
+    );
+    let port = broker.port;
+    two_instances_deliver_over(
+        &format!("tls://ops:s3cret%2Fpw@127.0.0.1:{port}"),
+        Some(&certs.ca),
+        None,
+    )
+    .await;
+    refused_over(
+        &format!("tls://ops:wrong@127.0.0.1:{port}"),
+        Some(&certs.ca),
+    )
+    .await;
+    refused_over(&format!("tls://ops:s3cret%2Fpw@127.0.0.1:{port}"), None).await;
+}
+
+/// Issue 24, item 5: NATS with a token, and with an NKey.
+#[actix_web::test]
+async fn nats_with_a_token_and_with_an_nkey() {
+    let broker = Broker::start_with("nats", free_port(), &["--auth", "t0ken"]);
+    two_instances_deliver_over(
+        &format!("nats://t0ken@127.0.0.1:{}", broker.port),
+        None,
+        None,
+    )
+    .await;
+    refused_over(&format!("nats://127.0.0.1:{}", broker.port), None).await;
+
+    let user = nkeys::KeyPair::new_user();
+    let conf = tmp_dir().join(format!("nkey-{}.conf", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_with("nats", free_port(), &["-c", conf.to_str().unwrap()]);
+    two_instances_deliver_over(
+        &format!("nats://127.0.0.1:{}", broker.port),
+        None,
+        Some(&user.seed().unwrap()),
+    )
+    .await;
+    refused_over(&format!("nats://127.0.0.1:{}", broker.port), None).await;
+    let _ = std::fs::remove_file(conf);
+}
+
+/// Issue 24, item 5: Redis with an ACL user (the default user off), over
+/// TLS (`rediss://`, a CA made by the test); a wrong password is refused.
+#[actix_web::test]
+async fn redis_with_an_acl_user_over_tls() {
+    let certs = TestCerts::make();
+    let port = free_port();
+    let port_s = port.to_string();
+    let broker = Broker::start_with(
+        "redis",
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_s,
+            "--tls-cert-file",
+            certs.cert.to_str().unwrap(),
+            "--tls-key-file",
+            certs.key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            certs.ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "roomcast",
+            "on",
+            ">s3cret",
+            "~roomcast.*",
+            "&roomcast.*",
+            "+@all",
+        ],
+    );
+    two_instances_deliver_over(
+        &format!("rediss://roomcast:s3cret@127.0.0.1:{}", broker.port),
+        Some(&certs.ca),
+        None,
+    )
+    .await;
+    refused_over(
+        &format!("rediss://roomcast:wrong@127.0.0.1:{}", broker.port),
+        Some(&certs.ca),
+    )
+    .await;
+}

@@ -1311,3 +1311,45 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+// ------------------------------------------------------------ certificates
+
+/// A certificate authority and a server certificate it signed for
+/// 127.0.0.1 (made with `openssl`, in a directory of their own).
+pub struct TestCerts {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn make() -> TestCerts {
+        let dir = tmp_dir().join(format!("certs-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let d = dir.display();
+        let ok = sh(&format!(
+            "cd {d} && \
+             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+               -keyout ca.key -out ca.pem -days 2 -subj '/CN=roomcast test CA' && \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+               -keyout server.key -out server.csr -subj '/CN=127.0.0.1' && \
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf && \
+             openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+               -out server.pem -days 2 -extfile ext.cnf && chmod 644 server.key"
+        ));
+        assert!(ok, "openssl could not make the test certificates in {d}");
+        TestCerts {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

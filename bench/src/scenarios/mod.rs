@@ -9,6 +9,7 @@ mod polls;
 mod safety_net;
 mod saturation;
 mod scale_out;
+mod seal;
 mod soak;
 mod storm;
 
@@ -33,6 +34,7 @@ pub const ALL: &[&str] = &[
     "uptodate_polls",
     "storm",
     "scale_out",
+    "bus_seal",
     "soak",
 ];
 
@@ -51,6 +53,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "uptodate_polls" => polls::run(ctx).await,
         "storm" => storm::run(ctx).await,
         "scale_out" => scale_out::run(ctx).await,
+        "bus_seal" => seal::run(ctx).await,
         "soak" => soak::run(ctx).await,
         other => bail!("no scenario {other:?} (known: {})", ALL.join(", ")),
     }

@@ -639,6 +639,9 @@ mod tests {
                     }
                     None => {}
                 }
+                // What the board remembers is what the client holds: it
+                // never grows with rooms that matched once (issue 24, item 8).
+                prop_assert_eq!(self.shown.len(), self.view.len());
             }
             Ok(())
         }

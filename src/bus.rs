@@ -33,13 +33,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::boards::{Boards, BoardsResync, RoomChanged};
+use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
@@ -191,9 +192,14 @@ impl Bus {
         let (commands, rx) = mpsc::unbounded_channel();
         let inbound = Inbound {
             shared: shared.clone(),
-            router,
-            presence,
-            boards,
+            committed: router.clone().recipient(),
+            hint: router.clone().recipient(),
+            ephemeral: router.clone().recipient(),
+            router: Mailbox::new(router.recipient(), || CheckHeads),
+            presence_in: presence.clone().recipient(),
+            presence: Mailbox::new(presence.recipient(), || Resync),
+            room_changed: boards.clone().recipient(),
+            boards: Mailbox::new(boards.recipient(), || BoardsResync),
         };
         match kind {
             Kind::Nats => {
@@ -605,9 +611,14 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
 #[derive(Clone)]
 struct Inbound {
     shared: Arc<Shared>,
-    router: Addr<Broadcaster>,
-    presence: Addr<Presence>,
-    boards: Addr<Boards>,
+    committed: Recipient<Committed>,
+    hint: Recipient<Hint>,
+    ephemeral: Recipient<Ephemeral>,
+    router: Mailbox<CheckHeads>,
+    presence_in: Recipient<PresenceIn>,
+    presence: Mailbox<Resync>,
+    room_changed: Recipient<RoomChanged>,
+    boards: Mailbox<BoardsResync>,
 }
 
 impl Inbound {
@@ -629,22 +640,44 @@ impl Inbound {
                 log::debug!("bus: a message on {subject} that did not open was dropped");
             }
             Some(None) => {}
-            Some(Some(Message::Frames {
+            Some(Some(message)) => self.hand(message),
+        }
+    }
+
+    fn hand(&self, message: Message) {
+        let metrics = &self.shared.metrics;
+        match message {
+            Message::Frames {
                 key,
                 frames,
                 closed,
-            })) => self.router.do_send(Committed {
-                key,
-                frames,
-                closed,
-            }),
-            Some(Some(Message::Hint { key, seq })) => self.router.do_send(Hint { key, seq }),
-            Some(Some(Message::Ephemeral { key, frame })) => self.router.do_send(Ephemeral {
-                key,
-                frame: Arc::new(frame),
-            }),
-            Some(Some(Message::Presence(a))) => self.presence.do_send(PresenceIn(a)),
-            Some(Some(Message::RoomChanged(key))) => self.boards.do_send(RoomChanged { key }),
+            } => {
+                let msg = Committed {
+                    key,
+                    frames,
+                    closed,
+                };
+                self.router.hand(&self.committed, msg, true, &metrics.overflow_bus)
+            }
+            Message::Hint { key, seq } => {
+                self.router
+                    .hand(&self.hint, Hint { key, seq }, true, &metrics.overflow_bus)
+            }
+            Message::Ephemeral { key, frame } => {
+                let msg = Ephemeral {
+                    key,
+                    frame: Arc::new(frame),
+                };
+                self.router.hand(&self.ephemeral, msg, false, &metrics.overflow_bus)
+            }
+            Message::Presence(a) => {
+                self.presence
+                    .hand(&self.presence_in, PresenceIn(a), true, &metrics.overflow_bus)
+            }
+            Message::RoomChanged(key) => {
+                self.boards
+                    .hand(&self.room_changed, RoomChanged { key }, true, &metrics.overflow_bus)
+            }
         }
     }
 
@@ -654,9 +687,9 @@ impl Inbound {
         if up && !was {
             log::info!("bus ({}) connected", self.shared.kind.as_str());
             // Whatever went by while it was down is found now.
-            self.router.do_send(CheckHeads);
-            self.presence.do_send(Resync);
-            self.boards.do_send(BoardsResync);
+            self.router.repair_soon();
+            self.presence.repair_soon();
+            self.boards.repair_soon();
         } else if !up && was {
             log::warn!(
                 "bus ({}) disconnected; delivery goes on through the head check",

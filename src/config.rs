@@ -118,6 +118,13 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_SUB", default_value_t = 100)]
     pub max_connections_per_sub: usize,
 
+    /// Rooms followed only by recent polls (no session, no waiting
+    /// long-poll) kept in memory at most; past it the least recently polled
+    /// are forgotten (their next poll reads the database). Bounds the memory
+    /// and broker subscriptions a client polling many room ids can cause.
+    #[arg(long, env = "ROOMCAST_MAX_POLLED_ROOMS", default_value_t = 10_000)]
+    pub max_polled_rooms: usize,
+
     /// Browser origins allowed to open WebSocket and SSE connections, comma
     /// separated (`https://app.example.com`); `*` allows any. Same-origin
     /// pages and clients that send no Origin are always allowed.
@@ -243,6 +250,7 @@ impl Config {
             client_msg_rate: 20,
             client_msg_burst: 50,
             max_connections_per_sub: 100,
+            max_polled_rooms: 10_000,
             allowed_origins: None,
             bus: None,
             cluster_secret: None,

@@ -72,6 +72,7 @@ pub mod demo;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod mailbox;
 pub mod metrics;
 pub mod outbox;
 pub mod pgcluster;

@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Addr, Recipient};
 use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::boards::{Boards, BoardsResync, RoomChanged};
 use crate::capture::{Capture, Kick};
 use crate::db::EPHEMERAL_CHANNEL;
+use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, QueryKind};
 use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
@@ -78,13 +79,17 @@ pub fn spawn(
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        let to = Targets {
+            hint: router.clone().recipient(),
+            ephemeral: router.clone().recipient(),
+            router: Mailbox::new(router.recipient(), || CheckHeads),
+            presence_in: presence.clone().recipient(),
+            presence: Mailbox::new(presence.recipient(), || Resync),
+            room_changed: boards.clone().recipient(),
+            boards: Mailbox::new(boards.recipient(), || BoardsResync),
+            capture,
+        };
         loop {
-            let to = Targets {
-                router: &router,
-                presence: &presence,
-                boards: &boards,
-                capture: &capture,
-            };
             match listen(
                 &config,
                 &to,
@@ -109,23 +114,30 @@ pub fn spawn(
     });
 }
 
-/// Where what the listener hears goes.
-struct Targets<'a> {
-    router: &'a Addr<Broadcaster>,
-    presence: &'a Addr<Presence>,
-    boards: &'a Addr<Boards>,
-    capture: &'a Addr<Capture>,
+/// Where what the listener hears goes. Any database role can NOTIFY, so
+/// nothing heard is handed with `do_send`: a full mailbox drops it, counted
+/// (`roomcast_inbound_overflow_total{from="notify"}`) and repaired
+/// (`crate::mailbox`).
+struct Targets {
+    hint: Recipient<Hint>,
+    ephemeral: Recipient<Ephemeral>,
+    router: Mailbox<CheckHeads>,
+    presence_in: Recipient<PresenceIn>,
+    presence: Mailbox<Resync>,
+    room_changed: Recipient<RoomChanged>,
+    boards: Mailbox<BoardsResync>,
+    capture: Addr<Capture>,
 }
 
 async fn listen(
     config: &tokio_postgres::Config,
-    to: &Targets<'_>,
+    to: &Targets,
     metrics: &Metrics,
     connected: &AtomicBool,
     (instance, seal): (&str, &Seal),
     hints: &Hints,
 ) -> Result<(), tokio_postgres::Error> {
-    let (router, presence) = (to.router, to.presence);
+    let overflow = &metrics.overflow_notify;
     let (client, mut conn) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = actix_web::rt::spawn(async move {
@@ -156,9 +168,9 @@ async fn listen(
         log::info!("listener connected");
         // Whatever was committed (or announced) while we were not listening
         // is found now.
-        router.do_send(CheckHeads);
-        presence.do_send(Resync);
-        to.boards.do_send(BoardsResync);
+        to.router.repair_soon();
+        to.presence.repair_soon();
+        to.boards.repair_soon();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let mut relay_try = tokio::time::interval(RELAY_TRY);
@@ -170,7 +182,7 @@ async fn listen(
                         match seal.open_text(PRESENCE_CHANNEL, n.payload()) {
                             Some(text) => {
                                 if let Ok(a) = serde_json::from_str::<Announcement>(&text) {
-                                    presence.do_send(PresenceIn(a));
+                                    to.presence.hand(&to.presence_in, PresenceIn(a), true, overflow);
                                 }
                             }
                             None => metrics.bus_rejected.inc(),
@@ -181,7 +193,7 @@ async fn listen(
                         match seal.open_text(EPHEMERAL_CHANNEL, n.payload()) {
                             Some(text) => {
                                 if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(&text, instance)) {
-                                    router.do_send(e);
+                                    to.router.hand(&to.ephemeral, e, false, overflow);
                                 }
                             }
                             None => metrics.bus_rejected.inc(),
@@ -191,10 +203,15 @@ async fn listen(
                         metrics.notifications.inc();
                         match (hints, parse_hint(n.payload())) {
                             (Hints::Router, Some(hint)) => {
-                                to.boards.do_send(RoomChanged { key: hint.key.clone() });
-                                router.do_send(hint)
+                                let changed = RoomChanged { key: hint.key.clone() };
+                                to.boards.hand(&to.room_changed, changed, true, overflow);
+                                to.router.hand(&to.hint, hint, true, overflow);
                             }
-                            (Hints::Relay(relay), Some(hint)) if leader => relay.do_send(hint),
+                            // Dropped when the relay is full: the other instances'
+                            // head checks find the commit (the bus is at most once).
+                            (Hints::Relay(relay), Some(hint)) if leader => {
+                                let _ = relay.try_send(hint);
+                            }
                             _ => {}
                         }
                     }
@@ -214,7 +231,7 @@ async fn listen(
                         metrics.relay_leader.set(1);
                         log::info!("this instance relays SQL producers' commits onto the bus");
                         // Commits made before it took over are found by the head checks.
-                        router.do_send(CheckHeads);
+                        to.router.repair_soon();
                     }
                 }
             }

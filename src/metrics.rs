@@ -111,6 +111,11 @@ pub struct Metrics {
     /// Messages of "other instances" that did not open with the cluster
     /// key (forged, altered, another deployment's), bus and NOTIFY.
     pub bus_rejected: IntCounter,
+    /// Messages from the bus (`from="bus"`) and NOTIFY (`from="notify"`)
+    /// dropped because the actor's mailbox was full (each drop is repaired
+    /// by a head check or a resync).
+    pub overflow_bus: IntCounter,
+    pub overflow_notify: IntCounter,
     pub publish_seconds: Histogram,
     pub session_backlog_bytes: IntGauge,
     /// How long the oldest unsent frame of any session has waited.
@@ -173,6 +178,14 @@ impl Metrics {
         let bus_rejected = IntCounter::new(
             "roomcast_bus_rejected_total",
             "messages between instances (bus, NOTIFY) dropped because they did not open with the cluster key",
+        )
+        .expect("static");
+        let overflow = IntCounterVec::new(
+            Opts::new(
+                "roomcast_inbound_overflow_total",
+                "messages from the bus or NOTIFY dropped because an actor's mailbox was full (repaired by a head check or resync)",
+            ),
+            &["from"],
         )
         .expect("static");
         let publish_seconds = Histogram::with_opts(
@@ -271,6 +284,7 @@ impl Metrics {
             Box::new(db_queries.clone()),
             Box::new(notifications.clone()),
             Box::new(bus_rejected.clone()),
+            Box::new(overflow.clone()),
             Box::new(publish_seconds.clone()),
             Box::new(session_backlog_bytes.clone()),
             Box::new(session_lag_seconds.clone()),
@@ -323,6 +337,8 @@ impl Metrics {
             db_queries,
             notifications,
             bus_rejected,
+            overflow_bus: overflow.with_label_values(&["bus"]),
+            overflow_notify: overflow.with_label_values(&["notify"]),
             publish_seconds,
             session_backlog_bytes,
             session_lag_seconds,

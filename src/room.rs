@@ -316,9 +316,12 @@ impl RoomEntry {
     /// Nobody follows the room any more: no session, no waiting poller, no
     /// recent poll.
     fn is_unused(&self) -> bool {
-        self.sessions.values().all(|(_, s)| !s.connected())
-            && self.known.receiver_count() == 0
-            && self.polled.is_none_or(|t| t.elapsed() > POLL_TTL)
+        self.is_poll_only() && self.polled.is_none_or(|t| t.elapsed() > POLL_TTL)
+    }
+
+    /// No session and no waiting poller follow the room (recent polls may).
+    fn is_poll_only(&self) -> bool {
+        self.sessions.values().all(|(_, s)| !s.connected()) && self.known.receiver_count() == 0
     }
 }
 
@@ -340,6 +343,10 @@ pub struct Broadcaster {
     /// The bus to other instances (`None`: LISTEN/NOTIFY): a room is
     /// subscribed on it while followed here.
     bus: Option<Bus>,
+    /// Rooms followed only by recent polls kept at most, and the room count
+    /// at which they are next counted (`trim_polled`).
+    max_polled: usize,
+    trim_at: usize,
 }
 
 impl Broadcaster {
@@ -359,7 +366,45 @@ impl Broadcaster {
             recheck: false,
             to_learn: Vec::new(),
             learning: false,
+            max_polled: usize::MAX,
+            trim_at: usize::MAX,
         }
+    }
+
+    /// Keeps at most `n` rooms followed only by recent polls.
+    pub fn max_polled(mut self, n: usize) -> Self {
+        self.max_polled = n;
+        self.trim_at = n.saturating_add(Self::slack(n));
+        self
+    }
+
+    /// Rooms added between two counts of the polled ones (amortizes the
+    /// scan over many new rooms).
+    fn slack(n: usize) -> usize {
+        (n / 8).max(16)
+    }
+
+    /// Forgets the least recently polled rooms that nothing else follows
+    /// (no session, no waiting long-poll) beyond `max_polled`: a client
+    /// polling many room ids costs bounded memory and broker subscriptions.
+    fn trim_polled(&mut self) {
+        if self.rooms.len() <= self.trim_at {
+            return;
+        }
+        let mut polled: Vec<(Instant, RoomKey)> = self
+            .rooms
+            .iter()
+            .filter(|(_, e)| e.is_poll_only())
+            .filter_map(|(k, e)| e.polled.map(|t| (t, k.clone())))
+            .collect();
+        if polled.len() > self.max_polled {
+            let excess = polled.len() - self.max_polled;
+            polled.select_nth_unstable(excess - 1);
+            for (_, key) in polled.drain(..excess) {
+                self.forget(&key);
+            }
+        }
+        self.trim_at = self.rooms.len().saturating_add(Self::slack(self.max_polled));
     }
 
     /// Takes frames (any order, possibly known already) and routes every one
@@ -755,6 +800,8 @@ impl Handler<Watch> for Broadcaster {
         };
         if is_new {
             self.learn_head(msg.key, ctx);
+            self.trim_polled();
+            self.metrics.router_rooms.set(self.rooms.len() as i64);
         }
         MessageResult(watched)
     }

@@ -278,6 +278,7 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
+        let max_polled = config.max_polled_rooms;
         let (page, page_bytes) = (config.catchup_page, config.page_bytes);
         // A read's whole time: its statement's timeout and a margin for the
         // slot and the connection (10 s more).
@@ -337,7 +338,7 @@ impl Application {
             )
             .start();
             made = Some((db.clone(), bus.clone()));
-            Broadcaster::new(db, metrics2, poll, bus)
+            Broadcaster::new(db, metrics2, poll, bus).max_polled(max_polled)
         });
         if let Some(e) = bus_error {
             return Err(StartError::Bus(e.to_string()));

@@ -984,3 +984,40 @@ async fn a_producer_role_publishes_and_touches_nothing_else() {
         .get(0);
     assert_eq!(globex, 0);
 }
+
+/// Issue 24, item 8: a client polling many room ids (each poll of a room
+/// nobody follows creates a router entry, a head read and, with a bus, a
+/// broker subscription for a minute) holds at most `ROOMCAST_MAX_POLLED_ROOMS`
+/// of them (plus the slack between two counts); before, all 400 stayed.
+/// A forgotten room is still served right: its next poll reads the database.
+#[actix_web::test]
+async fn polling_many_rooms_keeps_the_router_bounded() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.max_polled_rooms = 40;
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    assert_eq!(publish(app.port, &producer, "kept", "first", json!(1)).await, 1);
+    assert_eq!(poll_all(app.port, &viewer, "kept", 0, 100).await.len(), 1);
+    let client = awc::Client::default();
+    let mut most = 0;
+    for i in 0..400 {
+        let res = client
+            .get(app.url(&format!("/v1/rooms/probe-{i}/events?since=0")))
+            .bearer_auth(&viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        if i % 20 == 19 {
+            most = most.max(metric(app.port, "roomcast_router_rooms").await);
+        }
+    }
+    // 40 kept, at most 40/8 (at least 16) more between two counts.
+    assert!(most <= 40 + 16 + 1, "the router held {most} rooms");
+    // The first room polled was forgotten long ago; it is read again.
+    assert_eq!(publish(app.port, &producer, "kept", "second", json!(2)).await, 2);
+    let events = poll_all(app.port, &viewer, "kept", 0, 100).await;
+    assert_eq!(events.iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+}

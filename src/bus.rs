@@ -96,6 +96,8 @@ pub enum BusError {
     Scheme(String),
     #[error("ROOMCAST_BUS: {0}")]
     Url(String),
+    #[error("ROOMCAST_BUS_CREDS: {0}")]
+    Creds(String),
 }
 
 /// What the broker's task is asked to do.
@@ -145,6 +147,9 @@ pub struct BusOptions {
     pub tls_ca: Option<std::path::PathBuf>,
     /// NATS: the NKey seed to authenticate with.
     pub nkey: Option<String>,
+    /// NATS: a credentials file (a user JWT and its NKey seed, as `nsc`
+    /// writes them), for servers in operator (decentralized JWT) mode.
+    pub creds: Option<std::path::PathBuf>,
 }
 
 impl Bus {
@@ -170,6 +175,7 @@ impl Bus {
             seal,
             tls_ca,
             nkey,
+            creds,
         } = options;
         let kind = if url.starts_with("nats://") || url.starts_with("tls://") {
             Kind::Nats
@@ -203,7 +209,7 @@ impl Bus {
         };
         match kind {
             Kind::Nats => {
-                let target = nats::Target::parse(url, tls_ca, nkey)?;
+                let target = nats::Target::parse(url, tls_ca, nkey, creds)?;
                 actix_web::rt::spawn(nats::run(target, shared.clone(), rx, inbound));
             }
             Kind::Redis => {
@@ -720,6 +726,8 @@ mod nats {
         user: Option<(String, String)>,
         token: Option<String>,
         nkey: Option<String>,
+        /// The credentials file's content, checked at start.
+        creds: Option<String>,
         tls_ca: Option<std::path::PathBuf>,
         tls: bool,
     }
@@ -729,7 +737,21 @@ mod nats {
             url: &str,
             tls_ca: Option<std::path::PathBuf>,
             nkey: Option<String>,
+            creds: Option<std::path::PathBuf>,
         ) -> Result<Target, BusError> {
+            // Read and checked now: a bad file stops the start with its
+            // path and why (never its content).
+            let creds = match creds {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| BusError::Creds(format!("{}: {e}", path.display())))?;
+                    ConnectOptions::new().credentials(&text).map_err(|e| {
+                        BusError::Creds(format!("{}: not a credentials file ({e})", path.display()))
+                    })?;
+                    Some(text)
+                }
+            };
             let mut parsed =
                 url::Url::parse(url).map_err(|e| BusError::Url(format!("not a URL ({e})")))?;
             let decode = |s: &str| {
@@ -753,6 +775,7 @@ mod nats {
                 user,
                 token,
                 nkey,
+                creds,
                 tls_ca,
                 tls,
             })
@@ -768,6 +791,12 @@ mod nats {
             }
             if let Some(seed) = &self.nkey {
                 options = options.nkey(seed.clone());
+            }
+            if let Some(creds) = &self.creds {
+                // Checked in `parse`.
+                if let Ok(o) = options.clone().credentials(creds) {
+                    options = o;
+                }
             }
             if let Some(ca) = &self.tls_ca {
                 options = options.add_root_certificates(ca.clone());

@@ -158,6 +158,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_BUS_NKEY", hide_env_values = true)]
     pub bus_nkey: Option<String>,
 
+    /// A NATS credentials file (user JWT and NKey seed, as `nsc` writes
+    /// them) for a NATS server in operator (JWT) mode.
+    #[arg(long, env = "ROOMCAST_BUS_CREDS")]
+    pub bus_creds: Option<std::path::PathBuf>,
+
     /// Prefix of the bus subjects (channels), to share a broker between
     /// deployments.
     #[arg(long, env = "ROOMCAST_BUS_PREFIX", default_value = "roomcast")]
@@ -256,6 +261,7 @@ impl Config {
             cluster_secret: None,
             bus_tls_ca: None,
             bus_nkey: None,
+            bus_creds: None,
             bus_prefix: "roomcast".into(),
             retain_closed: Duration::from_secs(24 * 3600),
             retain_max_age: Duration::from_secs(7 * 24 * 3600),

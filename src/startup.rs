@@ -312,6 +312,7 @@ impl Application {
                         seal: seal.clone(),
                         tls_ca: config.bus_tls_ca.clone(),
                         nkey: config.bus_nkey.clone(),
+                        creds: config.bus_creds.clone(),
                     },
                     instance.clone(),
                     metrics2.clone(),

@@ -741,12 +741,19 @@ async fn an_instance_with_another_cluster_secret_is_not_heard() {
 /// Two instances on `url` (and `nkey`, `ca`): both connect and an event
 /// published on one reaches the other by push, with nothing read back.
 async fn two_instances_deliver_over(url: &str, ca: Option<&std::path::Path>, nkey: Option<&str>) {
+    two_instances_deliver_with(url, |c| {
+        c.bus_tls_ca = ca.map(|p| p.to_path_buf());
+        c.bus_nkey = nkey.map(str::to_owned);
+    })
+    .await
+}
+
+async fn two_instances_deliver_with(url: &str, tweak: impl Fn(&mut roomcast::config::Config)) {
     let db = TestDb::new().await;
     let mut apps = Vec::new();
     for _ in 0..2 {
         let mut c = bus_config(&db, Some(url.to_owned()));
-        c.bus_tls_ca = ca.map(|p| p.to_path_buf());
-        c.bus_nkey = nkey.map(str::to_owned);
+        tweak(&mut c);
         apps.push(spawn_app(c).await);
     }
     bus_up(&[apps[0].port, apps[1].port]).await;
@@ -896,4 +903,89 @@ async fn redis_with_an_acl_user_over_tls() {
         Some(&certs.ca),
     )
     .await;
+}
+
+/// A JWT as NATS decodes it (`nats-io/jwt` v2): `iss` signs with its NKey.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": roomcast::auth::now_secs(),
+        "iss": issuer.public_key(),
+        "name": subject,
+        "sub": subject,
+        "nats": nats,
+    });
+    let payload = b64(claims.to_string().as_bytes());
+    let signed = format!("{header}.{payload}");
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&sig))
+}
+
+/// Issue 24, item 5: NATS in operator (JWT) mode, roomcast authenticating
+/// with a credentials file (`ROOMCAST_BUS_CREDS`, a user JWT signed by its
+/// account and the user's seed, as `nsc` writes it); without it, refused;
+/// an unreadable or malformed file stops the start with its path.
+#[actix_web::test]
+async fn nats_with_a_credentials_file() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let op_jwt = nats_jwt(&operator, &operator.public_key(), json!({"type": "operator", "version": 2}));
+    let limits = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                        "wildcards": true, "conn": -1, "leaf": -1});
+    let acc_jwt = nats_jwt(&operator, &account.public_key(),
+                           json!({"type": "account", "version": 2, "limits": limits}));
+    let user_jwt = nats_jwt(&account, &user.public_key(),
+                            json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                                   "subs": -1, "data": -1, "payload": -1}));
+    let dir = tmp_dir().join(format!("creds-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let op_file = dir.join("operator.jwt");
+    std::fs::write(&op_file, &op_jwt).unwrap();
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "operator: \"{}\"\nresolver: MEMORY\nresolver_preload: {{\n  {}: \"{}\"\n}}\n",
+            op_file.display(),
+            account.public_key(),
+            acc_jwt
+        ),
+    )
+    .unwrap();
+    let creds = dir.join("roomcast.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_with("nats", free_port(), &["-c", conf.to_str().unwrap()]);
+    let url = format!("nats://127.0.0.1:{}", broker.port);
+    two_instances_deliver_with(&url, |c| c.bus_creds = Some(creds.clone())).await;
+    refused_over(&url, None).await;
+
+    // A file that is not there, or not credentials, stops the start.
+    let db = TestDb::new().await;
+    for (path, why) in [
+        (dir.join("missing.creds"), "missing.creds"),
+        (op_file.clone(), "not a credentials file"),
+    ] {
+        let mut c = bus_config(&db, Some(url.clone()));
+        c.bus_creds = Some(path);
+        let err = match roomcast::startup::Application::build(c).await {
+            Ok(_) => panic!("started with a bad credentials file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("ROOMCAST_BUS_CREDS") && err.contains(why), "{err}");
+        assert!(!err.contains(&user.seed().unwrap()));
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -252,6 +252,8 @@ pub struct Db {
     /// Rooms with a publish round running, and the publishes that arrived
     /// meanwhile (they share the next round's transaction: group commit).
     publishing: HashMap<RoomKey, Vec<Waiting>>,
+    /// How long a publish's COMMIT may wait (`store::publish`).
+    commit_wait: Option<std::time::Duration>,
 }
 
 impl Db {
@@ -289,7 +291,14 @@ impl Db {
             snapshots: HashMap::new(),
             pages: HashMap::new(),
             publishing: HashMap::new(),
+            commit_wait: None,
         }
+    }
+
+    /// A COMMIT waiting longer than `wait` is answered 503 (ambiguous).
+    pub fn commit_wait(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.commit_wait = wait;
+        self
     }
 
     /// Starts a round for `qkey` if none is running: every waiting request
@@ -445,11 +454,12 @@ impl Db {
             replies.push(w.reply);
         }
         let round_key = key.clone();
+        let commit_wait = self.commit_wait;
         let fut = async move {
             // BEGIN, roomcast_publish_many, COMMIT.
             metrics.queries(QueryKind::Publish, 3);
             let mut results = Vec::with_capacity(counts.len());
-            match store::publish(&pool, &round_key, &all).await {
+            match store::publish(&pool, &round_key, &all, commit_wait).await {
                 Ok(mut published) => {
                     for &n in counts.iter().rev() {
                         let tail = published.split_off(published.len() - n);
@@ -464,7 +474,8 @@ impl Db {
                     let mut at = 0;
                     for &n in &counts {
                         metrics.queries(QueryKind::Publish, 3);
-                        results.push(store::publish(&pool, &round_key, &all[at..at + n]).await);
+                        results.push(store::publish(&pool, &round_key, &all[at..at + n], commit_wait)
+                                .await);
                         at += n;
                     }
                 }

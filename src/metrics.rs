@@ -115,6 +115,10 @@ pub struct Metrics {
     /// dropped because the actor's mailbox was full (each drop is repaired
     /// by a head check or a resync).
     pub overflow_bus: IntCounter,
+    /// The primary's timeline and whether commits wait for a synchronous
+    /// standby (1) or not (0), as last seen by /readyz or /v1/health.
+    pub db_timeline: IntGauge,
+    pub db_synchronous: IntGauge,
     pub overflow_notify: IntCounter,
     pub publish_seconds: Histogram,
     pub session_backlog_bytes: IntGauge,
@@ -186,6 +190,16 @@ impl Metrics {
                 "messages from the bus or NOTIFY dropped because an actor's mailbox was full (repaired by a head check or resync)",
             ),
             &["from"],
+        )
+        .expect("static");
+        let db_timeline = IntGauge::new(
+            "roomcast_db_timeline",
+            "the PostgreSQL primary's timeline (grows with every promotion), as last seen by /readyz or /v1/health",
+        )
+        .expect("static");
+        let db_synchronous = IntGauge::new(
+            "roomcast_db_synchronous",
+            "1 if commits wait for a synchronous standby (acknowledged events survive a failover to it)",
         )
         .expect("static");
         let publish_seconds = Histogram::with_opts(
@@ -285,6 +299,8 @@ impl Metrics {
             Box::new(notifications.clone()),
             Box::new(bus_rejected.clone()),
             Box::new(overflow.clone()),
+            Box::new(db_timeline.clone()),
+            Box::new(db_synchronous.clone()),
             Box::new(publish_seconds.clone()),
             Box::new(session_backlog_bytes.clone()),
             Box::new(session_lag_seconds.clone()),
@@ -339,6 +355,8 @@ impl Metrics {
             bus_rejected,
             overflow_bus: overflow.with_label_values(&["bus"]),
             overflow_notify: overflow.with_label_values(&["notify"]),
+            db_timeline,
+            db_synchronous,
             publish_seconds,
             session_backlog_bytes,
             session_lag_seconds,

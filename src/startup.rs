@@ -156,6 +156,42 @@ pub fn pool(
     Ok((pool, pg))
 }
 
+/// An error and every cause under it, `: ` separated (the pool's "error
+/// connecting to server" says nothing of why without its sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Where a connection string points: `host:port` of each host, never the
+/// user or password.
+pub fn pg_targets(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}/.s.PGSQL.{port}", path.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Runs the embedded migrations (under an advisory lock).
 pub async fn migrate(pool: &Pool) -> Result<(), StartError> {
     migrate_to(pool, None).await
@@ -167,8 +203,8 @@ pub async fn migrate_to(pool: &Pool, version: Option<u32>) -> Result<(), StartEr
     let mut client = pool
         .get()
         .await
-        .map_err(|e| StartError::Database(e.to_string()))?;
-    let db = |e: tokio_postgres::Error| StartError::Database(e.to_string());
+        .map_err(|e| StartError::Database(error_chain(&e)))?;
+    let db = |e: tokio_postgres::Error| StartError::Database(error_chain(&e));
     // A migration of a large database may run long: no statement timeout.
     client
         .batch_execute("SET statement_timeout = 0")
@@ -273,12 +309,20 @@ impl Application {
         };
         config.database_url = Some(url.clone());
         let (pool, pg) = pool(&url, config.db_pool, config.statement_timeout_ms)?;
-        migrate(&pool).await?;
+        migrate(&pool).await.map_err(|e| match e {
+            StartError::Database(why) => {
+                StartError::Database(format!("cannot use {}: {why}", pg_targets(&pg)))
+            }
+            e => e,
+        })?;
         let seal = Arc::new(cluster_seal(&config, &pool).await?);
 
         let metrics = Arc::new(Metrics::new());
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
         let max_polled = config.max_polled_rooms;
+        // A COMMIT (waiting for a synchronous standby) is bounded like a statement.
+        let commit_wait =
+            (config.statement_timeout_ms > 0).then(|| Duration::from_millis(config.statement_timeout_ms));
         let (page, page_bytes) = (config.catchup_page, config.page_bytes);
         // A read's whole time: its statement's timeout and a margin for the
         // slot and the connection (10 s more).
@@ -337,6 +381,7 @@ impl Application {
                 (bus.clone(), seal.clone()),
                 read_bound,
             )
+            .commit_wait(commit_wait)
             .start();
             made = Some((db.clone(), bus.clone()));
             Broadcaster::new(db, metrics2, poll, bus).max_polled(max_polled)

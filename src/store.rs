@@ -26,6 +26,46 @@ pub async fn cluster_secret(client: &impl GenericClient) -> Result<String, Store
     Ok(row.get(0))
 }
 
+/// Where roomcast writes and whether what it acknowledges is replicated
+/// before the answer (issue 25, PROTOCOL "Failover").
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Replication {
+    /// Commits wait for a standby (`synchronous_standby_names` set and
+    /// `synchronous_commit` at least `remote_write`): an acknowledged event
+    /// survives a failover to that standby.
+    pub synchronous: bool,
+    pub synchronous_standby_names: String,
+    pub synchronous_commit: String,
+    /// The timeline the primary writes on (it grows with every promotion).
+    pub timeline: i64,
+    /// The cluster's identity (`pg_control_system()`): a restore or a new
+    /// cluster changes it, a promotion does not.
+    pub system_identifier: String,
+}
+
+/// What the primary says of its replication, in one statement.
+pub async fn replication(client: &impl GenericClient) -> Result<Replication, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('synchronous_standby_names'), \
+                    current_setting('synchronous_commit'), \
+                    ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8, \
+                    (SELECT system_identifier::text FROM pg_control_system())",
+            &[],
+        )
+        .await?;
+    let names: String = row.get(0);
+    let commit: String = row.get(1);
+    Ok(Replication {
+        synchronous: !names.trim().is_empty()
+            && matches!(commit.as_str(), "on" | "remote_write" | "remote_apply"),
+        synchronous_standby_names: names,
+        synchronous_commit: commit,
+        timeline: row.get(2),
+        system_identifier: row.get(3),
+    })
+}
+
 /// What a database call can fail with, as the API needs to tell it apart.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -168,10 +208,17 @@ SELECT r.base + k, false, r.ts_text, txid_current_if_assigned()
 /// that did not as `Unavailable`, and one that cannot be told as
 /// `Ambiguous`. Never is a request retried blindly: that would store events
 /// without an idempotency key twice.
+///
+/// A COMMIT that waits longer than `commit_wait` (a synchronous standby
+/// that is gone: PostgreSQL's `statement_timeout` does not cover that wait)
+/// is cancelled and answered `Ambiguous`: the commit may be stored on this
+/// server and not replicated, and only an idempotency key tells. The
+/// connection is discarded.
 pub async fn publish(
     pool: &Pool,
     key: &RoomKey,
     events: &[NewEvent],
+    commit_wait: Option<std::time::Duration>,
 ) -> Result<Vec<Published>, StoreError> {
     let client = pool.get().await?;
     let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
@@ -244,7 +291,29 @@ pub async fn publish(
         })
         .collect();
     let txid: Option<i64> = rows.first().and_then(|r| r.get(3));
-    match client.batch_execute("COMMIT").await {
+    let commit = client.batch_execute("COMMIT");
+    let committed = match commit_wait {
+        None => commit.await,
+        Some(wait) => match tokio::time::timeout(wait, commit).await {
+            Ok(result) => result,
+            Err(_) => {
+                let cancel = client.cancel_token();
+                // Out of the pool: its state is unknown.
+                let _ = deadpool_postgres::Object::take(client);
+                actix_web::rt::spawn(async move {
+                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                });
+                log::warn!(
+                    "room={key}: COMMIT waited over {wait:?} (a synchronous standby that does not answer?)"
+                );
+                return Err(StoreError::Ambiguous(format!(
+                    "COMMIT waited over {} ms, for a synchronous standby that does not answer",
+                    wait.as_millis()
+                )));
+            }
+        },
+    };
+    match committed {
         Ok(()) => Ok(published),
         Err(e) => {
             let Some(txid) = txid else {

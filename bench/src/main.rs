@@ -38,6 +38,11 @@ pub struct Args {
     /// is missing they say so.
     #[arg(long, default_value = "target/release/examples/actix_floor")]
     pub floor: PathBuf,
+    /// An earlier server build to measure next to `--server` where a
+    /// scenario compares builds (`bus_seal_remote`: the last build that did
+    /// not seal bus messages, ca86e0a).
+    #[arg(long)]
+    pub baseline_server: Option<PathBuf>,
     /// Sizes: `full` (the goals' sizes, under ten minutes) or `tiny` (a smoke test).
     #[arg(long, value_enum, default_value = "full")]
     pub size: Size,

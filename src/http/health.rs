@@ -15,6 +15,7 @@ use super::error::ApiError;
 use crate::db::Health;
 use crate::metrics::QueryKind;
 use crate::startup::AppState;
+use crate::store;
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
@@ -32,6 +33,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
         .await
         .map_err(|e| ApiError::Unavailable(format!("database not ready: {e}")))?;
+    let replication = database(&state, &client).await?;
     if !state.listener_up.load(Ordering::Acquire) {
         return Err(ApiError::Unavailable(
             "the notification listener is not connected".into(),
@@ -45,7 +47,31 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             )));
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": replication})))
+}
+
+/// The primary's replication (`store::replication`), also set in the
+/// metrics; a timeline that moved since the last look is logged (a
+/// promotion happened).
+async fn database(
+    state: &AppState,
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<store::Replication, ApiError> {
+    state.metrics.queries(QueryKind::Other, 1);
+    let r = store::replication(client)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("database not ready: {e}")))?;
+    let before = state.metrics.db_timeline.get();
+    if before != 0 && before != r.timeline {
+        log::warn!(
+            "PostgreSQL timeline {} -> {}: the primary changed (a failover)",
+            before,
+            r.timeline
+        );
+    }
+    state.metrics.db_timeline.set(r.timeline);
+    state.metrics.db_synchronous.set(r.synchronous as i64);
+    Ok(r)
 }
 
 /// Default idle time after which a room in progress counts as stalled.
@@ -121,6 +147,10 @@ pub async fn org(
         })
     });
     let bus_down = state.bus.as_ref().is_some_and(|b| !b.is_connected());
+    let replication = match state.pool.get().await {
+        Ok(client) => database(&state, &client).await.ok(),
+        Err(_) => None,
+    };
     let degraded = !listener || bus_down || !stalled.is_empty();
     Ok(HttpResponse::Ok().json(json!({
         "org": principal.org,
@@ -128,6 +158,9 @@ pub async fn org(
         "listener": if listener { "connected" } else { "disconnected" },
         // `null` without a bus (LISTEN/NOTIFY).
         "bus": bus,
+        // Whether acknowledged events are synchronously replicated, and
+        // the timeline (`null` if the database did not answer).
+        "database": replication,
         "rooms_in_progress": h.rooms_in_progress,
         "last_publish_at": h.last_publish_at,
         "stalled_after_s": stalled_after,

@@ -35,6 +35,7 @@ pub const ALL: &[&str] = &[
     "storm",
     "scale_out",
     "bus_seal",
+    "bus_seal_remote",
     "soak",
 ];
 
@@ -54,6 +55,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "storm" => storm::run(ctx).await,
         "scale_out" => scale_out::run(ctx).await,
         "bus_seal" => seal::run(ctx).await,
+        "bus_seal_remote" => seal::remote(ctx).await,
         "soak" => soak::run(ctx).await,
         other => bail!("no scenario {other:?} (known: {})", ALL.join(", ")),
     }

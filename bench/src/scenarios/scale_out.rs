@@ -122,19 +122,19 @@ pub async fn run(ctx: &Ctx) -> Result<Outcome> {
     Ok(o)
 }
 
-struct Measured {
-    local: serde_json::Value,
-    remote: serde_json::Value,
-    local_p50: f64,
-    local_p99: f64,
-    remote_p50: f64,
-    remote_p99: f64,
-    frames_per_s: f64,
-    catchup_per_event: f64,
-    reads_per_event: f64,
+pub(crate) struct Measured {
+    pub(crate) local: serde_json::Value,
+    pub(crate) remote: serde_json::Value,
+    pub(crate) local_p50: f64,
+    pub(crate) local_p99: f64,
+    pub(crate) remote_p50: f64,
+    pub(crate) remote_p99: f64,
+    pub(crate) frames_per_s: f64,
+    pub(crate) catchup_per_event: f64,
+    pub(crate) reads_per_event: f64,
 }
 
-async fn measure(
+pub(crate) async fn measure(
     servers: &[Server],
     per_instance: usize,
     events: i64,

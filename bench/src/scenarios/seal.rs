@@ -90,3 +90,90 @@ pub async fn run(ctx: &Ctx) -> Result<Outcome> {
     o.data = json!({ "sizes": data });
     Ok(o)
 }
+
+/// Remote delivery with and without sealing, end to end: two instances on
+/// NATS, subscribers on both, a publisher on the first; the current server
+/// (`--server`, sealing) and `--baseline-server` (the build before sealing)
+/// measured in alternating rounds in one run. Remote p50/p99 publish ->
+/// deliver latency, and server CPU per delivered frame (both instances).
+pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
+    use crate::env::{proc_cpu_secs, Broker, Server};
+    let mut o = outcome(
+        ctx,
+        "bus_seal_remote",
+        "Sealed bus, end to end: remote delivery latency and CPU with and without sealing",
+        "context: what sealing adds to a remote delivery (NATS, 2 instances)",
+    );
+    let Some(baseline) = ctx.args.baseline_server.clone() else {
+        o.notes.push("no --baseline-server given: nothing to compare; skipped".into());
+        o.verdict = crate::Verdict::Context;
+        return Ok(o);
+    };
+    let Some(broker) = Broker::start("nats").await? else {
+        o.notes.push("nats-server is not installed; skipped".into());
+        o.verdict = crate::Verdict::Context;
+        return Ok(o);
+    };
+    let rounds: usize = ctx.pick(3, 1);
+    let per_instance: usize = ctx.pick(50, 5);
+    let events: i64 = ctx.pick(300, 20);
+    let warmup: i64 = ctx.pick(20, 2);
+    let interval = std::time::Duration::from_millis(10);
+    let builds = [("unsealed (baseline)", baseline), ("sealed", ctx.args.server.clone())];
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); 2];
+    let mut data = Vec::new();
+    for round in 0..rounds {
+        for (b, (label, bin)) in builds.iter().enumerate() {
+            ctx.step(format!("round {round}: {label}"));
+            let env = vec![
+                ("ROOMCAST_POLL_MS", "5000".to_string()),
+                ("ROOMCAST_BUS", broker.url.clone()),
+            ];
+            let first = Server::start(bin, &ctx.pg, ctx.log(&format!("bus_seal_remote-{b}-{round}-0")), &env).await?;
+            let second = Server::start_shared(bin, &first.db, ctx.log(&format!("bus_seal_remote-{b}-{round}-1")), &env).await?;
+            let servers = vec![first, second];
+            let cpu = |s: &[Server]| s.iter().map(|s| proc_cpu_secs(s.pid)).sum::<f64>();
+            let before = cpu(&servers);
+            let measured = super::scale_out::measure(&servers, per_instance, events, warmup, interval).await;
+            let spent = cpu(&servers) - before;
+            for s in servers.into_iter().rev() {
+                s.stop(&ctx.pg).await;
+            }
+            let m = measured?;
+            let deliveries = (events * per_instance as i64 * 2) as f64;
+            let us_per_delivery = spent * 1e6 / deliveries;
+            samples[b].0.push(m.remote_p50);
+            samples[b].1.push(m.remote_p99);
+            samples[b].2.push(us_per_delivery);
+            data.push(json!({
+                "build": label, "round": round, "remote_p50_ms": m.remote_p50,
+                "remote_p99_ms": m.remote_p99, "local_p50_ms": m.local_p50,
+                "server_cpu_us_per_delivery": us_per_delivery,
+            }));
+        }
+    }
+    broker.stop().await;
+    let mut medians = Vec::new();
+    for (b, (label, _)) in builds.iter().enumerate() {
+        let (p50, p99, cpu) = &mut samples[b];
+        let m = (percentile(p50, 50.0), percentile(p99, 50.0), percentile(cpu, 50.0));
+        o.row(
+            format!("{label}: remote p50 / p99, server CPU per delivery (medians of {rounds} rounds)"),
+            format!("{:.2} / {:.2} ms, {:.1} µs", m.0, m.1, m.2),
+        );
+        medians.push(m);
+    }
+    o.headline = format!(
+        "remote p50 {:.2} ms sealed vs {:.2} ms unsealed; CPU per delivery {:.1} vs {:.1} µs ({:.2}x)",
+        medians[1].0, medians[0].0, medians[1].2, medians[0].2,
+        medians[1].2 / medians[0].2.max(1e-9)
+    );
+    o.row(
+        "subscribers per instance, events, publish interval",
+        format!("{per_instance}, {events}, {} ms", interval.as_millis()),
+    );
+    o.data = json!({ "runs": data });
+    o.verdict = crate::Verdict::Context;
+    let _ = round3;
+    Ok(o)
+}

@@ -1,0 +1,486 @@
+//! Issue 25: PostgreSQL failover. A private primary and a streaming standby
+//! on free ports (initdb, pg_basebackup; through `runuser -u postgres` as
+//! root), roomcast on a two-host URL with `target_session_attrs=read-write`,
+//! the primary killed with SIGKILL and the standby promoted with
+//! `pg_ctl promote`, as an orchestrator would.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Where `pg_ctl` and friends live: PATH first, then Debian's layout.
+fn bindir() -> PathBuf {
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if d.join("pg_ctl").is_file() && d.join("pg_basebackup").is_file() {
+                return d;
+            }
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").is_file().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("pg_ctl").1
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A primary and a streaming standby of it, each on a free port.
+struct Pair {
+    dir: PathBuf,
+    bin: PathBuf,
+    primary: u16,
+    standby: u16,
+}
+
+impl Pair {
+    fn tool(&self, name: &str) -> Command {
+        let bin = self.bin.join(name);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    fn run(&self, mut cmd: Command) {
+        let out = cmd.output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn data(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+
+    /// Starts `node` on `port` with `extra` settings.
+    fn start_node(&self, node: &str, port: u16, extra: &str) {
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {extra}",
+            self.dir.display()
+        );
+        let mut c = self.tool("pg_ctl");
+        c.arg("-D")
+            .arg(self.data(node))
+            .arg("-l")
+            .arg(self.dir.join(format!("{node}.log")))
+            .args(["-w", "-t", "60", "-o", &opts, "start"]);
+        self.run(c);
+    }
+
+    /// A primary, and a standby streaming from it (through `via`, a port
+    /// forwarding to the primary, if given).
+    fn start(via: Option<u16>) -> Pair {
+        // Under /var/tmp: user postgres must reach it (a checkout under a
+        // mode-700 home is the usual case).
+        let dir = Path::new("/var/tmp").join(format!("roomcast-ha-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            assert!(Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let pair = Pair {
+            dir,
+            bin: bindir(),
+            primary: free_port(),
+            standby: free_port(),
+        };
+        let mut initdb = pair.tool("initdb");
+        initdb.arg("-D").arg(pair.data("primary")).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]);
+        pair.run(initdb);
+        pair.start_node("primary", pair.primary, "-c wal_level=replica -c max_wal_senders=5");
+        let mut backup = pair.tool("pg_basebackup");
+        backup
+            .args(["-h", "127.0.0.1", "-p", &pair.primary.to_string(), "-U", "postgres", "-D"])
+            .arg(pair.data("standby"))
+            .args(["-R", "-X", "stream", "-c", "fast"]);
+        pair.run(backup);
+        let upstream = via.unwrap_or(pair.primary);
+        pair.start_node(
+            "standby",
+            pair.standby,
+            &format!(
+                "-c cluster_name=standby1 -c \"primary_conninfo=host=127.0.0.1 port={upstream} user=postgres application_name=standby1\""
+            ),
+        );
+        pair
+    }
+
+    async fn sql(&self, port: u16, db: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
+        actix_web::rt::spawn(conn);
+        client.query(sql, &[]).await.expect(sql)
+    }
+
+    /// Makes the standby synchronous and waits until the primary says so.
+    async fn make_synchronous(&self) {
+        self.sql(self.primary, "postgres", "ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+            .await;
+        self.sql(self.primary, "postgres", "SELECT pg_reload_conf()").await;
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = self
+                .sql(
+                    self.primary,
+                    "postgres",
+                    "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+                )
+                .await;
+            if rows[0].get::<_, i64>(0) == 1 {
+                return;
+            }
+            assert!(Instant::now() < until, "the standby never became synchronous");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL to the primary's postmaster (its backends follow it).
+    fn kill_primary(&self) {
+        let pid = std::fs::read_to_string(self.data("primary").join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    }
+
+    fn promote(&self) {
+        let mut c = self.tool("pg_ctl");
+        c.arg("-D").arg(self.data("standby")).args(["-w", "promote"]);
+        self.run(c);
+    }
+
+    /// The URL an operator gives roomcast: both hosts, the writable one.
+    fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+            self.primary, self.standby
+        )
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for node in ["primary", "standby"] {
+            let mut c = self.tool("pg_ctl");
+            c.arg("-D").arg(self.data(node)).args(["-m", "immediate", "stop"]);
+            let _ = c.output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishes event `i` (idempotency key `e{i}`) until it is answered; each
+/// answer's status is counted.
+async fn publish_until_acked(port: u16, token: &str, i: i64, answers: &Mutex<BTreeMap<u16, u32>>) -> i64 {
+    loop {
+        let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+        let res = client
+            .post(format!("http://127.0.0.1:{port}/v1/rooms/r/events"))
+            .bearer_auth(token)
+            .send_json(&json!({"type": "seg", "id": format!("e{i}"), "data": {"i": i}}))
+            .await;
+        match res {
+            Ok(mut res) => {
+                let status = res.status().as_u16();
+                *answers.lock().unwrap().entry(status).or_default() += 1;
+                let body: Value = res.json().await.unwrap_or(Value::Null);
+                if status == 201 || status == 200 {
+                    return body["seq"].as_i64().expect("seq");
+                }
+                assert_eq!(status, 503, "{body}");
+            }
+            Err(e) => panic!("publish {i} got no answer: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What one client holds: seq -> data.i, checked exactly once.
+#[derive(Default)]
+struct Held(BTreeMap<i64, i64>);
+
+impl Held {
+    fn take(&mut self, who: &str, e: &Value) {
+        let seq = e["seq"].as_i64().unwrap();
+        let i = e["data"]["i"].as_i64().unwrap();
+        assert!(self.0.insert(seq, i).is_none(), "{who} got seq {seq} twice");
+        assert_eq!(self.0.keys().next_back(), Some(&seq), "{who}: {seq} out of order");
+    }
+}
+
+/// Synchronous standby: SIGKILL the primary mid-stream, promote the standby.
+/// roomcast follows the promotion with no restart; every acknowledged event
+/// is on every client (WebSocket, SSE, long-poll) exactly once and in order;
+/// publishes during the gap are answered 503 and succeed after.
+#[actix_web::test]
+async fn a_synchronous_failover_loses_nothing_acknowledged() {
+    let pair = Pair::start(None);
+    pair.make_synchronous().await;
+    let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
+    cfg.workers = 2;
+    cfg.db_pool = 8;
+    cfg.statement_timeout_ms = 2000;
+    let app = spawn_app(cfg).await;
+    app.ready().await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    const N: i64 = 150;
+
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let mut sse = SseClient::connect(app.port, &format!("/v1/rooms/r/sse?token={viewer}"), &[]).await;
+
+    // The publisher.
+    let answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let acked = Arc::new(Mutex::new(Vec::<(i64, i64, Instant)>::new()));
+    let publisher = {
+        let (answers, acked, producer) = (answers.clone(), acked.clone(), producer.clone());
+        let port = app.port;
+        actix_web::rt::spawn(async move {
+            for i in 1..=N {
+                let seq = publish_until_acked(port, &producer, i, &answers).await;
+                acked.lock().unwrap().push((i, seq, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // A long-poller.
+    let poller = {
+        let (port, viewer) = (app.port, viewer.clone());
+        actix_web::rt::spawn(async move {
+            let mut held = Held::default();
+            let mut since = 0;
+            let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+            while since < N {
+                let res = client
+                    .get(format!("http://127.0.0.1:{port}/v1/rooms/r/events?since={since}&wait=5"))
+                    .bearer_auth(&viewer)
+                    .send()
+                    .await;
+                let Ok(mut res) = res else { continue };
+                if res.status() != 200 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                let body: Value = res.json().limit(16 << 20).await.unwrap();
+                for e in body["events"].as_array().unwrap() {
+                    held.take("long-poll", e);
+                    since = e["seq"].as_i64().unwrap();
+                }
+            }
+            held
+        })
+    };
+
+    // Kill the primary after 50 acknowledged events; promote 1 s later.
+    while acked.lock().unwrap().len() < 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pair.kill_primary();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pair.promote();
+    let promoted = Instant::now();
+
+    // The WebSocket and SSE clients read on, reconnecting from their cursor
+    // if the server closes them (as the clients do).
+    let mut ws_held = Held::default();
+    let mut sse_held = Held::default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut sse_last = 0;
+    let mut ws_last = 0;
+    while ws_last < N || sse_last < N {
+        assert!(Instant::now() < deadline, "clients stuck at ws {ws_last}, sse {sse_last}");
+        if ws_last < N {
+            match ws.recv_within(Duration::from_millis(100)).await {
+                Some(m) if m["op"] == "event" => {
+                    ws_held.take("websocket", &m);
+                    ws_last = m["seq"].as_i64().unwrap();
+                }
+                Some(_) => {}
+                None if ws.ended => {
+                    ws = WsClient::connect(
+                        app.port,
+                        &format!("/v1/rooms/r/ws?since={ws_last}&token={viewer}"),
+                    )
+                    .await;
+                }
+                None => {}
+            }
+        }
+        if sse_last < N {
+            match sse.recv_within(Duration::from_millis(100)).await {
+                Some(m) if m.event == "event" || m.data.get("seq").is_some() => {
+                    sse_held.take("sse", &m.data);
+                    sse_last = m.data["seq"].as_i64().unwrap();
+                }
+                Some(_) => {}
+                None if sse.ended => {
+                    let last = sse_last.to_string();
+                    sse = SseClient::connect(
+                        app.port,
+                        &format!("/v1/rooms/r/sse?token={viewer}"),
+                        &[("last-event-id", last.as_str())],
+                    )
+                    .await;
+                }
+                None => {}
+            }
+        }
+    }
+    publisher.await.unwrap();
+    let poll_held = poller.await.unwrap();
+    let caught_up = Instant::now();
+
+    // Every acknowledged event, with the seq it was answered, exactly once.
+    let acked = acked.lock().unwrap().clone();
+    let expected: BTreeMap<i64, i64> = acked.iter().map(|(i, seq, _)| (*seq, *i)).collect();
+    assert_eq!(expected.len() as i64, N);
+    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), (1..=N).collect::<Vec<_>>());
+    for (who, held) in [("websocket", &ws_held), ("sse", &sse_held), ("long-poll", &poll_held)] {
+        assert_eq!(&held.0, &expected, "{who}");
+    }
+    // The new primary holds them all.
+    let rows = pair
+        .sql(pair.standby, &name, "SELECT count(*), max(seq) FROM events")
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), N);
+    // During the gap publishes were answered 503 (never left hanging).
+    let answers = answers.lock().unwrap().clone();
+    assert!(answers.get(&503).copied().unwrap_or(0) > 0, "{answers:?}");
+    let first_after = acked
+        .iter()
+        .map(|(_, _, at)| *at)
+        .find(|at| *at > promoted)
+        .expect("a publish after the promotion");
+    eprintln!(
+        "failover (synchronous): killed -> promoted {:?}; promoted -> first publish {:?}; \
+         promoted -> every client caught up {:?}; answers {answers:?}",
+        promoted - killed,
+        first_after - promoted,
+        caught_up - promoted
+    );
+}
+
+/// A primary that lists a synchronous standby it does not have (a promoted
+/// node that kept its old setting) makes every COMMIT wait for ever; the
+/// publish is answered 503 within the statement timeout (not left hanging),
+/// and the idempotency key tells the outcome: the retry answers the seq the
+/// commit took, `duplicate`, and every subscriber gets each event once.
+/// `/readyz` reports the replication it writes under.
+#[actix_web::test]
+async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
+    let pair = Pair::start(None);
+    let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
+    cfg.workers = 2;
+    cfg.db_pool = 8;
+    cfg.statement_timeout_ms = 1500;
+    let app = spawn_app(cfg).await;
+    app.ready().await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let (_, ready, _) = get(app.port, "/readyz", "", &[]).await;
+    assert_eq!(ready["database"]["synchronous"], false, "{ready}");
+    assert_eq!(ready["database"]["timeline"], 1, "{ready}");
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    let body = |i: i64| json!({"type": "seg", "id": format!("k{i}"), "data": {"i": i}});
+    let (status, first, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(1)).await;
+    assert_eq!(status, 201, "{first}");
+
+    pair.sql(pair.primary, "postgres", "ALTER SYSTEM SET synchronous_standby_names = 'gone'").await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    // Backends read the reloaded setting in their own time.
+    let until = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (_, ready, _) = get(app.port, "/readyz", "", &[]).await;
+        if ready["database"]["synchronous"] == true || Instant::now() > until {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready["database"]["synchronous"], true, "{ready}");
+    assert_eq!(ready["database"]["synchronous_standby_names"], "gone", "{ready}");
+    assert_eq!(metric(app.port, "roomcast_db_synchronous").await, 1);
+
+    let started = Instant::now();
+    let (status, answer, headers) = post(app.port, "/v1/rooms/r/events", &producer, &body(2)).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{answer}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // While commits wait, a retry is answered in time too.
+    let started = Instant::now();
+    let (status, again, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(2)).await;
+    assert_eq!(status, 503, "{again}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    pair.sql(pair.primary, "postgres", "ALTER SYSTEM RESET synchronous_standby_names").await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The commit happened here (not replicated): the key says so.
+    let (status, retried, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(2)).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["seq"], 2, "{retried}");
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    let (status, third, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(3)).await;
+    assert_eq!(status, 201, "{third}");
+    assert_eq!(third["seq"], 3);
+    let got = ws.events_until("r", 3, Duration::from_secs(10)).await;
+    assert_exactly(&got, 1, 3);
+}
+
+/// A database that cannot be reached is named, host and port, with the
+/// reason (before: "Error occurred while creating a new object: error
+/// connecting to server", and nothing else).
+#[actix_web::test]
+async fn an_unreachable_database_is_named_with_why() {
+    let (a, b) = (free_port(), free_port());
+    let url = format!("postgres://postgres@127.0.0.1:{a},127.0.0.1:{b}/x?target_session_attrs=read-write");
+    let err = match roomcast::startup::Application::build(roomcast::config::Config::new(url, SECRET)).await {
+        Ok(_) => panic!("started with no database"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&format!("127.0.0.1:{a}, 127.0.0.1:{b}")), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}

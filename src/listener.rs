@@ -219,7 +219,13 @@ async fn listen(
                 },
                 _ = keepalive.tick() => {
                     metrics.queries(QueryKind::Background, 1);
-                    client.simple_query("SELECT 1").await?;
+                    // NOTIFY is not replicated: a listener left on a server
+                    // that became a standby (a switchover) hears nothing.
+                    let row = client.query_one("SHOW transaction_read_only", &[]).await?;
+                    if row.get::<_, &str>(0) == "on" {
+                        log::warn!("listener: the database became read-only (a standby?); reconnecting to the primary");
+                        return Ok(());
+                    }
                 }
                 _ = relay_try.tick(), if matches!(hints, Hints::Relay(_)) && !leader => {
                     metrics.queries(QueryKind::Background, 1);

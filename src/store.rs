@@ -275,6 +275,17 @@ pub async fn publish(
     let (begun, rows) = futures_util::future::join(client.batch_execute("BEGIN"), statement).await;
     let rows = match (begun, rows) {
         (Ok(()), Ok(rows)) => rows,
+        (Err(e), _) | (Ok(()), Err(e)) if is_read_only(&e) => {
+            // The server became a standby (a switchover demoted it): this
+            // connection and every idle one go; new ones find the primary
+            // (`target_session_attrs=read-write`).
+            let _ = deadpool_postgres::Object::take(client);
+            pool.retain(|_, _| false);
+            log::warn!("the database is read-only now (a standby?): reconnecting to the primary");
+            return Err(StoreError::Unavailable(
+                "the database is read-only (a standby); following the new primary".into(),
+            ));
+        }
         (Err(e), _) | (Ok(()), Err(e)) => {
             // Nothing was committed (COMMIT was never sent); a connection
             // that still works is handed back outside any transaction.
@@ -335,6 +346,12 @@ pub async fn publish(
             }
         }
     }
+}
+
+/// The server refused a write because it is read-only (a standby, or a
+/// primary demoted by a switchover).
+pub fn is_read_only(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
 }
 
 /// Whether transaction `txid` committed (`None`: cannot be told now). A

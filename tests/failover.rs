@@ -484,3 +484,77 @@ async fn an_unreachable_database_is_named_with_why() {
     assert!(err.contains(&format!("127.0.0.1:{a}, 127.0.0.1:{b}")), "{err}");
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
+
+/// A switchover demotes the primary while roomcast holds connections to it
+/// (simulated: the old primary turns read-only with
+/// `default_transaction_read_only`, as a demoted node refuses writes, and
+/// the standby is promoted). Pooled connections to the read-only server are
+/// dropped at the first refused write and new ones find the new primary;
+/// the listener leaves it too (NOTIFY is not replicated), so events
+/// published afterwards arrive by push with no head check (`poll_ms` 0).
+/// Before: every pooled connection kept failing publishes with 500.
+#[actix_web::test]
+async fn connections_to_a_demoted_primary_follow_the_new_one() {
+    let pair = Pair::start(None);
+    let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
+    cfg.workers = 2;
+    cfg.db_pool = 8;
+    cfg.poll_ms = 0;
+    let app = spawn_app(cfg).await;
+    app.ready().await;
+    let viewer = token("acme", "viewer", false);
+    let producer = token("acme", "producer", true);
+    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    ws.expect_op("subscribed").await;
+    // Fill the pool with connections to the primary.
+    let mut seqs = Vec::new();
+    for i in 1..=20 {
+        seqs.push(publish(app.port, &producer, "r", "t", json!(i)).await);
+    }
+    // Everything written so far is on the standby before it is promoted.
+    let until = Instant::now() + Duration::from_secs(20);
+    while pair.sql(pair.standby, &name, "SELECT count(*) FROM events").await[0].get::<_, i64>(0) < 20 {
+        assert!(Instant::now() < until, "the standby did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.sql(pair.primary, "postgres", "ALTER SYSTEM SET default_transaction_read_only = on").await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    pair.promote();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let mut refused = 0;
+    let mut i = 21;
+    while i <= 40 {
+        let (status, body, _) = post(
+            app.port,
+            "/v1/rooms/r/events",
+            &producer,
+            &json!({"type": "t", "id": format!("k{i}"), "data": i}),
+        )
+        .await;
+        match status {
+            201 => {
+                seqs.push(body["seq"].as_i64().unwrap());
+                i += 1;
+            }
+            503 => refused += 1,
+            other => panic!("publish {i}: {other} {body}"),
+        }
+        assert!(refused <= 3, "{refused} publishes refused: the pool keeps the read-only server");
+    }
+    assert_eq!(seqs, (1..=40).collect::<Vec<i64>>());
+    let got = ws.events_until("r", 40, Duration::from_secs(30)).await;
+    assert_exactly(&got, 1, 40);
+    eprintln!("demoted primary: {refused} publish(es) refused, followed in {:?}", started.elapsed());
+    // A SQL producer on the new primary: its NOTIFY reaches the listener
+    // only once the listener left the read-only server (keepalive: 10 s).
+    pair.sql(pair.standby, &name, "SELECT roomcast_publish('acme', 'r', 't', '41'::jsonb)").await;
+    let got = ws.events_until("r", 41, Duration::from_secs(20)).await;
+    assert_exactly(&got, 41, 41);
+    // The new primary has them all.
+    let rows = pair.sql(pair.standby, &name, "SELECT count(*) FROM events").await;
+    assert_eq!(rows[0].get::<_, i64>(0), 41);
+}

@@ -663,7 +663,8 @@ impl Inbound {
                     frames,
                     closed,
                 };
-                self.router.hand(&self.committed, msg, true, &metrics.overflow_bus)
+                self.router
+                    .hand(&self.committed, msg, true, &metrics.overflow_bus)
             }
             Message::Hint { key, seq } => {
                 self.router
@@ -674,16 +675,21 @@ impl Inbound {
                     key,
                     frame: Arc::new(frame),
                 };
-                self.router.hand(&self.ephemeral, msg, false, &metrics.overflow_bus)
+                self.router
+                    .hand(&self.ephemeral, msg, false, &metrics.overflow_bus)
             }
-            Message::Presence(a) => {
-                self.presence
-                    .hand(&self.presence_in, PresenceIn(a), true, &metrics.overflow_bus)
-            }
-            Message::RoomChanged(key) => {
-                self.boards
-                    .hand(&self.room_changed, RoomChanged { key }, true, &metrics.overflow_bus)
-            }
+            Message::Presence(a) => self.presence.hand(
+                &self.presence_in,
+                PresenceIn(a),
+                true,
+                &metrics.overflow_bus,
+            ),
+            Message::RoomChanged(key) => self.boards.hand(
+                &self.room_changed,
+                RoomChanged { key },
+                true,
+                &metrics.overflow_bus,
+            ),
         }
     }
 

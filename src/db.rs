@@ -474,8 +474,9 @@ impl Db {
                     let mut at = 0;
                     for &n in &counts {
                         metrics.queries(QueryKind::Publish, 3);
-                        results.push(store::publish(&pool, &round_key, &all[at..at + n], commit_wait)
-                                .await);
+                        results.push(
+                            store::publish(&pool, &round_key, &all[at..at + n], commit_wait).await,
+                        );
                         at += n;
                     }
                 }

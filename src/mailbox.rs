@@ -87,7 +87,6 @@ impl<R: actix::Message<Result = ()> + Send + 'static> Mailbox<R> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +151,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             let taken = seen.pings.load(Ordering::Relaxed) - pings;
-            assert!(taken <= BOUND + 2, "round {round}: {taken} pings were queued");
+            assert!(
+                taken <= BOUND + 2,
+                "round {round}: {taken} pings were queued"
+            );
             assert_eq!(overflow.get() as usize, round * 10_000 - (taken + pings));
             assert_eq!(seen.repairs.load(Ordering::Relaxed), round);
         }

@@ -404,7 +404,10 @@ impl Broadcaster {
                 self.forget(&key);
             }
         }
-        self.trim_at = self.rooms.len().saturating_add(Self::slack(self.max_polled));
+        self.trim_at = self
+            .rooms
+            .len()
+            .saturating_add(Self::slack(self.max_polled));
     }
 
     /// Takes frames (any order, possibly known already) and routes every one

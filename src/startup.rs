@@ -321,8 +321,8 @@ impl Application {
         let poll = (config.poll_ms > 0).then(|| Duration::from_millis(config.poll_ms));
         let max_polled = config.max_polled_rooms;
         // A COMMIT (waiting for a synchronous standby) is bounded like a statement.
-        let commit_wait =
-            (config.statement_timeout_ms > 0).then(|| Duration::from_millis(config.statement_timeout_ms));
+        let commit_wait = (config.statement_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.statement_timeout_ms));
         let (page, page_bytes) = (config.catchup_page, config.page_bytes);
         // A read's whole time: its statement's timeout and a margin for the
         // slot and the connection (10 s more).

@@ -933,14 +933,24 @@ async fn nats_with_a_credentials_file() {
     let operator = nkeys::KeyPair::new_operator();
     let account = nkeys::KeyPair::new_account();
     let user = nkeys::KeyPair::new_user();
-    let op_jwt = nats_jwt(&operator, &operator.public_key(), json!({"type": "operator", "version": 2}));
+    let op_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        json!({"type": "operator", "version": 2}),
+    );
     let limits = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
                         "wildcards": true, "conn": -1, "leaf": -1});
-    let acc_jwt = nats_jwt(&operator, &account.public_key(),
-                           json!({"type": "account", "version": 2, "limits": limits}));
-    let user_jwt = nats_jwt(&account, &user.public_key(),
-                            json!({"type": "user", "version": 2, "pub": {}, "sub": {},
-                                   "subs": -1, "data": -1, "payload": -1}));
+    let acc_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        json!({"type": "account", "version": 2, "limits": limits}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                                   "subs": -1, "data": -1, "payload": -1}),
+    );
     let dir = tmp_dir().join(format!("creds-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let op_file = dir.join("operator.jwt");
@@ -984,7 +994,10 @@ async fn nats_with_a_credentials_file() {
             Ok(_) => panic!("started with a bad credentials file"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("ROOMCAST_BUS_CREDS") && err.contains(why), "{err}");
+        assert!(
+            err.contains("ROOMCAST_BUS_CREDS") && err.contains(why),
+            "{err}"
+        );
         assert!(!err.contains(&user.seed().unwrap()));
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -94,7 +94,8 @@ impl Pair {
     fn start(via: Option<u16>) -> Pair {
         // Under /var/tmp: user postgres must reach it (a checkout under a
         // mode-700 home is the usual case).
-        let dir = Path::new("/var/tmp").join(format!("roomcast-ha-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            Path::new("/var/tmp").join(format!("roomcast-ha-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
             assert!(Command::new("chown")
@@ -121,10 +122,22 @@ impl Pair {
             "--no-instructions",
         ]);
         pair.run(initdb);
-        pair.start_node("primary", pair.primary, "-c wal_level=replica -c max_wal_senders=5");
+        pair.start_node(
+            "primary",
+            pair.primary,
+            "-c wal_level=replica -c max_wal_senders=5",
+        );
         let mut backup = pair.tool("pg_basebackup");
         backup
-            .args(["-h", "127.0.0.1", "-p", &pair.primary.to_string(), "-U", "postgres", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pair.primary.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
             .arg(pair.data("standby"))
             .args(["-R", "-X", "stream", "-c", "fast"]);
         pair.run(backup);
@@ -152,9 +165,14 @@ impl Pair {
 
     /// Makes the standby synchronous and waits until the primary says so.
     async fn make_synchronous(&self) {
-        self.sql(self.primary, "postgres", "ALTER SYSTEM SET synchronous_standby_names = 'standby1'")
+        self.sql(
+            self.primary,
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = 'standby1'",
+        )
+        .await;
+        self.sql(self.primary, "postgres", "SELECT pg_reload_conf()")
             .await;
-        self.sql(self.primary, "postgres", "SELECT pg_reload_conf()").await;
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let rows = self
@@ -167,7 +185,10 @@ impl Pair {
             if rows[0].get::<_, i64>(0) == 1 {
                 return;
             }
-            assert!(Instant::now() < until, "the standby never became synchronous");
+            assert!(
+                Instant::now() < until,
+                "the standby never became synchronous"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -176,12 +197,18 @@ impl Pair {
     fn kill_primary(&self) {
         let pid = std::fs::read_to_string(self.data("primary").join("postmaster.pid")).unwrap();
         let pid = pid.lines().next().unwrap().trim().to_owned();
-        assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success());
     }
 
     fn promote(&self) {
         let mut c = self.tool("pg_ctl");
-        c.arg("-D").arg(self.data("standby")).args(["-w", "promote"]);
+        c.arg("-D")
+            .arg(self.data("standby"))
+            .args(["-w", "promote"]);
         self.run(c);
     }
 
@@ -198,7 +225,9 @@ impl Drop for Pair {
     fn drop(&mut self) {
         for node in ["primary", "standby"] {
             let mut c = self.tool("pg_ctl");
-            c.arg("-D").arg(self.data(node)).args(["-m", "immediate", "stop"]);
+            c.arg("-D")
+                .arg(self.data(node))
+                .args(["-m", "immediate", "stop"]);
             let _ = c.output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -207,9 +236,16 @@ impl Drop for Pair {
 
 /// Publishes event `i` (idempotency key `e{i}`) until it is answered; each
 /// answer's status is counted.
-async fn publish_until_acked(port: u16, token: &str, i: i64, answers: &Mutex<BTreeMap<u16, u32>>) -> i64 {
+async fn publish_until_acked(
+    port: u16,
+    token: &str,
+    i: i64,
+    answers: &Mutex<BTreeMap<u16, u32>>,
+) -> i64 {
     loop {
-        let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish();
         let res = client
             .post(format!("http://127.0.0.1:{port}/v1/rooms/r/events"))
             .bearer_auth(token)
@@ -240,7 +276,11 @@ impl Held {
         let seq = e["seq"].as_i64().unwrap();
         let i = e["data"]["i"].as_i64().unwrap();
         assert!(self.0.insert(seq, i).is_none(), "{who} got seq {seq} twice");
-        assert_eq!(self.0.keys().next_back(), Some(&seq), "{who}: {seq} out of order");
+        assert_eq!(
+            self.0.keys().next_back(),
+            Some(&seq),
+            "{who}: {seq} out of order"
+        );
     }
 }
 
@@ -253,7 +293,8 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
     let pair = Pair::start(None);
     pair.make_synchronous().await;
     let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
-    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}"))
+        .await;
     let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
     cfg.workers = 2;
     cfg.db_pool = 8;
@@ -264,9 +305,11 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
     let producer = token("acme", "producer", true);
     const N: i64 = 150;
 
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    let mut ws =
+        WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
     ws.expect_op("subscribed").await;
-    let mut sse = SseClient::connect(app.port, &format!("/v1/rooms/r/sse?token={viewer}"), &[]).await;
+    let mut sse =
+        SseClient::connect(app.port, &format!("/v1/rooms/r/sse?token={viewer}"), &[]).await;
 
     // The publisher.
     let answers = Arc::new(Mutex::new(BTreeMap::new()));
@@ -288,10 +331,14 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
         actix_web::rt::spawn(async move {
             let mut held = Held::default();
             let mut since = 0;
-            let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+            let client = awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .finish();
             while since < N {
                 let res = client
-                    .get(format!("http://127.0.0.1:{port}/v1/rooms/r/events?since={since}&wait=5"))
+                    .get(format!(
+                        "http://127.0.0.1:{port}/v1/rooms/r/events?since={since}&wait=5"
+                    ))
                     .bearer_auth(&viewer)
                     .send()
                     .await;
@@ -328,7 +375,10 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
     let mut sse_last = 0;
     let mut ws_last = 0;
     while ws_last < N || sse_last < N {
-        assert!(Instant::now() < deadline, "clients stuck at ws {ws_last}, sse {sse_last}");
+        assert!(
+            Instant::now() < deadline,
+            "clients stuck at ws {ws_last}, sse {sse_last}"
+        );
         if ws_last < N {
             match ws.recv_within(Duration::from_millis(100)).await {
                 Some(m) if m["op"] == "event" => {
@@ -374,8 +424,15 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
     let acked = acked.lock().unwrap().clone();
     let expected: BTreeMap<i64, i64> = acked.iter().map(|(i, seq, _)| (*seq, *i)).collect();
     assert_eq!(expected.len() as i64, N);
-    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), (1..=N).collect::<Vec<_>>());
-    for (who, held) in [("websocket", &ws_held), ("sse", &sse_held), ("long-poll", &poll_held)] {
+    assert_eq!(
+        expected.keys().copied().collect::<Vec<_>>(),
+        (1..=N).collect::<Vec<_>>()
+    );
+    for (who, held) in [
+        ("websocket", &ws_held),
+        ("sse", &sse_held),
+        ("long-poll", &poll_held),
+    ] {
         assert_eq!(&held.0, &expected, "{who}");
     }
     // The new primary holds them all.
@@ -410,7 +467,8 @@ async fn a_synchronous_failover_loses_nothing_acknowledged() {
 async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
     let pair = Pair::start(None);
     let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
-    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}"))
+        .await;
     let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
     cfg.workers = 2;
     cfg.db_pool = 8;
@@ -422,14 +480,21 @@ async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
     let (_, ready, _) = get(app.port, "/readyz", "", &[]).await;
     assert_eq!(ready["database"]["synchronous"], false, "{ready}");
     assert_eq!(ready["database"]["timeline"], 1, "{ready}");
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    let mut ws =
+        WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
     ws.expect_op("subscribed").await;
     let body = |i: i64| json!({"type": "seg", "id": format!("k{i}"), "data": {"i": i}});
     let (status, first, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(1)).await;
     assert_eq!(status, 201, "{first}");
 
-    pair.sql(pair.primary, "postgres", "ALTER SYSTEM SET synchronous_standby_names = 'gone'").await;
-    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    pair.sql(
+        pair.primary,
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = 'gone'",
+    )
+    .await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()")
+        .await;
     // Backends read the reloaded setting in their own time.
     let until = Instant::now() + Duration::from_secs(10);
     let ready = loop {
@@ -440,7 +505,10 @@ async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(ready["database"]["synchronous"], true, "{ready}");
-    assert_eq!(ready["database"]["synchronous_standby_names"], "gone", "{ready}");
+    assert_eq!(
+        ready["database"]["synchronous_standby_names"], "gone",
+        "{ready}"
+    );
     assert_eq!(metric(app.port, "roomcast_db_synchronous").await, 1);
 
     let started = Instant::now();
@@ -455,8 +523,14 @@ async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
     assert_eq!(status, 503, "{again}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    pair.sql(pair.primary, "postgres", "ALTER SYSTEM RESET synchronous_standby_names").await;
-    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    pair.sql(
+        pair.primary,
+        "postgres",
+        "ALTER SYSTEM RESET synchronous_standby_names",
+    )
+    .await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()")
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The commit happened here (not replicated): the key says so.
     let (status, retried, _) = post(app.port, "/v1/rooms/r/events", &producer, &body(2)).await;
@@ -476,12 +550,20 @@ async fn a_commit_waiting_for_a_missing_standby_is_answered_in_time() {
 #[actix_web::test]
 async fn an_unreachable_database_is_named_with_why() {
     let (a, b) = (free_port(), free_port());
-    let url = format!("postgres://postgres@127.0.0.1:{a},127.0.0.1:{b}/x?target_session_attrs=read-write");
-    let err = match roomcast::startup::Application::build(roomcast::config::Config::new(url, SECRET)).await {
-        Ok(_) => panic!("started with no database"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains(&format!("127.0.0.1:{a}, 127.0.0.1:{b}")), "{err}");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{a},127.0.0.1:{b}/x?target_session_attrs=read-write"
+    );
+    let err =
+        match roomcast::startup::Application::build(roomcast::config::Config::new(url, SECRET))
+            .await
+        {
+            Ok(_) => panic!("started with no database"),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        err.contains(&format!("127.0.0.1:{a}, 127.0.0.1:{b}")),
+        "{err}"
+    );
     assert!(err.to_lowercase().contains("refused"), "{err}");
 }
 
@@ -497,7 +579,8 @@ async fn an_unreachable_database_is_named_with_why() {
 async fn connections_to_a_demoted_primary_follow_the_new_one() {
     let pair = Pair::start(None);
     let name = format!("rc_ha_{}", uuid::Uuid::new_v4().simple());
-    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}")).await;
+    pair.sql(pair.primary, "postgres", &format!("CREATE DATABASE {name}"))
+        .await;
     let mut cfg = roomcast::config::Config::new(pair.url(&name), SECRET);
     cfg.workers = 2;
     cfg.db_pool = 8;
@@ -506,7 +589,8 @@ async fn connections_to_a_demoted_primary_follow_the_new_one() {
     app.ready().await;
     let viewer = token("acme", "viewer", false);
     let producer = token("acme", "producer", true);
-    let mut ws = WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
+    let mut ws =
+        WsClient::connect(app.port, &format!("/v1/rooms/r/ws?since=0&token={viewer}")).await;
     ws.expect_op("subscribed").await;
     // Fill the pool with connections to the primary.
     let mut seqs = Vec::new();
@@ -515,12 +599,23 @@ async fn connections_to_a_demoted_primary_follow_the_new_one() {
     }
     // Everything written so far is on the standby before it is promoted.
     let until = Instant::now() + Duration::from_secs(20);
-    while pair.sql(pair.standby, &name, "SELECT count(*) FROM events").await[0].get::<_, i64>(0) < 20 {
+    while pair
+        .sql(pair.standby, &name, "SELECT count(*) FROM events")
+        .await[0]
+        .get::<_, i64>(0)
+        < 20
+    {
         assert!(Instant::now() < until, "the standby did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    pair.sql(pair.primary, "postgres", "ALTER SYSTEM SET default_transaction_read_only = on").await;
-    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()").await;
+    pair.sql(
+        pair.primary,
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    )
+    .await;
+    pair.sql(pair.primary, "postgres", "SELECT pg_reload_conf()")
+        .await;
     pair.promote();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -543,18 +638,31 @@ async fn connections_to_a_demoted_primary_follow_the_new_one() {
             503 => refused += 1,
             other => panic!("publish {i}: {other} {body}"),
         }
-        assert!(refused <= 3, "{refused} publishes refused: the pool keeps the read-only server");
+        assert!(
+            refused <= 3,
+            "{refused} publishes refused: the pool keeps the read-only server"
+        );
     }
     assert_eq!(seqs, (1..=40).collect::<Vec<i64>>());
     let got = ws.events_until("r", 40, Duration::from_secs(30)).await;
     assert_exactly(&got, 1, 40);
-    eprintln!("demoted primary: {refused} publish(es) refused, followed in {:?}", started.elapsed());
+    eprintln!(
+        "demoted primary: {refused} publish(es) refused, followed in {:?}",
+        started.elapsed()
+    );
     // A SQL producer on the new primary: its NOTIFY reaches the listener
     // only once the listener left the read-only server (keepalive: 10 s).
-    pair.sql(pair.standby, &name, "SELECT roomcast_publish('acme', 'r', 't', '41'::jsonb)").await;
+    pair.sql(
+        pair.standby,
+        &name,
+        "SELECT roomcast_publish('acme', 'r', 't', '41'::jsonb)",
+    )
+    .await;
     let got = ws.events_until("r", 41, Duration::from_secs(20)).await;
     assert_exactly(&got, 41, 41);
     // The new primary has them all.
-    let rows = pair.sql(pair.standby, &name, "SELECT count(*) FROM events").await;
+    let rows = pair
+        .sql(pair.standby, &name, "SELECT count(*) FROM events")
+        .await;
     assert_eq!(rows[0].get::<_, i64>(0), 41);
 }

@@ -998,7 +998,10 @@ async fn polling_many_rooms_keeps_the_router_bounded() {
     let app = spawn_app(cfg).await;
     let viewer = token("acme", "viewer", false);
     let producer = token("acme", "producer", true);
-    assert_eq!(publish(app.port, &producer, "kept", "first", json!(1)).await, 1);
+    assert_eq!(
+        publish(app.port, &producer, "kept", "first", json!(1)).await,
+        1
+    );
     assert_eq!(poll_all(app.port, &viewer, "kept", 0, 100).await.len(), 1);
     let client = awc::Client::default();
     let mut most = 0;
@@ -1017,7 +1020,16 @@ async fn polling_many_rooms_keeps_the_router_bounded() {
     // 40 kept, at most 40/8 (at least 16) more between two counts.
     assert!(most <= 40 + 16 + 1, "the router held {most} rooms");
     // The first room polled was forgotten long ago; it is read again.
-    assert_eq!(publish(app.port, &producer, "kept", "second", json!(2)).await, 2);
+    assert_eq!(
+        publish(app.port, &producer, "kept", "second", json!(2)).await,
+        2
+    );
     let events = poll_all(app.port, &viewer, "kept", 0, 100).await;
-    assert_eq!(events.iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
 }

@@ -105,7 +105,8 @@ pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
         "context: what sealing adds to a remote delivery (NATS, 2 instances)",
     );
     let Some(baseline) = ctx.args.baseline_server.clone() else {
-        o.notes.push("no --baseline-server given: nothing to compare; skipped".into());
+        o.notes
+            .push("no --baseline-server given: nothing to compare; skipped".into());
         o.verdict = crate::Verdict::Context;
         return Ok(o);
     };
@@ -119,7 +120,10 @@ pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
     let events: i64 = ctx.pick(300, 20);
     let warmup: i64 = ctx.pick(20, 2);
     let interval = std::time::Duration::from_millis(10);
-    let builds = [("unsealed (baseline)", baseline), ("sealed", ctx.args.server.clone())];
+    let builds = [
+        ("unsealed (baseline)", baseline),
+        ("sealed", ctx.args.server.clone()),
+    ];
     let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); 2];
     let mut data = Vec::new();
     for round in 0..rounds {
@@ -129,12 +133,25 @@ pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
                 ("ROOMCAST_POLL_MS", "5000".to_string()),
                 ("ROOMCAST_BUS", broker.url.clone()),
             ];
-            let first = Server::start(bin, &ctx.pg, ctx.log(&format!("bus_seal_remote-{b}-{round}-0")), &env).await?;
-            let second = Server::start_shared(bin, &first.db, ctx.log(&format!("bus_seal_remote-{b}-{round}-1")), &env).await?;
+            let first = Server::start(
+                bin,
+                &ctx.pg,
+                ctx.log(&format!("bus_seal_remote-{b}-{round}-0")),
+                &env,
+            )
+            .await?;
+            let second = Server::start_shared(
+                bin,
+                &first.db,
+                ctx.log(&format!("bus_seal_remote-{b}-{round}-1")),
+                &env,
+            )
+            .await?;
             let servers = vec![first, second];
             let cpu = |s: &[Server]| s.iter().map(|s| proc_cpu_secs(s.pid)).sum::<f64>();
             let before = cpu(&servers);
-            let measured = super::scale_out::measure(&servers, per_instance, events, warmup, interval).await;
+            let measured =
+                super::scale_out::measure(&servers, per_instance, events, warmup, interval).await;
             let spent = cpu(&servers) - before;
             for s in servers.into_iter().rev() {
                 s.stop(&ctx.pg).await;
@@ -157,7 +174,11 @@ pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
     let mut medians = Vec::new();
     for (b, (label, _)) in builds.iter().enumerate() {
         let (p50, p99, cpu, local) = &mut samples[b];
-        let m = (percentile(p50, 50.0), percentile(p99, 50.0), percentile(cpu, 50.0));
+        let m = (
+            percentile(p50, 50.0),
+            percentile(p99, 50.0),
+            percentile(cpu, 50.0),
+        );
         o.row(
             format!("{label}: remote p50 / p99, local p50, server CPU per delivery (medians of {rounds} rounds)"),
             format!("{:.2} / {:.2} ms, {:.2} ms, {:.1} µs", m.0, m.1, percentile(local, 50.0), m.2),

@@ -784,9 +784,18 @@ async fn a_slow_client_gets_every_event_and_only_the_latest_interim_text() {
         durable.iter().any(|e| e["via"] == "catchup"),
         "the slow client was caught up from the database"
     );
+    // The latest interim text always arrives, each at most once and in
+    // order; how many earlier ones were coalesced depends on how full the
+    // backlog got on this machine (none, under some loads: seen in CI), so
+    // it is not asserted here.
+    assert_eq!(
+        partials.last(),
+        Some(&49),
+        "the latest partial: {partials:?}"
+    );
     assert!(
-        !partials.is_empty() && partials.len() < 50,
-        "coalesced partials: {partials:?}"
+        partials.windows(2).all(|w| w[0] < w[1]),
+        "partials: {partials:?}"
     );
     assert_eq!(
         *partials.last().unwrap(),

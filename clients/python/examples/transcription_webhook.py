@@ -33,13 +33,13 @@ safe).
 
 Run it (from clients/python, with the ``example`` extra installed):
 
-    ROOMCAST_URL=http://127.0.0.1:8080 \\
-    ROOMCAST_TOKEN="$(roomcast token --org acme --sub transcriber --pub)" \\
+    ROOMCAST_URL=http://127.0.0.1:8080 ROOMCAST_JWT_SECRET=change-me ROOMCAST_ORG=acme \\
     TRANSCRIPTION_WEBHOOK_SECRET=whsec-demo \\
     uvicorn examples.transcription_webhook:app --port 8000
 
-Instead of ROOMCAST_TOKEN, ROOMCAST_JWT_SECRET and ROOMCAST_ORG let the app
-mint its own publishing tokens (renewed before they expire).
+With ROOMCAST_JWT_SECRET the app mints its own short publishing tokens and
+renews them before they expire (:class:`roomcast.SecretTokens`); a fixed
+ROOMCAST_TOKEN works too, until it expires.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from roomcast import AsyncProducer, RetryPolicy, RoomClosed, RoomcastError, Unavailable, mint_token
+from roomcast import AsyncProducer, RetryPolicy, RoomClosed, RoomcastError, SecretTokens, Unavailable
 
 SIGNATURE_HEADER = "ElevenLabs-Signature"
 ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -116,22 +116,12 @@ def verify_provider_signature(secret: str, body: bytes, header: str | None, tole
     return any(hmac.compare_digest(expected, sig.lower()) for sig in fields.get("v0", []))
 
 
-class _Tokens:
-    """A fixed token, or tokens minted here and renewed before they expire."""
-
-    def __init__(self, s: Settings) -> None:
-        self.s = s
-        self.token = s.roomcast_token
-        self.exp = 0.0
-
-    def __call__(self) -> str:
-        if self.s.roomcast_token:
-            return self.s.roomcast_token
-        if self.token is None or time.time() > self.exp - 60:
-            assert self.s.jwt_secret and self.s.org
-            self.token = mint_token(self.s.jwt_secret, org=self.s.org, sub="transcription-webhook", ttl=3600, publish=True)
-            self.exp = time.time() + 3600
-        return self.token
+def _tokens(s: Settings) -> str | SecretTokens:
+    """A fixed token, or short tokens minted here and renewed before they expire."""
+    if s.roomcast_token:
+        return s.roomcast_token
+    assert s.jwt_secret and s.org
+    return SecretTokens(s.jwt_secret, org=s.org, sub="transcription-webhook", ttl=300)
 
 
 def _room_of(data: dict[str, Any]) -> str | None:
@@ -148,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = s
         # A provider waits ~10 s for an answer: retry roomcast for at most 8.
         retry = RetryPolicy(max_attempts=20, base=0.2, cap=2.0, deadline=8.0)
-        async with AsyncProducer(s.roomcast_url, _Tokens(s), retry=retry) as producer:
+        async with AsyncProducer(s.roomcast_url, _tokens(s), retry=retry) as producer:
             app.state.producer = producer
             yield
 

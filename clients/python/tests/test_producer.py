@@ -141,3 +141,64 @@ async def test_members_of_a_room_over_rest(server) -> None:
             assert (got.members[0].sub, got.members[0].info, got.members[0].connections) == ("ana", {"name": "Ana"}, 1)
             only = await p.members("standup", count_only=True)
             assert only.count == 1 and only.members is None
+
+
+def test_a_producer_from_the_secret_outlives_its_tokens(server, token) -> None:
+    """Issue 26, item 2: a producer made from the secret keeps publishing
+    past its first token's expiry (it mints the next one before)."""
+    import time
+
+    from _support import JWT_SECRET
+
+    fixed = token(publish=True, ttl=2)
+    with Producer.from_secret(server.url, JWT_SECRET, org=ORG, ttl=2) as p, Producer(server.url, fixed) as q:
+        assert p.publish("long-job", "stage", {"n": 1}).seq == 1
+        assert q.publish("long-job", "stage", {"n": 2}).seq == 2
+        time.sleep(7.5)  # both first tokens expired, and the server's 5 s leeway passed
+        assert p.publish("long-job", "stage", {"n": 3}).seq == 3
+        assert p._token.minted == 2  # type: ignore[attr-defined]
+
+
+def test_a_401_asks_the_provider_for_a_new_token_once(server, token) -> None:
+    """A token provider whose token the server refuses (expired, or a clock
+    ahead) is asked again, once: a caching provider is told to renew."""
+
+    class Provider:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.stale = True
+
+        def __call__(self) -> str:
+            self.calls += 1
+            return token(publish=True, ttl=-60 if self.stale else 3600)
+
+        def invalidate(self) -> None:
+            self.stale = False
+
+    provider = Provider()
+    with Producer(server.url, provider, retry=RetryPolicy(max_attempts=1)) as p:
+        assert p.publish("renewed", "x").seq == 1
+    assert provider.calls == 2
+
+    # Always refused: one retry, then the 401 is raised (no loop).
+    calls = []
+
+    def always_expired() -> str:
+        calls.append(1)
+        return token(publish=True, ttl=-60)
+
+    with Producer(server.url, always_expired) as p, pytest.raises(Unauthorized):
+        p.publish("renewed", "y")
+    assert len(calls) == 2
+
+
+@pytest.mark.asyncio
+async def test_an_async_producer_from_the_secret_renews(server) -> None:
+    import asyncio
+
+    from _support import JWT_SECRET
+
+    async with AsyncProducer.from_secret(server.url, JWT_SECRET, org=ORG, ttl=2) as p:
+        assert (await p.publish("async-job", "a")).seq == 1
+        await asyncio.sleep(2.5)
+        assert (await p.publish("async-job", "b")).seq == 2

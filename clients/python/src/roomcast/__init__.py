@@ -33,7 +33,7 @@ from .models import (
 )
 from .producer import AsyncProducer, Producer
 from .retry import RetryPolicy, full_jitter
-from .tokens import mint_token, token_claims, token_expiry
+from .tokens import SecretTokens, mint_token, token_claims, token_expiry
 from .webhook import AsyncWebhookProducer, WebhookProducer, sign_webhook, verify_webhook
 
 __version__ = "0.1.0"
@@ -63,6 +63,7 @@ __all__ = [
     "RoomSnapshot",
     "RoomSubscription",
     "RoomcastError",
+    "SecretTokens",
     "Source",
     "Status",
     "TokenProvider",

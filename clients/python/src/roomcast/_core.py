@@ -325,6 +325,18 @@ def _headers(call: Call[Any], token: str | None) -> dict[str, str]:
     return h
 
 
+def _renews(token: object, e: RoomcastError, renewed: bool) -> bool:
+    """A 401 with a token provider: ask it for a new token and try once
+    more (a provider that caches, such as :class:`roomcast.SecretTokens`, is
+    told to mint anew). A fixed token string is never retried."""
+    if renewed or e.status != 401 or token is None or isinstance(token, str):
+        return False
+    invalidate = getattr(token, "invalidate", None)
+    if callable(invalidate):
+        invalidate()
+    return True
+
+
 class SyncRunner(Ops):
     """Sends calls with ``httpx.Client`` and the retry loop."""
 
@@ -342,6 +354,9 @@ class SyncRunner(Ops):
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(timeout=timeout, trust_env=False)
 
+    def _renew_after(self, e: RoomcastError, renewed: bool) -> bool:
+        return _renews(self._token, e, renewed)
+
     def _token_now(self) -> str | None:
         t = self._token
         if t is None or isinstance(t, str):
@@ -355,6 +370,7 @@ class SyncRunner(Ops):
         policy = call.retry or self.retry
         started = time.monotonic()
         attempt = 0
+        renewed = False
         while True:
             err: RoomcastError
             try:
@@ -375,6 +391,9 @@ class SyncRunner(Ops):
             except RoomcastError as e:
                 err = e
                 retryable = e.status in RETRY_STATUSES
+                if self._renew_after(e, renewed):
+                    renewed = True
+                    continue
             attempt += 1
             if not retryable or attempt >= policy.max_attempts:
                 raise err
@@ -413,6 +432,9 @@ class AsyncRunner(Ops):
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, trust_env=False)
 
+    def _renew_after(self, e: RoomcastError, renewed: bool) -> bool:
+        return _renews(self._token, e, renewed)
+
     async def _token_now(self) -> str | None:
         t = self._token
         if t is None or isinstance(t, str):
@@ -428,6 +450,7 @@ class AsyncRunner(Ops):
         policy = call.retry or self.retry
         started = time.monotonic()
         attempt = 0
+        renewed = False
         while True:
             err: RoomcastError
             try:
@@ -448,6 +471,9 @@ class AsyncRunner(Ops):
             except RoomcastError as e:
                 err = e
                 retryable = e.status in RETRY_STATUSES
+                if self._renew_after(e, renewed):
+                    renewed = True
+                    continue
             attempt += 1
             if not retryable or attempt >= policy.max_attempts:
                 raise err

@@ -16,6 +16,7 @@ import httpx
 from ._core import AsyncRunner, AsyncToken, SyncRunner, SyncToken
 from .models import BatchResult, EventPage, Presence, PublishResult, RoomSnapshot
 from .retry import RetryPolicy
+from .tokens import SecretTokens
 
 __all__ = ["Producer", "AsyncProducer"]
 
@@ -176,6 +177,30 @@ class Producer(_SyncPublishing):
     ) -> None:
         super().__init__(base_url, token, retry=retry, timeout=timeout, http_client=http_client)
 
+    @classmethod
+    def from_secret(
+        cls,
+        base_url: str,
+        secret: str | bytes,
+        *,
+        org: str,
+        sub: str = "producer",
+        ttl: float = 300,
+        rooms: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        http_client: httpx.Client | None = None,
+    ) -> Producer:
+        """A producer for a backend that holds ``ROOMCAST_JWT_SECRET``: it
+        mints its own short tokens (``ttl`` seconds, publishing) and renews
+        them before they expire, so it keeps working for as long as the
+        process runs (:class:`~roomcast.SecretTokens`).
+
+        >>> p = Producer.from_secret("http://127.0.0.1:8080", os.environ["ROOMCAST_JWT_SECRET"], org="acme")
+        """
+        tokens = SecretTokens(secret, org=org, sub=sub, ttl=ttl, rooms=rooms, publish=True)
+        return cls(base_url, tokens, retry=retry, timeout=timeout, http_client=http_client)
+
     def snapshot(self, room: str) -> RoomSnapshot | None:
         """``GET /v1/rooms/{room}``; ``None`` for a room never published to (404)."""
         return self._execute(self._snapshot_call(room))
@@ -227,6 +252,25 @@ class AsyncProducer(_AsyncPublishing):
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(base_url, token, retry=retry, timeout=timeout, http_client=http_client)
+
+    @classmethod
+    def from_secret(
+        cls,
+        base_url: str,
+        secret: str | bytes,
+        *,
+        org: str,
+        sub: str = "producer",
+        ttl: float = 300,
+        rooms: Sequence[str] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> AsyncProducer:
+        """An async producer minting and renewing its own short tokens; see
+        :meth:`Producer.from_secret`."""
+        tokens = SecretTokens(secret, org=org, sub=sub, ttl=ttl, rooms=rooms, publish=True)
+        return cls(base_url, tokens, retry=retry, timeout=timeout, http_client=http_client)
 
     async def snapshot(self, room: str) -> RoomSnapshot | None:
         """``GET /v1/rooms/{room}``; ``None`` for a room never published to (404)."""

@@ -11,11 +11,12 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["mint_token", "token_claims", "token_expiry"]
+__all__ = ["SecretTokens", "mint_token", "token_claims", "token_expiry"]
 
 
 def _b64url(data: bytes) -> str:
@@ -97,3 +98,54 @@ def token_expiry(token: str) -> float | None:
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         return None
     return float(exp)
+
+
+class SecretTokens:
+    """A token provider for a backend that holds the secret: mints a short
+    token and mints the next one before it expires (when less than a fifth
+    of ``ttl`` is left), so a long-running producer (a worker, a webhook
+    handler in a server process) never publishes with an expired token.
+
+    Pass it where a token callable goes (``Producer(url, SecretTokens(...))``)
+    or use :meth:`roomcast.Producer.from_secret`. Thread-safe. A 401 makes
+    the producers call :meth:`invalidate` and retry once with a new token
+    (the server's clock may be ahead of this one).
+    """
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        org: str,
+        sub: str = "producer",
+        ttl: float = 300,
+        rooms: Sequence[str] | None = None,
+        publish: bool = True,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        if ttl < 2:
+            raise ValueError("SecretTokens: ttl must be 2 seconds or more")
+        self._mint = lambda now: mint_token(
+            secret, org=org, sub=sub, ttl=ttl, rooms=rooms, publish=publish, info=info, now=now
+        )
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+        #: how many tokens were minted (for tests and logs)
+        self.minted = 0
+        self._mint(time.time())  # bad arguments fail now, not at the first publish
+
+    def __call__(self) -> str:
+        now = time.time()
+        with self._lock:
+            if self._token is None or now >= self._renew_at:
+                self._token = self._mint(now)
+                self._renew_at = now + self._ttl * 0.8
+                self.minted += 1
+            return self._token
+
+    def invalidate(self) -> None:
+        """The next call mints a new token."""
+        with self._lock:
+            self._token = None

@@ -141,9 +141,9 @@ pub struct Config {
     /// The cluster secret that seals (authenticates and encrypts) what
     /// instances tell each other: bus messages, presence and ephemeral
     /// NOTIFYs. Comma separated while rotating: the first seals, every one
-    /// listed opens (roll out old,new; then new,old; then new). Unset:
-    /// the secret the database generated at its first migration, which
-    /// only roomcast's own role can read.
+    /// listed opens (roll out old,new; then new,old; then new). Required
+    /// with a bus. Unset without a bus: the secret the database generated
+    /// at its first migration, which only roomcast's own role can read.
     #[arg(long, env = "ROOMCAST_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 

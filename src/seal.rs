@@ -7,8 +7,8 @@
 //!
 //! XChaCha20-Poly1305 with a random 192-bit nonce per message (no counter to
 //! keep between instances). The key is derived from the cluster secret
-//! (`ROOMCAST_CLUSTER_SECRET`, else the one the database generated, readable
-//! only by roomcast's own role). Several secrets may be given at once
+//! (`ROOMCAST_CLUSTER_SECRET`, required with a bus; without one, else the
+//! one the database generated, readable only by roomcast's own role). Several secrets may be given at once
 //! while they rotate: the first seals, any of them opens (roll out
 //! `old,new`, then `new,old`, then `new`).
 //!

@@ -234,8 +234,9 @@ pub async fn migrate_to(pool: &Pool, version: Option<u32>) -> Result<(), StartEr
     result
 }
 
-/// The cluster key: `ROOMCAST_CLUSTER_SECRET` (new,old while rotating), else
-/// the secret the database generated, which only roomcast's own role (and
+/// The cluster key: `ROOMCAST_CLUSTER_SECRET` (new,old while rotating;
+/// required with a bus), else (no bus: only NOTIFY between instances) the
+/// secret the database generated, which only roomcast's own role (and
 /// superusers) can read.
 async fn cluster_seal(config: &Config, pool: &Pool) -> Result<Seal, StartError> {
     let secrets: Vec<String> = match config.cluster_secret.as_deref() {
@@ -290,6 +291,18 @@ impl Application {
                 "ROOMCAST_POLL_MS=0 turns off the head check, which a bus (ROOMCAST_BUS) needs: \
                  a message the bus loses is found by it. Set ROOMCAST_POLL_MS above 0 (default 5000) \
                  or unset ROOMCAST_BUS"
+                    .into(),
+            ));
+        }
+        if config.bus.is_some() && config.cluster_secret.is_none() {
+            // Every message between instances is sealed with the cluster
+            // key; a broker is reachable by parties the database is not, so
+            // a deployment with one names its secret (PROTOCOL.md, "Trust").
+            return Err(StartError::Config(
+                "ROOMCAST_BUS needs ROOMCAST_CLUSTER_SECRET: the secret every instance of this \
+                 deployment shares, which authenticates and encrypts what they tell each other \
+                 over the broker (for instance `openssl rand -hex 32`; comma separated while \
+                 rotating: new,old)"
                     .into(),
             ));
         }

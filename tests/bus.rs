@@ -323,6 +323,30 @@ async fn the_relay_killed_on_redis_is_taken_over_and_sql_events_arrive_once() {
     relay_leader_killed("redis").await;
 }
 
+/// Issue 24: a bus without `ROOMCAST_CLUSTER_SECRET` is refused at start,
+/// naming the setting (PROTOCOL.md, "Trust": required with a bus), before
+/// anything is sent on the broker.
+#[actix_web::test]
+async fn a_bus_without_a_cluster_secret_is_refused_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let mut c = bus_config(&db, Some("nats://127.0.0.1:1".into()));
+    c.cluster_secret = None;
+    let err = match roomcast::startup::Application::build(c).await {
+        Ok(_) => panic!("a bus without a cluster secret was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("ROOMCAST_CLUSTER_SECRET") && err.contains("ROOMCAST_BUS"),
+        "{err}"
+    );
+    // Without a bus the secret stays optional (NOTIFY is sealed with the
+    // one the database generated).
+    let mut c = bus_config(&db, None);
+    c.cluster_secret = None;
+    let app = spawn_app(c).await;
+    app.ready().await;
+}
+
 /// Issue 23, item 10: a bus with the head check off (`ROOMCAST_POLL_MS=0`)
 /// could lose an event for good (a message the bus drops is found only by
 /// the head check), so that combination is refused at start, saying why.
@@ -675,8 +699,8 @@ async fn forged_redis_messages_are_rejected_and_real_events_arrive_once() {
 }
 
 /// Issue 24: an instance that seals with another cluster secret is not
-/// heard (its messages are rejected and counted, never routed); one given
-/// the database's secret explicitly is heard as any other.
+/// heard (its messages are rejected and counted, never routed); one that
+/// lists the deployment's secret first, while rotating, is heard.
 #[actix_web::test]
 async fn an_instance_with_another_cluster_secret_is_not_heard() {
     let broker = Broker::nats();
@@ -684,13 +708,7 @@ async fn an_instance_with_another_cluster_secret_is_not_heard() {
     let mut ca = bus_config(&db, Some(broker.url()));
     ca.poll_ms = 60_000;
     let a = spawn_app(ca).await;
-    let secret: String = db
-        .client()
-        .await
-        .query_one("SELECT secret FROM roomcast_cluster", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let secret = CLUSTER_SECRET;
     let mut cw = bus_config(&db, Some(broker.url()));
     cw.cluster_secret = Some("not-the-cluster-secret".into());
     let wrong = spawn_app(cw).await;

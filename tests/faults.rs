@@ -248,6 +248,7 @@ async fn a_partitioned_relay_leader_loses_its_role_within_20_seconds() {
             ])
             .env("DATABASE_URL", &url)
             .env("ROOMCAST_BUS", &bus)
+            .env("ROOMCAST_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("ROOMCAST_BIND", format!("{}:0", net.ns_ip))
             .env("ROOMCAST_JWT_SECRET", SECRET)
             .env("ROOMCAST_POLL_MS", "1000")

@@ -27,6 +27,8 @@ use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
 pub const SECRET: &str = "test-secret";
+/// `ROOMCAST_CLUSTER_SECRET` of every test instance (required with a bus).
+pub const CLUSTER_SECRET: &str = "test-cluster-secret";
 
 /// Where tests keep private PostgreSQL clusters: `ROOMCAST_TEST_TMPDIR` if
 /// set (CI points it into a mode-700 directory, as a checkout under `/root`
@@ -134,6 +136,7 @@ pub struct TestApp {
 
 pub fn config(db: &TestDb) -> Config {
     let mut c = Config::new(db.url.clone(), SECRET);
+    c.cluster_secret = Some(CLUSTER_SECRET.into());
     c.workers = 2;
     c.db_pool = 8;
     c
@@ -464,6 +467,7 @@ impl ServerProcess {
             .env("DATABASE_URL", db_url)
             .env("ROOMCAST_BIND", format!("127.0.0.1:{port}"))
             .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("ROOMCAST_WORKERS", "1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -50,6 +50,10 @@ pub async fn run(ctx: &Ctx) -> Result<Outcome> {
             let mut env = vec![("ROOMCAST_POLL_MS", "5000".to_string())];
             if let Some(b) = &broker {
                 env.push(("ROOMCAST_BUS", b.url.clone()));
+                env.push((
+                    "ROOMCAST_CLUSTER_SECRET",
+                    "bench-cluster-secret".to_string(),
+                ));
             }
             let first = ctx
                 .server(&format!("scale_out-{bus}-{instances}-0"), &env)

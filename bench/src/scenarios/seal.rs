@@ -132,6 +132,10 @@ pub async fn remote(ctx: &Ctx) -> Result<Outcome> {
             let env = vec![
                 ("ROOMCAST_POLL_MS", "5000".to_string()),
                 ("ROOMCAST_BUS", broker.url.clone()),
+                (
+                    "ROOMCAST_CLUSTER_SECRET",
+                    "bench-cluster-secret".to_string(),
+                ),
             ];
             let first = Server::start(
                 bin,

@@ -1154,6 +1154,8 @@ mod tests {
                     ty: "t.x".into(),
                     data: serde_json::json!({"n": seq, "s": "é\"\\"}),
                     ts: "2026-11-21T22:00:00.000Z".into(),
+                    state: (seq == 2).then(|| serde_json::json!({"stage": "asr", "x": null})),
+                    status: (seq == 3).then_some(crate::protocol::RoomStatus::Completed),
                 };
                 Frame::encode(&k.room, &ev, Via::Push)
             })

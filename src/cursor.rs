@@ -381,6 +381,8 @@ mod tests {
             ty: "t".into(),
             data: serde_json::Value::Null,
             ts: "2026-11-21T22:00:00.000Z".into(),
+            state: None,
+            status: None,
         };
         Frame::encode(&RoomId::parse("r").unwrap(), &ev, Via::Push)
     }

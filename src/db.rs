@@ -514,6 +514,8 @@ impl Db {
                                     ty: ev.ty.as_str().to_owned(),
                                     data: ev.data,
                                     ts: p.ts.clone(),
+                                    state: ev.state,
+                                    status: ev.status,
                                 };
                                 frames.push(Frame::encode(&key.room, &event, Via::Push));
                             }

@@ -363,6 +363,12 @@ pub struct Event {
     pub data: Value,
     /// RFC 3339 UTC with milliseconds, set at commit.
     pub ts: String,
+    /// The state merge patch (RFC 7386) this event's publish applied, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+    /// The status this event's publish set, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RoomStatus>,
 }
 
 /// `GET /v1/rooms/{room}`: a room's snapshot.
@@ -494,6 +500,10 @@ struct EventFrame<'a> {
     ty: &'a str,
     data: &'a Value,
     ts: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<RoomStatus>,
     via: Via,
 }
 
@@ -506,6 +516,8 @@ impl Frame {
             ty: &event.ty,
             data: &event.data,
             ts: &event.ts,
+            state: event.state.as_ref(),
+            status: event.status,
             via,
         };
         // Serializing a Value with string keys cannot fail.
@@ -805,6 +817,8 @@ mod tests {
             ty: "t".into(),
             data: serde_json::json!({"k": "v"}),
             ts: "2026-11-21T22:00:00.123Z".into(),
+            state: None,
+            status: None,
         };
         let f = Frame::encode(&room, &ev, Via::Push);
         let v: Value = serde_json::from_str(&f.text).unwrap();
@@ -812,6 +826,20 @@ mod tests {
         assert_eq!(v["seq"], 3);
         assert_eq!(v["via"], "push");
         assert_eq!(v["type"], "t");
+        // State travels with events: absent when the publish applied none,
+        // the patch (nulls kept: they delete keys) and status when it did.
+        assert!(v.get("state").is_none() && v.get("status").is_none());
+        let ev = Event {
+            state: Some(serde_json::json!({"stage": "asr", "gone": null})),
+            status: Some(RoomStatus::Completed),
+            ..ev
+        };
+        let v: Value = serde_json::from_str(&Frame::encode(&room, &ev, Via::Push).text).unwrap();
+        assert_eq!(
+            v["state"],
+            serde_json::json!({"stage": "asr", "gone": null})
+        );
+        assert_eq!(v["status"], "completed");
         let e = EphemeralEvent {
             ty: EventType::parse("t.partial").unwrap(),
             data: serde_json::json!({"text": "hel"}),

@@ -433,14 +433,14 @@ pub async fn events_after(
 ) -> Result<EventsPage, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born
+            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born, p.state, p.status
                FROM (SELECT $1::text AS org, $2::text AS room) k
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
                LEFT JOIN LATERAL (
-                 SELECT seq, type, d, ts, n FROM (
-                   SELECT seq, type, d, ts, count(*) OVER () AS n,
+                 SELECT seq, type, d, ts, n, state, status FROM (
+                   SELECT seq, type, d, ts, state, status, count(*) OVER () AS n,
                           sum(octet_length(d)) OVER (ORDER BY seq) - octet_length(d) AS before
-                     FROM (SELECT seq, type, data::text AS d, ts FROM events
+                     FROM (SELECT seq, type, data::text AS d, ts, state, status FROM events
                             WHERE org = $1 AND room = $2 AND seq > $3
                             ORDER BY seq LIMIT $4) e
                  ) q WHERE before < $5
@@ -468,6 +468,8 @@ pub async fn events_after(
                 data: serde_json::from_str(data)
                     .map_err(|e| StoreError::Internal(format!("reading an event's data: {e}")))?,
                 ts: r.get(4),
+                state: r.get(7),
+                status: r.get::<_, Option<&str>>(8).map(status_of),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -557,11 +559,12 @@ pub async fn page(
            coalesce((SELECT first FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), r.head + 1),
            coalesce((SELECT born FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), 0),
            (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
-                       'data', p.data, 'ts', roomcast_ts(p.ts)) ORDER BY p.seq), '[]'::json)
-              FROM (SELECT seq, type, data, ts,
+                       'data', p.data, 'ts', roomcast_ts(p.ts), 'state', p.state,
+                       'status', p.status) ORDER BY p.seq), '[]'::json)
+              FROM (SELECT seq, type, data, ts, state, status,
                            sum(octet_length(data::text)) OVER (ORDER BY seq)
                              - octet_length(data::text) AS before
-                      FROM (SELECT seq, type, data, ts FROM events
+                      FROM (SELECT seq, type, data, ts, state, status FROM events
                              WHERE org = r.org AND room = r.room AND ";
     const TAIL: &str = " ORDER BY seq LIMIT $4) e) p WHERE p.before < $5)
            FROM rooms r WHERE r.org = $1 AND r.room = $2";

@@ -862,6 +862,8 @@ async fn a_push_dropped_on_a_full_mailbox_is_followed_by_a_resync() {
             ty: "t".into(),
             data: json!(seq),
             ts: "2026-11-29T00:00:00.000Z".into(),
+            state: None,
+            status: None,
         };
         Frame::encode(&key.room, &ev, Via::Push)
     };
@@ -982,6 +984,149 @@ async fn cursors_beyond_a_page_cut_by_its_byte_bound_are_served_too() {
         for (since, evs) in got {
             assert!(evs.iter().all(|e| e["via"] == "catchup"), "round {round}");
             assert_exactly(&evs, since + 1, 40);
+        }
+    }
+}
+
+/// Issue 26, item 1 (PROTOCOL.md, "State travels with events"): an event
+/// whose publish applied a state patch or a status carries them on every
+/// transport (push, catch-up, poll, SSE; REST, batch and SQL producers), and
+/// a plain event carries neither. Applying the patches in seq order after
+/// `subscribed`'s state gives the room's state, with no read per event.
+#[actix_web::test]
+async fn state_and_status_travel_with_events_on_every_transport() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let room = "stage";
+    publish(app.port, &producer, room, "seg", json!(0)).await;
+    let mut live = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/{room}/ws?since=1&token={viewer}"),
+    )
+    .await;
+    let subscribed = live.expect_op("subscribed").await;
+    assert_eq!(subscribed["state"], json!({}));
+
+    // 2: a patch; 3: plain; 4-5 (a batch): a patch deleting a key, then a
+    // status; 6 (SQL producer): a patch; 7: a terminal status with a patch.
+    let (s, b, _) = post(
+        app.port,
+        &format!("/v1/rooms/{room}/events"),
+        &producer,
+        &json!({"type": "stage", "data": {}, "state": {"stage": "asr", "progress": 0.1}}),
+    )
+    .await;
+    assert_eq!((s, b["seq"].as_i64()), (201, Some(2)), "{b}");
+    publish(app.port, &producer, room, "seg", json!(3)).await;
+    let (s, b, _) = post(
+        app.port,
+        &format!("/v1/rooms/{room}/events"),
+        &producer,
+        &json!({"events": [
+            {"type": "stage", "state": {"stage": "diarize", "progress": null}},
+            {"type": "note", "status": "in_progress"}
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    db.client()
+        .await
+        .execute(
+            "SELECT roomcast_publish('acme', $1, 'stage', '{}'::jsonb, NULL, '{\"speakers\": 2}'::jsonb)",
+            &[&room],
+        )
+        .await
+        .unwrap();
+    let (s, b, _) = post(
+        app.port,
+        &format!("/v1/rooms/{room}/events"),
+        &producer,
+        &json!({"type": "done", "state": {"stage": "done"}, "status": "completed"}),
+    )
+    .await;
+    assert_eq!((s, b["seq"].as_i64()), (201, Some(7)), "{b}");
+
+    let want: Vec<(i64, Option<Value>, Option<&str>)> = vec![
+        (2, Some(json!({"stage": "asr", "progress": 0.1})), None),
+        (3, None, None),
+        (4, Some(json!({"stage": "diarize", "progress": null})), None),
+        (5, None, Some("in_progress")),
+        (6, Some(json!({"speakers": 2})), None),
+        (7, Some(json!({"stage": "done"})), Some("completed")),
+    ];
+    let check = |how: &str, frames: &[Value]| {
+        let got: Vec<_> = frames
+            .iter()
+            .filter(|f| f["seq"].as_i64() >= Some(2))
+            .map(|f| {
+                (
+                    f["seq"].as_i64().unwrap(),
+                    f.get("state").cloned(),
+                    f.get("status").and_then(Value::as_str),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "{how}");
+        // Applied in seq order, the patches give the room's state.
+        let mut state = json!({});
+        for f in frames {
+            if let Some(p) = f.get("state") {
+                merge(&mut state, p);
+            }
+        }
+        assert_eq!(
+            state,
+            json!({"stage": "done", "speakers": 2}),
+            "{how}: state from the patches"
+        );
+    };
+    let pushed = live.events_until(room, 7, Duration::from_secs(15)).await;
+    assert!(pushed.iter().any(|f| f["via"] == "push"));
+    check("push", &pushed);
+
+    let mut late = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/{room}/ws?since=1&token={viewer}"),
+    )
+    .await;
+    late.expect_op("subscribed").await;
+    let caught = late.events_until(room, 7, Duration::from_secs(15)).await;
+    assert!(caught.iter().all(|f| f["via"] == "catchup"));
+    check("catch-up", &caught);
+
+    check("poll", &poll_all(app.port, &viewer, room, 1, 2).await);
+
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/{room}/sse?since=1&token={viewer}"),
+        &[],
+    )
+    .await;
+    let msgs = sse.events_until(7, Duration::from_secs(15)).await;
+    check("SSE", &SseClient::frames(&msgs));
+
+    let (_, snap, _) = get(app.port, &format!("/v1/rooms/{room}"), &viewer, &[]).await;
+    assert_eq!(snap["state"], json!({"stage": "done", "speakers": 2}));
+    assert_eq!(snap["status"], "completed");
+}
+
+/// RFC 7386 merge patch, as a client applies it.
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().unwrap();
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
     }
 }

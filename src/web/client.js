@@ -45,6 +45,8 @@
  * @property {Source} source how it reached this client: live push, catch-up (server read-back, or a gap this client repaired) or poll
  * @property {boolean} ephemeral never stored, never advances the cursor
  * @property {string} [key] an ephemeral event's coalescing key
+ * @property {Record<string, unknown>} [state] the state merge patch (RFC 7386) its publish applied, if any
+ * @property {RoomStatus} [status] the status its publish set, if any
  */
 
 /**
@@ -108,7 +110,7 @@
  * @typedef {object} SubscriptionEvents
  * @property {RoomEvent} event an event, in seq order, once
  * @property {Snapshot} subscribed the server confirmed the subscription (WebSocket) or answered the first poll
- * @property {Snapshot} snapshot the room's state, status or head changed (from a poll answer, `subscribed`, or a snapshot read after events when `snapshots` is on)
+ * @property {Snapshot} snapshot the room's state, status or head changed (from a poll answer, `subscribed`, an event that carried a state patch or a status, or a snapshot read after events when `snapshots` is on)
  * @property {{head: number, state: Record<string, unknown>, first: number, since: number}} reset the events after the cursor (`since`) can no longer be replayed (pruned by the retention when `since < first - 1`, else the cursor was beyond the head): resync from `state`; the cursor is now `head`; `first` is the lowest seq the room still stores
  * @property {ClientError} error
  * @property {PresenceChange} presence the room's members changed (subscriptions with `presence`)
@@ -132,7 +134,7 @@
  * @property {number | null} [since] the last seq the caller already has: events after it are delivered. `0`: the whole history; absent/`null`: from now on (no history)
  * @property {boolean} [presence] join the room as a member (the token's `sub` and `info`) and follow its members: `subscribed` brings them, `presence` frames the changes (realtime); in polling mode the members are read every few seconds and the page is not a member
  * @property {(p: PresenceChange) => void} [onPresence]
- * @property {boolean} [snapshots] re-read the room's snapshot (state, status) shortly after events arrive over WebSocket, whose frames carry no state; poll answers carry it anyway. Default false.
+ * @property {boolean} [snapshots] re-read the room's snapshot (state, status) shortly after events arrive over WebSocket. Not needed to follow `state` and `status`: every event that changed them carries its patch and status, applied in seq order. For a room whose state is changed without an event. Default false.
  * @property {(e: RoomEvent) => void} [onEvent]
  * @property {(s: Snapshot) => void} [onSubscribed]
  * @property {(s: Snapshot) => void} [onSnapshot]
@@ -299,8 +301,10 @@ export class Subscription extends Emitter {
     this.head = null;
     /** The room's status as last reported. @type {RoomStatus | null} */
     this.status = null;
-    /** The room's state (snapshot) as last reported. @type {Record<string, unknown>} */
+    /** The room's state: the last snapshot's, with every later event's patch applied in seq order. @type {Record<string, unknown>} */
     this.state = {};
+    /** @internal the seq `state` and `status` stand at (events at or below it are already in them) @type {number | null} */
+    this.stateAt = null;
     /** Re-read the snapshot after WebSocket events. */
     this.snapshots = options.snapshots ?? false;
     /** Join as a member and follow the members. */
@@ -1633,7 +1637,16 @@ export class RoomcastClient extends Emitter {
     if (sub.head === null || sub.cursor > sub.head) sub.head = sub.cursor;
     this._counts[ev.source] += 1;
     this._lastEventAt = Date.now();
+    // State travels with events: a patch or status not yet in the
+    // snapshot is applied in seq order, with no read.
+    const changes = (ev.state !== undefined || ev.status !== undefined) && (sub.stateAt === null || sub.cursor > sub.stateAt);
+    if (changes) {
+      if (ev.state !== undefined) sub.state = mergePatch(sub.state, ev.state);
+      if (ev.status !== undefined) sub.status = ev.status;
+    }
+    if (sub.stateAt === null || sub.cursor > sub.stateAt) sub.stateAt = sub.cursor;
     sub.emit('event', ev);
+    if (changes) sub.emit('snapshot', { head: sub.head, status: /** @type {RoomStatus} */ (sub.status), state: sub.state });
   }
 
   /**
@@ -1736,6 +1749,7 @@ export class RoomcastClient extends Emitter {
     sub.cursor = head;
     sub.head = head;
     sub.state = state ?? {};
+    sub.stateAt = head;
     sub.pending.clear();
     sub.emit('reset', { head, state: sub.state, first: first ?? head + 1, since });
   }
@@ -1751,15 +1765,20 @@ export class RoomcastClient extends Emitter {
     const changed =
       sub.head !== s.head || sub.status !== s.status || JSON.stringify(sub.state) !== JSON.stringify(s.state);
     if (sub.head === null || s.head >= sub.head) sub.head = s.head;
-    sub.status = s.status;
-    sub.state = s.state ?? {};
-    const snap = { head: s.head, status: s.status, state: sub.state };
+    // A snapshot older than what the events already gave is not taken.
+    if (sub.stateAt === null || s.head >= sub.stateAt) {
+      sub.status = s.status;
+      sub.state = s.state ?? {};
+      sub.stateAt = s.head;
+    }
+    const snap = { head: s.head, status: /** @type {RoomStatus} */ (sub.status), state: sub.state };
     if (name === 'subscribed') sub.emit('subscribed', snap);
     if (changed || name === 'subscribed') sub.emit('snapshot', snap);
   }
 
   /**
-   * WebSocket event frames carry no state: re-read the snapshot shortly.
+   * `snapshots: true`: re-read the snapshot shortly after WebSocket events
+   * (for state changed by a path that publishes no event of its own).
    * @private
    * @param {Subscription} sub
    */
@@ -1878,7 +1897,29 @@ function toEvent(m, source) {
     ephemeral: m.seq === null || m.seq === undefined || m.ephemeral === true,
   };
   if (typeof m.key === 'string') ev.key = m.key;
+  if (m.state !== null && typeof m.state === 'object' && !Array.isArray(m.state)) ev.state = m.state;
+  if (typeof m.status === 'string') ev.status = m.status;
   return ev;
+}
+
+/**
+ * JSON merge patch (RFC 7386): a new object, `target` untouched.
+ * @param {unknown} target
+ * @param {unknown} patch
+ * @returns {any}
+ */
+function mergePatch(target, patch) {
+  if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
+  /** @type {Record<string, unknown>} */
+  const out =
+    target !== null && typeof target === 'object' && !Array.isArray(target)
+      ? { .../** @type {Record<string, unknown>} */ (target) }
+      : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
 }
 
 /** @param {unknown} e */

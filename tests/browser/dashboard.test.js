@@ -55,7 +55,7 @@ test('events published while the page is open appear in order, with the stage, t
   assert.equal(await page.textContent('#count-push'), '4');
   assert.equal(await page.textContent('#count-catchup'), '2');
 
-  // The stepper follows the room's state (read back after events: frames carry no state).
+  // The stepper follows the room's state (each event carries its patch).
   await until(page, () => document.querySelector('#stepper li[aria-current="step"]')?.dataset.stage === 'transcription', null, { what: 'stage transcription' });
   assert.deepEqual(
     await page.$$eval('#stepper li', (lis) => lis.map((li) => [li.dataset.stage, li.className])),

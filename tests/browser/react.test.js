@@ -385,3 +385,38 @@ test('switching rooms (useRoom with a new room; production build) unsubscribes t
   assert.deepEqual(errors, []);
   await ctx.close();
 });
+
+test('the stage changes over WebSocket with no snapshot read: state travels with events (issue 26, item 1)', async () => {
+  const org = freshOrg();
+  const room = 'react-stage';
+  const producer = token({ org, sub: 'p', pub: true });
+  const viewer = token({ org });
+  await publish(server, producer, room, { type: 'stage', data: {}, state: { stage: 'queued' } });
+  const { ctx, page, errors } = await openExample(room, viewer, 'realtime');
+  const reads = [];
+  page.on('request', (req) => {
+    const path = new URL(req.url()).pathname;
+    if (path.startsWith('/v1/rooms/')) reads.push(`${req.method()} ${path}`);
+  });
+  await untilStatus(page, 'live');
+  await untilTimeline(page, 1);
+  const stage = (s) => until(page, (s) => document.querySelector('#stage')?.textContent === s, s, { what: `stage ${s}` });
+  await stage('queued');
+  const before = reads.length;
+  for (const [i, s] of ['transcribing', 'diarizing', 'summarizing'].entries()) {
+    await publish(server, producer, room, { type: 'stage', data: { i }, state: { stage: s, progress: i / 3 } });
+    await stage(s);
+  }
+  await publish(server, producer, room, { type: 'done', state: { stage: 'done', progress: null }, status: 'completed' });
+  await stage('done');
+  await untilTimeline(page, 5);
+  assert.equal(await counter(page, 'push'), 4, 'the four events came by push');
+  assert.deepEqual(reads.slice(before), [], 'no REST read (snapshot or poll) after the subscription');
+  const shown = await page.evaluate(() => {
+    const sub = globalThis.roomcast.client.subscription('react-stage');
+    return { state: sub.state, status: sub.status };
+  });
+  assert.deepEqual(shown, { state: { stage: 'done' }, status: 'completed' });
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});

@@ -236,3 +236,36 @@ async def test_forbidden_room_raises_typed_error(server, token) -> None:
             await bad.next(timeout=10)
         assert ei.value.code == "forbidden" and ei.value.room == "other-1"
         await ok.wait_ready(10)
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_state_follows_every_event_with_no_read(server, token, mode) -> None:
+    """Issue 26, item 1: each event carries the state patch and status its
+    publish applied; ``sub.state`` follows them in seq order, with no
+    snapshot read, live and from history alike."""
+    async with AsyncProducer(server.url, token(publish=True)) as p, Client(server.url, token=token(), mode=mode) as client:
+        await p.publish("job", "stage", state={"stage": "upload", "progress": 0.0})
+        live = client.room("job")  # from now
+        await live.wait_ready(10)
+        assert live.state == {"stage": "upload", "progress": 0.0}
+        seen = []
+        for i, stage in enumerate(["transcription", "diarization"], start=2):
+            await p.publish("job", "stage", {"i": i}, state={"stage": stage, "progress": i / 4})
+            (ev,) = await take(live, 1)
+            assert ev.state == {"stage": stage, "progress": i / 4} and ev.status is None
+            seen.append(dict(live.state))
+        await p.publish("job", "note", {"plain": True})
+        (plain,) = await take(live, 1)
+        assert plain.state is None and plain.status is None
+        await p.complete("job", "done", state={"stage": "done", "progress": None})
+        (done,) = await take(live, 1)
+        assert done.status == "completed"
+        assert seen == [{"stage": "transcription", "progress": 0.5}, {"stage": "diarization", "progress": 0.75}]
+        assert live.state == {"stage": "done"} and live.status == "completed"
+        await live.close()
+        # From history: the same state, event by event.
+        past = client.room("job", since=0)
+        got = await take(past, 5)
+        assert [e.seq for e in got] == [1, 2, 3, 4, 5]
+        assert [e.state is not None for e in got] == [True, True, True, False, True]
+        assert past.state == {"stage": "done"} and past.status == "completed"

@@ -72,7 +72,7 @@ function EventRow({ e }: { e: RoomEvent }) {
 function RoomPanel({ room }: { room: string }) {
   const {
     data, loading, updateSource, websocketStatus, refresh, status, mode, setMode, counts,
-    lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, lastEphemeral,
+    lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, lastEphemeral, state,
   } = useHybridUpdates(room);
   const now = useNow(1000);
   const [refreshing, setRefreshing] = useState(false);
@@ -111,7 +111,7 @@ function RoomPanel({ room }: { room: string }) {
       </div>
       <h2>
         {room} <span className="muted">· {roomStatus ?? 'no events yet'} · head <b id="head">{head ?? '–'}</b> · cursor{' '}
-        <b id="cursor">{cursor ?? '–'}</b></span>
+        <b id="cursor">{cursor ?? '–'}</b> · stage <b id="stage">{typeof state.stage === 'string' ? state.stage : '–'}</b></span>
       </h2>
       <dl id="counters">
         {(['push', 'catchup', 'poll', 'duplicates', 'gaps', 'reconnects'] as const).map((k) => (

@@ -19,7 +19,7 @@ export interface UseRoomOptions {
   mode?: Mode;
   /** Keep at most this many events in `events` (the latest); default 1000. */
   maxEvents?: number;
-  /** Re-read the room's state shortly after events arrive over WebSocket (whose frames carry no state). Default false. */
+  /** Re-read the room's state shortly after events arrive over WebSocket. Not needed to follow `state`: every event that changed it carries its patch, applied in seq order. For state changed without an event. Default false. */
   snapshots?: boolean;
   /** false: follow nothing (as with a null room). Default true. */
   enabled?: boolean;
@@ -36,7 +36,7 @@ export interface UseRoomResult {
   received: number;
   /** The latest ephemeral event, or null. */
   lastEphemeral: RoomEvent | null;
-  /** The room's state (its latest snapshot; `{}` until known). */
+  /** The room's state: its snapshot with every later event's patch applied in seq order (`{}` until known). */
   state: Readonly<Record<string, unknown>>;
   /** The room's own status: `in_progress`, `completed`, `failed` (null until known). */
   roomStatus: RoomStatus | null;

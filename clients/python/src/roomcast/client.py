@@ -106,10 +106,10 @@ class RoomSubscription:
         room: the room id.
         cursor: the last seq delivered (``None`` until known when following
             "from now").
-        head, status, state: the room as last reported by the server
-            (``state`` is refreshed by ``subscribed``, polls and resets;
-            WebSocket event frames carry no state: use
-            :meth:`Client.snapshot` for the latest).
+        head, status, state: the room as the server reported it
+            (``subscribed``, polls, resets), with every later event's state
+            patch and status applied in seq order: they follow each event
+            on every transport, with no read.
     """
 
     def __init__(self, client: Client, room: str, since: int | None, ephemeral: bool) -> None:
@@ -119,6 +119,9 @@ class RoomSubscription:
         self.head: int | None = None
         self.status: str | None = None
         self.state: dict[str, Any] = {}
+        # The seq ``state`` and ``status`` stand at: an event at or below it
+        # is already in them.
+        self._state_at: int | None = None
         self.first: int | None = None
         self.ephemeral = ephemeral
         self.active = True
@@ -920,6 +923,12 @@ class Client:
             self._counts.catchup += 1
         else:
             self._counts.poll += 1
+        if sub._state_at is None or ev.seq > sub._state_at:
+            if ev.state is not None:
+                sub.state = merge_patch(sub.state, ev.state)
+            if ev.status is not None:
+                sub.status = ev.status
+            sub._state_at = ev.seq
         sub._put(ev)
 
     async def _repair(self, sub: RoomSubscription) -> None:
@@ -954,6 +963,7 @@ class Client:
         sub.cursor = head
         sub.head = head
         sub.state = state if isinstance(state, dict) else {}
+        sub._state_at = head
         sub.first = first if isinstance(first, int) else sub.first
         sub._pending.clear()
         sub._ready.set()
@@ -966,10 +976,13 @@ class Client:
             head, status, state = s.head, s.status, s.state
         if isinstance(head, int) and (sub.head is None or head >= sub.head):
             sub.head = head
-        if isinstance(status, str):
-            sub.status = status
-        if isinstance(state, dict):
-            sub.state = state
+        # A snapshot older than what the events already gave is not taken.
+        if isinstance(head, int) and (sub._state_at is None or head >= sub._state_at):
+            if isinstance(status, str):
+                sub.status = status
+            if isinstance(state, dict):
+                sub.state = state
+            sub._state_at = head
         sub._ready.set()
 
     def _fail(self, sub: RoomSubscription, err: RoomcastError) -> None:
@@ -1017,3 +1030,16 @@ async def _close_ws(ws: ClientConnection) -> None:
         await asyncio.wait_for(ws.close(), 0.1)
     with contextlib.suppress(Exception):
         ws.transport.abort()
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """JSON merge patch (RFC 7386): a new value, ``target`` untouched."""
+    if not isinstance(patch, dict):
+        return patch
+    out: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out

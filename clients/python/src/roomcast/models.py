@@ -32,7 +32,10 @@ class Event:
     """One event of a room.
 
     ``seq`` is ``None`` only for an ephemeral event (never stored, never
-    advances the cursor).
+    advances the cursor). ``state`` is the state merge patch (RFC 7386) its
+    publish applied and ``status`` the status it set, ``None`` when it
+    applied none: the subscription applies them in seq order, so
+    ``RoomSubscription.state`` follows every event with no read.
     """
 
     room: str
@@ -43,6 +46,8 @@ class Event:
     source: Source = "poll"
     ephemeral: bool = False
     key: str | None = None
+    state: dict[str, Any] | None = None
+    status: RoomStatus | None = None
 
     @classmethod
     def from_wire(cls, room: str, m: dict[str, Any], source: Source) -> Event:
@@ -50,6 +55,8 @@ class Event:
         if isinstance(seq, bool) or not isinstance(seq, int):
             seq = None
         key = m.get("key")
+        state = m.get("state")
+        status = m.get("status")
         return cls(
             room=room,
             seq=seq,
@@ -59,6 +66,8 @@ class Event:
             source=source,
             ephemeral=seq is None or m.get("ephemeral") is True,
             key=key if isinstance(key, str) else None,
+            state=state if isinstance(state, dict) else None,
+            status=status if status in ("in_progress", "completed", "failed") else None,
         )
 
 

@@ -30,7 +30,7 @@
 
 /** @typedef {'realtime' | 'polling' | 'auto'} Mode */
 /** @typedef {'websocket' | 'longpoll' | 'none'} Transport */
-/** @typedef {'live' | 'delayed' | 'offline'} Status */
+/** @typedef {'connecting' | 'live' | 'delayed' | 'offline'} Status */
 /** @typedef {'push' | 'catchup' | 'poll'} Source */
 /** @typedef {'in_progress' | 'completed' | 'failed'} RoomStatus */
 
@@ -65,7 +65,7 @@
  * @typedef {object} ClientState
  * @property {Mode} mode
  * @property {Transport} transport the transport in use now
- * @property {Status} status `live`: connected and known up to date; `delayed`: not known to be up to date for `delayMs` (stale socket, reconnecting); `offline`: no network, closed, or nothing heard for `offlineAfterMs`
+ * @property {Status} status `connecting`: not live yet since the client started (for up to `offlineAfterMs`); `live`: connected and known up to date; `delayed`: not known to be up to date for `delayMs` (stale socket, reconnecting); `offline`: no network, closed, or nothing heard for `offlineAfterMs`
  * @property {number | null} lastUpdateAt epoch ms of the last time the client heard from the server on a healthy transport (an event, a pong, a poll answer): its data is current as of then
  * @property {number | null} lastEventAt epoch ms of the last durable event delivered
  * @property {number} delayMs now - lastUpdateAt while `delayed`, else 0
@@ -462,6 +462,10 @@ export class RoomcastClient extends Emitter {
     this._transport = 'none';
     /** @private @type {number | null} */
     this._lastUpdateAt = null;
+    /** @private when the client started: `connecting` until first live, for up to `offlineAfterMs` */
+    this._startedAt = Date.now();
+    /** @private the client was live once */
+    this._wasLive = false;
     /** @private @type {number | null} */
     this._lastEventAt = null;
     /** @private */
@@ -795,8 +799,12 @@ export class RoomcastClient extends Emitter {
    */
   _status() {
     if (this._closed || !this._online) return 'offline';
-    if (this._healthy()) return 'live';
+    if (this._healthy()) {
+      this._wasLive = true;
+      return 'live';
+    }
     const now = Date.now();
+    if (!this._wasLive && now - this._startedAt < this._opts.offlineAfterMs) return 'connecting';
     if (this._lastUpdateAt !== null && now - this._lastUpdateAt < this._opts.offlineAfterMs) return 'delayed';
     return 'offline';
   }

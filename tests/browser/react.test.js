@@ -420,3 +420,33 @@ test('the stage changes over WebSocket with no snapshot read: state travels with
   assert.deepEqual(errors, []);
   await ctx.close();
 });
+
+test('a page load shows Connecting and Loading, then Live with the events: never Offline (issue 26, item 3)', async () => {
+  const org = freshOrg();
+  const room = 'react-connecting';
+  const producer = token({ org, sub: 'p', pub: true });
+  const viewer = token({ org });
+  await publishN(server, producer, room, 3);
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await ctx.newPage();
+  // Every status the badge shows and whether Loading was shown, from the
+  // first render on.
+  await page.addInitScript(() => {
+    const seen = { statuses: [], loading: false };
+    globalThis.__seen = seen;
+    new MutationObserver(() => {
+      const s = document.querySelector('#status')?.dataset.status;
+      if (s && seen.statuses[seen.statuses.length - 1] !== s) seen.statuses.push(s);
+      if (document.querySelector('#loading')) seen.loading = true;
+    }).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  });
+  const q = new URLSearchParams({ token: viewer, room, mode: 'realtime', dev: '1', ...FAST });
+  await page.goto(`${front.url}/?${q}`);
+  await untilStatus(page, 'live');
+  await untilTimeline(page, 3);
+  const seen = await page.evaluate(() => globalThis.__seen);
+  assert.deepEqual(seen.statuses, ['connecting', 'live'], JSON.stringify(seen));
+  assert.equal(seen.loading, true, 'Loading was shown before the subscription was answered');
+  assert.equal(await page.$('#loading'), null);
+  await ctx.close();
+});

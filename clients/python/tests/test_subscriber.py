@@ -269,3 +269,21 @@ async def test_state_follows_every_event_with_no_read(server, token, mode) -> No
         assert [e.seq for e in got] == [1, 2, 3, 4, 5]
         assert [e.state is not None for e in got] == [True, True, True, False, True]
         assert past.state == {"stage": "done"} and past.status == "completed"
+
+
+async def test_connecting_then_live_and_loading_until_subscribed(server, token) -> None:
+    """Issue 26, item 3: ``connecting`` (not ``offline``) until the server is
+    first heard, ``loading`` until the subscription is first answered."""
+    async with AsyncProducer(server.url, token(publish=True)) as p, Client(server.url, token=token()) as client:
+        await p.publish("load", "a")
+        sub = client.room("load", since=0)
+        assert sub.loading
+        await sub.wait_ready(10)
+        assert not sub.loading
+        await take(sub, 1)
+        await wait_until(lambda: client.status == "live", 10)
+    # A server that never answers: connecting, not offline, for a while.
+    async with Client("http://127.0.0.1:9", token=token(), retry=FAST) as nowhere:
+        s = nowhere.room("load", since=0)
+        await asyncio.sleep(1.0)
+        assert nowhere.status == "connecting" and s.loading

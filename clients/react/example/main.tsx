@@ -46,6 +46,7 @@ function useNow(everyMs: number): number {
 }
 
 function statusText(status: Status, delayMs: number, lastUpdateAt: number | null): string {
+  if (status === 'connecting') return 'Connecting…';
   if (status === 'live') return 'Live';
   if (status === 'delayed') return `Delayed ${Math.round(delayMs / 1000)} s`;
   return lastUpdateAt ? `Offline · last update ${new Date(lastUpdateAt).toLocaleTimeString()}` : 'Offline';

@@ -40,8 +40,8 @@ export function useHybridUpdates(room: string, config: HybridConfig = {}): Hybri
   return {
     ...r,
     data: r.events,
-    loading: !r.subscribed,
+    loading: r.loading,
     updateSource: r.transport === 'websocket' ? 'websocket' : r.transport === 'longpoll' ? 'polling' : null,
-    websocketStatus: r.status === 'live' ? 'connected' : r.status === 'delayed' ? 'connecting' : 'disconnected',
+    websocketStatus: r.status === 'live' ? 'connected' : r.status === 'delayed' || r.status === 'connecting' ? 'connecting' : 'disconnected',
   };
 }

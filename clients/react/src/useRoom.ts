@@ -46,11 +46,15 @@ export interface UseRoomResult {
   cursor: number | null;
   /** The server answered the subscription at least once. */
   subscribed: boolean;
+  /** True until the server first answered the subscription (or refused it): show a placeholder, not "no events". */
+  loading: boolean;
+  /** Same as `loading` (TanStack Query's name). */
+  isPending: boolean;
   /** The last `reset` (history no longer replayable: resync from `reset.state`), or null. */
   reset: ResetInfo | null;
   /** The subscription's last error (forbidden, bad request...), or null. */
   error: ClientError | null;
-  /** The connection: `live`, `delayed` or `offline`. */
+  /** The connection: `connecting` (not live yet since the client started), `live`, `delayed` or `offline`. */
   status: Status;
   /** The transport in use: `websocket`, `longpoll` or `none`. */
   transport: Transport;
@@ -78,7 +82,7 @@ const NO_COUNTS: Counts = { push: 0, catchup: 0, poll: 0, duplicates: 0, gaps: 0
 const NOT_CONNECTED: ClientState = {
   mode: 'auto',
   transport: 'none',
-  status: 'offline',
+  status: 'connecting',
   lastUpdateAt: null,
   lastEventAt: null,
   delayMs: 0,
@@ -135,6 +139,7 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
   const setMode = useCallback((mode: Mode) => client?.setMode(mode), [client]);
   const refresh = useCallback(() => (client ? client.refresh() : Promise.resolve()), [client]);
 
+  const loading = active && !data.subscribed && data.error === null;
   return {
     room: active ? room : null,
     events: data.events,
@@ -145,6 +150,8 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     head: data.head,
     cursor: data.cursor,
     subscribed: data.subscribed,
+    loading,
+    isPending: loading,
     reset: data.reset,
     error: data.error,
     status: cs.status,

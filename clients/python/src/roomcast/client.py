@@ -53,7 +53,7 @@ log = logging.getLogger("roomcast")
 
 Mode = Literal["realtime", "polling", "auto"]
 Transport = Literal["websocket", "longpoll", "none"]
-Status = Literal["live", "delayed", "offline"]
+Status = Literal["connecting", "live", "delayed", "offline"]
 TokenProvider = Callable[[], str | Awaitable[str]]
 
 TERMINAL = frozenset({"completed", "failed"})
@@ -161,6 +161,12 @@ class RoomSubscription:
         if timeout is None:
             return await self.__anext__()
         return await asyncio.wait_for(self.__anext__(), timeout)
+
+    @property
+    def loading(self) -> bool:
+        """True until the server first answered the subscription (or
+        refused it): the cursor, state and status are not known yet."""
+        return not self._ready.is_set() and self.failed is None
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Waits until the server has answered the subscription once
@@ -300,6 +306,8 @@ class Client:
         self._lost = False
         self._poll_failing = False
         self._last_update: float | None = None
+        self._started_at: float | None = None
+        self._was_live = False
 
         self._token: str | None = None
         self._token_exp: float | None = None
@@ -372,9 +380,10 @@ class Client:
 
     @property
     def status(self) -> Status:
-        """``live``: connected and every room known up to date; ``delayed``:
-        not known up to date (reconnecting, a stale socket, polls failing);
-        ``offline``: closed, or nothing heard for 30 s."""
+        """``connecting``: not live yet (for up to 30 s after the client
+        started); ``live``: connected and every room known
+        up to date; ``delayed``: not known up to date (reconnecting, a stale
+        socket, polls failing); ``offline``: closed, or nothing heard for 30 s."""
         if self._closed:
             return "offline"
         now = time.monotonic()
@@ -383,10 +392,14 @@ class Client:
             c = self._conn
             stale = c.ping_at is not None and now - c.ping_at > self._pong_timeout
             if not stale and all(s.ws_subscribed for s in subs):
+                self._was_live = True
                 return "live"
         elif self._transport == "longpoll" and not self._poll_failing:
             if all(s.cursor is not None and s.head is not None for s in subs):
+                self._was_live = True
                 return "live"
+        if not self._was_live and (self._started_at is None or now - self._started_at < 30):
+            return "connecting"
         if self._last_update is not None and now - self._last_update < 30:
             return "delayed"
         return "offline"
@@ -477,6 +490,7 @@ class Client:
 
     def _ensure_started(self) -> None:
         if self._task is None and not self._closed:
+            self._started_at = time.monotonic()
             self._task = asyncio.get_running_loop().create_task(self._supervise(), name="roomcast-client")
 
     def _attach(self, sub: RoomSubscription) -> None:

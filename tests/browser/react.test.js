@@ -450,3 +450,36 @@ test('a page load shows Connecting and Loading, then Live with the events: never
   assert.equal(await page.$('#loading'), null);
   await ctx.close();
 });
+
+test('usePresence with two pages: each lists both members, a closed page leaves; two speakers\' partials both shown (issue 26, item 4)', async () => {
+  const org = freshOrg();
+  const room = 'react-people';
+  const producer = token({ org, sub: 'p', pub: true });
+  const alice = token({ org, sub: 'alice', info: { name: 'Alice' } });
+  const bob = token({ org, sub: 'bob', info: { name: 'Bob' } });
+  await publishN(server, producer, room, 1);
+  const a = await openExample(room, alice, 'realtime', { presence: '1' });
+  const b = await openExample(room, bob, 'realtime', { presence: '1' });
+  const members = (page) => page.$$eval('#members li', (lis) => lis.map((li) => `${li.dataset.sub}:${li.textContent}`).sort());
+  const untilMembers = (page, want) =>
+    until(page, (w) => [...document.querySelectorAll('#members li')].map((li) => `${li.dataset.sub}:${li.textContent}`).sort().join(',') === w, want.join(','), { what: `members ${want}` });
+  for (const { page } of [a, b]) await untilMembers(page, ['alice:Alice', 'bob:Bob']);
+  // The room's events are there too: one subscription serves both hooks.
+  await untilTimeline(a.page, 1);
+  assert.equal((await gauges()).subscriptions >= 2, true);
+
+  // Partial transcripts keyed by speaker: both shown, each its latest.
+  const partial = (key, text) => publish(server, producer, room, { type: 'transcript.partial', ephemeral: true, key, data: { text } });
+  await partial('spk-1', 'hello');
+  await partial('spk-2', 'good morn');
+  await partial('spk-1', 'hello every');
+  const partials = (page) => page.$$eval('#partials li', (lis) => lis.map((li) => `${li.dataset.key}=${li.querySelector('i').textContent}`).sort());
+  await until(a.page, () => document.querySelectorAll('#partials li').length === 2 && document.querySelector('#partials li[data-key="spk-1"] i')?.textContent === 'hello every', null, { what: 'two partials' });
+  assert.deepEqual(await partials(a.page), ['spk-1=hello every', 'spk-2=good morn']);
+
+  await b.ctx.close();
+  await untilMembers(a.page, ['alice:Alice']);
+  assert.deepEqual(await members(a.page), ['alice:Alice']);
+  assert.deepEqual(a.errors, []);
+  await a.ctx.close();
+});

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,9 +64,16 @@ def server(make_server: Callable[..., Server]) -> Server:
 
 @pytest.fixture
 def token() -> Callable[..., str]:
-    """token(sub="...", publish=False, ttl=3600, rooms=None) for org acme."""
+    """token(sub="...", publish=False, ttl=3600, rooms=None, info=None) for org acme."""
 
-    def make(sub: str = "tester", publish: bool = False, ttl: float = 3600, rooms: list[str] | None = None, org: str = ORG) -> str:
-        return mint_token(JWT_SECRET, org=org, sub=sub, ttl=ttl, rooms=rooms, publish=publish)
+    def make(
+        sub: str = "tester",
+        publish: bool = False,
+        ttl: float = 3600,
+        rooms: list[str] | None = None,
+        org: str = ORG,
+        info: dict[str, Any] | None = None,
+    ) -> str:
+        return mint_token(JWT_SECRET, org=org, sub=sub, ttl=ttl, rooms=rooms, publish=publish, info=info)
 
     return make

@@ -8,7 +8,7 @@ import time
 import pytest
 from _support import TcpProxy, take, wait_until
 
-from roomcast import AsyncProducer, Client, Event, Forbidden, Reset, RetryPolicy
+from roomcast import AsyncProducer, Client, Event, Forbidden, PresenceChange, Reset, RetryPolicy
 
 FAST = RetryPolicy(max_attempts=200, base=0.05, cap=0.5, deadline=60)
 
@@ -287,3 +287,26 @@ async def test_connecting_then_live_and_loading_until_subscribed(server, token) 
         s = nowhere.room("load", since=0)
         await asyncio.sleep(1.0)
         assert nowhere.status == "connecting" and s.loading
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_presence_members_join_and_leave(server, token, mode) -> None:
+    """Issue 26, item 4: the subscriber follows the room's members with their
+    ``info`` (``presence=True``): joins and leaves are yielded in-band."""
+    async with Client(server.url, token=token(sub="bob", info={"name": "Bob"})) as bob_client:
+        bob = bob_client.room("call", presence=True)
+        await bob.wait_ready(10)
+        async with Client(server.url, token=token(sub="alice", info={"name": "Alice"}), mode=mode) as client:
+            sub = client.room("call", presence=True)
+
+            async def until_members(want: dict[str, str]) -> None:
+                deadline = time.monotonic() + 15
+                while {s: i.get("name") for s, i in sub.members.items()} != want:
+                    item = await sub.next(max(0.1, deadline - time.monotonic()))
+                    assert isinstance(item, PresenceChange), item
+
+            # Realtime: alice is a member too; polling reads the members (not one).
+            both = {"alice": "Alice", "bob": "Bob"} if mode == "realtime" else {"bob": "Bob"}
+            await until_members(both)
+            await bob.close()
+            await until_members({"alice": "Alice"} if mode == "realtime" else {})

@@ -4,14 +4,14 @@
 // org's rooms (useRooms; a click follows that room instead). "Unmount" removes the provider and everything in
 // it: the client closes every connection.
 //
-// Query: ?token=<JWT>&room=<room>[&mode=realtime|polling|auto][&dev=1]
+// Query: ?token=<JWT>&room=<room>[&mode=realtime|polling|auto][&dev=1][&presence=1]
 // plus client options for tests and demos: offlineAfterMs, backoffMaxMs,
 // backoffBaseMs, pongTimeoutMs, connectTimeoutMs, fallbackAfter,
 // probeIntervalMs, pollWaitS.
 
 import { StrictMode, useEffect, useState } from 'react';
 import { createRoot } from 'react-dom/client';
-import { RoomcastProvider, useRoomcast, useRooms } from '@roomcast/react';
+import { RoomcastProvider, usePresence, useRoomcast, useRooms } from '@roomcast/react';
 import type { Mode, ProviderClientOptions, RoomEvent, Status } from '@roomcast/react';
 import { useHybridUpdates } from './useHybridUpdates.js';
 
@@ -24,6 +24,8 @@ const MODES: Array<[Mode, string]> = [
   ['auto', 'Auto'],
 ];
 const modeParam = params.get('mode');
+/** `&presence=1`: join the room as a member and list its members. */
+const PRESENCE = params.get('presence') === '1';
 const INITIAL_MODE: Mode = modeParam === 'realtime' || modeParam === 'polling' ? modeParam : 'auto';
 
 const NUMERIC = [
@@ -73,7 +75,7 @@ function EventRow({ e }: { e: RoomEvent }) {
 function RoomPanel({ room }: { room: string }) {
   const {
     data, loading, updateSource, websocketStatus, refresh, status, mode, setMode, counts,
-    lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, lastEphemeral, state,
+    lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, ephemeral, state,
   } = useHybridUpdates(room);
   const now = useNow(1000);
   const [refreshing, setRefreshing] = useState(false);
@@ -124,7 +126,13 @@ function RoomPanel({ room }: { room: string }) {
       </dl>
       {error && <p className="error" id="error">{error.code}: {error.message}</p>}
       {reset && <p className="muted" id="reset">History after seq {reset.head} is no longer available: resynced from the room's state.</p>}
-      {lastEphemeral && <p className="muted" id="interim"><i>{JSON.stringify(lastEphemeral.data)}</i></p>}
+      <ul id="partials" aria-label="Interim text, per speaker">
+        {Object.entries(ephemeral).map(([key, e]) => (
+          <li key={key} data-key={key} className="muted">
+            <b>{key}</b> <i>{typeof (e.data as { text?: unknown })?.text === 'string' ? (e.data as { text: string }).text : JSON.stringify(e.data)}</i>
+          </li>
+        ))}
+      </ul>
       {loading ? <p className="muted" id="loading">Loading…</p> : data.length === 0 && <p className="muted">No events yet.</p>}
       <ol id="timeline" aria-label="Events, newest first">
         {newestFirst.map((e) => (
@@ -132,6 +140,25 @@ function RoomPanel({ room }: { room: string }) {
         ))}
       </ol>
     </section>
+  );
+}
+
+/** Who is in the room (usePresence: the page joins as its token's member). */
+function People({ room }: { room: string }) {
+  const { members, loading } = usePresence(PRESENCE ? room : null);
+  if (!PRESENCE) return null;
+  return (
+    <aside className="panel">
+      <h2>People</h2>
+      {loading && <p className="muted">Loading…</p>}
+      <ul id="members">
+        {members.map((m) => (
+          <li key={m.sub} data-sub={m.sub}>
+            {typeof m.info.name === 'string' ? m.info.name : m.sub}
+          </li>
+        ))}
+      </ul>
+    </aside>
   );
 }
 
@@ -199,6 +226,7 @@ function App() {
           <main>
             <Rooms current={room} onSelect={setRoom} />
             <RoomPanel room={room} />
+            <People room={room} />
           </main>
         </RoomcastProvider>
       ) : (

@@ -6,7 +6,7 @@
 // React, once each, so re-renders, StrictMode's double effects and several
 // components on one room never duplicate an event.
 
-import type { ClientError, ClientState, RoomEvent, RoomStatus, RoomcastClient, Snapshot, Subscription } from './client.js';
+import type { ClientError, ClientState, Member, RoomEvent, RoomStatus, RoomcastClient, Snapshot, Subscription } from './client.js';
 
 /** What a `reset` said: the events after the cursor could not be replayed. */
 export interface ResetInfo {
@@ -28,6 +28,12 @@ export interface RoomData {
   readonly received: number;
   /** The latest ephemeral event (`seq: null`: interim text, typing...), or null. */
   readonly lastEphemeral: RoomEvent | null;
+  /** The latest ephemeral event per key (its `key`, else its `type`): partial transcripts of `spk-1` and `spk-2` side by side. */
+  readonly ephemeral: Readonly<Record<string, RoomEvent>>;
+  /** The room's members with their `info` (a room followed with `presence`), live. */
+  readonly members: readonly Member[];
+  /** The members were answered at least once (a room followed with `presence`). */
+  readonly membersKnown: boolean;
   /** The last seq delivered (the client's cursor for the room). */
   readonly cursor: number | null;
   /** The room's head as last reported by the server. */
@@ -48,6 +54,7 @@ export interface RoomData {
 export interface RoomStoreOptions {
   since?: number | null;
   snapshots?: boolean;
+  presence?: boolean;
   maxEvents?: number;
 }
 
@@ -77,6 +84,9 @@ export function emptyRoomData(room: string): RoomData {
     events: [],
     received: 0,
     lastEphemeral: null,
+    ephemeral: {},
+    members: [],
+    membersKnown: false,
     cursor: null,
     head: null,
     roomStatus: null,
@@ -115,6 +125,9 @@ export class Hub {
     }
     return s;
   }
+
+  /** Ephemeral events kept per room (the latest per key), at most. */
+  static readonly MAX_EPHEMERAL_KEYS = 64;
 
   /** Listens to every durable event of every room followed through this hub. */
   onActivity(fn: (ev: RoomEvent) => void): () => void {
@@ -178,6 +191,7 @@ export class RoomStore {
   private readonly hub: Hub;
   private readonly since: number | null | undefined;
   private readonly snapshots: boolean;
+  private presence: boolean;
   private readonly maxEvents: number;
   private refs = 0;
   private sub: Subscription | null = null;
@@ -201,6 +215,7 @@ export class RoomStore {
     this.room = room;
     this.since = options.since;
     this.snapshots = options.snapshots ?? false;
+    this.presence = options.presence ?? false;
     this.maxEvents = Math.max(1, options.maxEvents ?? DEFAULT_MAX_EVENTS);
     this.data = emptyRoomData(room);
     this.sweepTimer = setTimeout(() => {
@@ -238,6 +253,24 @@ export class RoomStore {
     return this.disposed;
   }
 
+  /**
+   * A hook wants the room's members: a store opened without `presence` is
+   * subscribed again with it, from its cursor (no event twice: the client's
+   * cursor and this store's last seq both hold).
+   */
+  wantPresence(): void {
+    if (this.presence || this.disposed) return;
+    this.presence = true;
+    const client = this.hub.client;
+    if (!this.sub || !this.owned || client.subscription(this.room) !== this.sub) return;
+    for (const off of this.offs) off();
+    this.offs = [];
+    const cursor = this.sub.cursor;
+    client.unsubscribe(this.room);
+    this.sub = null;
+    this.open(cursor);
+  }
+
   /** Calls `fn` for every event (durable and ephemeral) as it is delivered. */
   onEvent(fn: (ev: RoomEvent) => void): () => void {
     this.eventListeners.add(fn);
@@ -255,11 +288,12 @@ export class RoomStore {
 
   readonly getSnapshot = (): RoomData => this.data;
 
-  private open(): void {
+  private open(from?: number | null): void {
     const client = this.hub.client;
     const existing = client.subscription(this.room);
     this.owned = !existing;
-    const sub = existing ?? client.subscribe(this.room, { since: this.since ?? null, snapshots: this.snapshots });
+    const since = from !== undefined ? from : (this.since ?? null);
+    const sub = existing ?? client.subscribe(this.room, { since, snapshots: this.snapshots, presence: this.presence });
     this.sub = sub;
     if (sub.cursor !== null) this.lastSeq = sub.cursor;
     this.offs = [
@@ -276,7 +310,11 @@ export class RoomStore {
         });
       }),
       sub.on('error', (e) => this.update({ error: e })),
+      sub.on('presence', (p) => this.update({ members: p.members, membersKnown: true })),
     ];
+    if (sub.presence && sub.members.size > 0) {
+      this.update({ members: [...sub.members].map(([s, info]) => ({ sub: s, info })), membersKnown: true });
+    }
     if (existing && existing.head !== null) {
       this.update({ head: existing.head, roomStatus: existing.status, state: existing.state, cursor: existing.cursor });
     }
@@ -297,7 +335,14 @@ export class RoomStore {
   private onClientEvent(ev: RoomEvent): void {
     if (this.disposed) return;
     if (ev.seq === null) {
-      this.update({ lastEphemeral: ev });
+      const key = ev.key ?? ev.type;
+      const prev = this.patch?.ephemeral ?? this.data.ephemeral;
+      const next: Record<string, RoomEvent> = { ...prev };
+      delete next[key]; // the latest goes last (oldest first when trimmed)
+      next[key] = ev;
+      const keys = Object.keys(next);
+      if (keys.length > Hub.MAX_EPHEMERAL_KEYS) delete next[keys[0]];
+      this.update({ lastEphemeral: ev, ephemeral: next });
     } else {
       if (this.lastSeq !== null && ev.seq <= this.lastSeq) return;
       this.lastSeq = ev.seq;
@@ -318,6 +363,9 @@ export class RoomStore {
 
   private onSnapshot(s: Snapshot, subscribed: boolean): void {
     this.update(subscribed ? { head: s.head, roomStatus: s.status, state: s.state, subscribed: true, error: null } : { head: s.head, roomStatus: s.status, state: s.state });
+    if (subscribed && this.sub?.presence) {
+      this.update({ members: [...this.sub.members].map(([m, info]) => ({ sub: m, info })), membersKnown: true });
+    }
   }
 
   private update(p: Partial<RoomData>): void {

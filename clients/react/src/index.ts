@@ -9,7 +9,9 @@ export type {
   ClientOptions,
   ClientState,
   Counts,
+  Member,
   Mode,
+  PresenceChange,
   ReconnectInfo,
   RoomEvent,
   RoomStatus,
@@ -24,8 +26,8 @@ export type {
 export { RoomcastProvider, useRoomcast } from './provider.js';
 export type { ProviderClientOptions, RoomcastProviderProps, TokenSource } from './provider.js';
 
-export { useConnection, useRoom } from './useRoom.js';
-export type { UseRoomOptions, UseRoomResult } from './useRoom.js';
+export { useConnection, usePresence, useRoom } from './useRoom.js';
+export type { UsePresenceResult, UseRoomOptions, UseRoomResult } from './useRoom.js';
 export type { ResetInfo, RoomData } from './hub.js';
 
 export { useRooms } from './useRooms.js';

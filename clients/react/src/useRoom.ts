@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useReducer, useRef, useSyncExternalStore } from 'react';
-import type { ClientError, ClientState, Counts, Mode, RoomEvent, RoomStatus, Status, Transport } from './client.js';
+import type { ClientError, ClientState, Counts, Member, Mode, RoomEvent, RoomStatus, Status, Transport } from './client.js';
 import { emptyRoomData, hubOf } from './hub.js';
 import type { ResetInfo, RoomData } from './hub.js';
 import { useRoomcast } from './provider.js';
@@ -19,6 +19,8 @@ export interface UseRoomOptions {
   mode?: Mode;
   /** Keep at most this many events in `events` (the latest); default 1000. */
   maxEvents?: number;
+  /** Join the room as a member (the token's `sub` and `info`) and follow its members (`members`). `usePresence(room)` asks for it too. */
+  presence?: boolean;
   /** Re-read the room's state shortly after events arrive over WebSocket. Not needed to follow `state`: every event that changed it carries its patch, applied in seq order. For state changed without an event. Default false. */
   snapshots?: boolean;
   /** false: follow nothing (as with a null room). Default true. */
@@ -36,6 +38,10 @@ export interface UseRoomResult {
   received: number;
   /** The latest ephemeral event, or null. */
   lastEphemeral: RoomEvent | null;
+  /** The latest ephemeral event per key (its `key`, else its `type`): one partial transcript per speaker. */
+  ephemeral: Readonly<Record<string, RoomEvent>>;
+  /** The room's members with their `info` (with `presence`), live. */
+  members: readonly Member[];
   /** The room's state: its snapshot with every later event's patch applied in seq order (`{}` until known). */
   state: Readonly<Record<string, unknown>>;
   /** The room's own status: `in_progress`, `completed`, `failed` (null until known). */
@@ -104,8 +110,8 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
   const client = useRoomcast();
   const hub = client ? hubOf(client) : null;
   const active = hub !== null && typeof room === 'string' && room !== '' && options.enabled !== false;
-  const { since = 0, snapshots, maxEvents } = options;
-  const storeOptions = { since, snapshots, maxEvents };
+  const { since = 0, snapshots, maxEvents, presence } = options;
+  const storeOptions = { since, snapshots, maxEvents, presence };
   const store = active ? hub.store(room, storeOptions) : null;
   const [, rerender] = useReducer((n: number) => n + 1, 0);
 
@@ -118,6 +124,7 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     if (!active) return undefined;
     const s = hub.store(room, storeOptions);
     s.acquire();
+    if (presence) s.wantPresence();
     const off = s.onEvent((ev) => onEventRef.current?.(ev));
     // The store seen in render was dropped meanwhile: render with this one.
     if (s !== store) rerender();
@@ -145,6 +152,8 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     events: data.events,
     received: data.received,
     lastEphemeral: data.lastEphemeral,
+    ephemeral: data.ephemeral,
+    members: data.members,
     state: data.state,
     roomStatus: data.roomStatus,
     head: data.head,
@@ -179,4 +188,31 @@ export function useConnection(): ClientState & { setMode: (mode: Mode) => void; 
   const setMode = useCallback((mode: Mode) => client?.setMode(mode), [client]);
   const refresh = useCallback(() => (client ? client.refresh() : Promise.resolve()), [client]);
   return { ...cs, setMode, refresh };
+}
+
+export interface UsePresenceResult {
+  /** Who is in the room now, with what their tokens say of them (`info`: name, avatar, role). */
+  members: readonly Member[];
+  /** True until the members were first answered (or the subscription refused). */
+  loading: boolean;
+  /** The subscription's last error, or null. */
+  error: ClientError | null;
+}
+
+/**
+ * The members of `room`, live: the component joins the room as a member
+ * (the token's `sub` and `info`) and follows who joins and leaves. Shares
+ * the room's subscription with `useRoom(room)` (one socket, one
+ * subscription). In polling mode the members are read every few seconds and
+ * the page is not a member.
+ */
+export function usePresence(room: string | null | undefined, options: { enabled?: boolean } = {}): UsePresenceResult {
+  // The room's default options: a `useRoom(room)` elsewhere shares this
+  // subscription and expects them.
+  const r = useRoom(room, { presence: true, enabled: options.enabled });
+  const client = useRoomcast();
+  const hub = client ? hubOf(client) : null;
+  const store = hub && typeof room === 'string' && room !== '' && options.enabled !== false ? hub.store(room) : null;
+  const data = useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getNoRoom, store ? store.getSnapshot : getNoRoom);
+  return { members: r.members, loading: r.room !== null && !data.membersKnown && r.error === null, error: r.error };
 }

@@ -42,7 +42,7 @@ from .errors import (
     Unauthorized,
     error_for,
 )
-from .models import Counts, Event, EventPage, Presence, Reset, RoomSnapshot, Source
+from .models import Counts, Event, EventPage, Member, Presence, PresenceChange, Reset, RoomSnapshot, Source
 from .producer import AsyncProducer
 from .retry import NO_RETRY, RetryPolicy, full_jitter
 from .tokens import token_expiry
@@ -50,6 +50,9 @@ from .tokens import token_expiry
 __all__ = ["Client", "RoomSubscription", "Mode", "Transport", "Status", "TokenProvider"]
 
 log = logging.getLogger("roomcast")
+
+# Polling: the members of a room followed with ``presence`` are read this often.
+MEMBERS_POLL_S = 5.0
 
 Mode = Literal["realtime", "polling", "auto"]
 Transport = Literal["websocket", "longpoll", "none"]
@@ -112,7 +115,7 @@ class RoomSubscription:
             on every transport, with no read.
     """
 
-    def __init__(self, client: Client, room: str, since: int | None, ephemeral: bool) -> None:
+    def __init__(self, client: Client, room: str, since: int | None, ephemeral: bool, presence: bool = False) -> None:
         self._client = client
         self.room = room
         self.cursor: int | None = since
@@ -124,6 +127,10 @@ class RoomSubscription:
         self._state_at: int | None = None
         self.first: int | None = None
         self.ephemeral = ephemeral
+        self.presence = presence
+        # The room's members (with ``presence``): sub -> info.
+        self.members: dict[str, dict[str, Any]] = {}
+        self._members_read_at = 0.0
         self.active = True
         self.failed: RoomcastError | None = None
         self.ws_subscribed = False
@@ -143,7 +150,7 @@ class RoomSubscription:
     def __aiter__(self) -> RoomSubscription:
         return self
 
-    async def __anext__(self) -> Event | Reset:
+    async def __anext__(self) -> Event | Reset | PresenceChange:
         if self._ended and self._queue.empty():
             raise StopAsyncIteration
         self._client._ensure_started()
@@ -156,7 +163,7 @@ class RoomSubscription:
             raise item
         return item  # type: ignore[no-any-return]
 
-    async def next(self, timeout: float | None = None) -> Event | Reset:
+    async def next(self, timeout: float | None = None) -> Event | Reset | PresenceChange:
         """The next item, waiting at most ``timeout`` seconds (``TimeoutError``)."""
         if timeout is None:
             return await self.__anext__()
@@ -316,7 +323,9 @@ class Client:
 
     # ----------------------------------------------------------- public
 
-    def room(self, room: str, *, since: int | None = None, ephemeral: bool = False) -> RoomSubscription:
+    def room(
+        self, room: str, *, since: int | None = None, ephemeral: bool = False, presence: bool = False
+    ) -> RoomSubscription:
         """Follows ``room``; iterate the answer (``async for``).
 
         Args:
@@ -324,6 +333,10 @@ class Client:
                 "from now" (no history).
             ephemeral: also yield ephemeral events (``seq`` ``None``, never
                 stored; best effort, not ordered with durable events).
+            presence: join the room as a member (the token's ``sub`` and
+                ``info``) and follow its members: ``sub.members``, and a
+                :class:`PresenceChange` yielded when they change. Polling
+                reads them every 5 s (and is not a member).
         """
         if self._closed:
             raise RuntimeError("the client is closed")
@@ -331,7 +344,7 @@ class Client:
             raise ValueError("since must be an int >= 0, or None for 'from now'")
         if room in self._subs:
             raise ValueError(f"already following {room!r}: close that subscription first")
-        sub = RoomSubscription(self, room, since, ephemeral)
+        sub = RoomSubscription(self, room, since, ephemeral, presence)
         self._subs[room] = sub
         try:
             asyncio.get_running_loop()
@@ -718,6 +731,8 @@ class Client:
         msg: dict[str, Any] = {"op": "subscribe", "room": sub.room}
         if sub.cursor is not None:
             msg["since"] = sub.cursor
+        if sub.presence:
+            msg["presence"] = True
         conn.opening.add(sub.room)
         conn.send(msg)
 
@@ -754,7 +769,19 @@ class Client:
                 # start at ``first`` (see _deliver).
                 first = msg.get("first")
                 sub._life_first = first if isinstance(first, int) else None
+                if sub.presence and isinstance(msg.get("presence"), list):
+                    self._members(sub, msg["presence"])
                 self._snapshot(sub, msg)
+        elif op == "presence":
+            if sub is not None and sub.presence:
+                now = dict(sub.members)
+                for m in msg.get("left") or []:
+                    if isinstance(m, dict):
+                        now.pop(str(m.get("sub", "")), None)
+                for m in msg.get("joined") or []:
+                    if isinstance(m, dict):
+                        now[str(m.get("sub", ""))] = m.get("info") or {}
+                self._members(sub, [{"sub": s, "info": info} for s, info in now.items()])
         elif op == "reset":
             if sub is not None:
                 self._reset(sub, int(msg.get("head") or 0), msg.get("state"), msg.get("first"))
@@ -825,8 +852,13 @@ class Client:
             if sub.status in TERMINAL and sub.cursor is not None and sub.head is not None and sub.cursor >= sub.head:
                 return  # a closed room gets no more events
             known = sub.cursor is not None and sub.head is not None and sub.cursor <= sub.head
+            if sub.presence and time.monotonic() - sub._members_read_at >= MEMBERS_POLL_S:
+                await self._read_members(sub)
+            wait = self._poll_wait if known else 0
+            if sub.presence:
+                wait = min(wait, MEMBERS_POLL_S)
             try:
-                more = await self._poll_once(sub, "poll", self._poll_wait if known else 0)
+                more = await self._poll_once(sub, "poll", wait)
             except Unauthorized as e:
                 if self._provider is not None and not retried_auth:
                     retried_auth = True
@@ -998,6 +1030,35 @@ class Client:
                 sub.state = state
             sub._state_at = head
         sub._ready.set()
+
+    @staticmethod
+    def _members(sub: RoomSubscription, listed: list[Any]) -> None:
+        """Takes the room's members as they are now; yields who joined and
+        left since the last time (nothing when nobody did)."""
+        now = {str(m.get("sub", "")): (m.get("info") or {}) for m in listed if isinstance(m, dict)}
+        joined = [Member(sub=s, info=info) for s, info in now.items() if s not in sub.members]
+        left = [s for s in sub.members if s not in now]
+        sub.members = now
+        if joined or left:
+            sub._put(
+                PresenceChange(
+                    room=sub.room,
+                    members=[Member(sub=s, info=info) for s, info in now.items()],
+                    joined=joined,
+                    left=left,
+                )
+            )
+
+    async def _read_members(self, sub: RoomSubscription) -> None:
+        """Polling: the members over REST (this client is not one of them)."""
+        sub._members_read_at = time.monotonic()
+        try:
+            p = await self._rest.members(sub.room)
+        except Exception as e:  # the next round tries again
+            log.debug("roomcast: reading the members of %s failed: %s", sub.room, e)
+            return
+        if sub.active and p.members is not None:
+            self._members(sub, [{"sub": m.sub, "info": m.info} for m in p.members])
 
     def _fail(self, sub: RoomSubscription, err: RoomcastError) -> None:
         if sub.failed is not None or not sub.active:

@@ -177,6 +177,18 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """The room's members changed (a subscription with ``presence=True``):
+    yielded in-band by the subscription, with everyone now and who joined
+    and left since the last one."""
+
+    room: str
+    members: list[Member]
+    joined: list[Member]
+    left: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Presence:
     """``GET /v1/rooms/{room}/presence``."""
 

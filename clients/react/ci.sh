@@ -35,6 +35,9 @@ for f in index.html app.js app.dev.js; do
   [ -s "example/dist/$f" ] || { echo "example/dist/$f was not built" >&2; exit 1; }
 done
 
+step "packaging (require, import, \"use client\", a server render: test/packaging.test.mjs)"
+node --test test/packaging.test.mjs
+
 step "declarations (a consumer type-checked against dist/*.d.ts)"
 npm run --silent check:dist
 
@@ -45,7 +48,7 @@ npm pack --silent --ignore-scripts --pack-destination "$out" >/dev/null  # built
 tarball="$(ls "$out"/roomcast-react-*.tgz)"
 listing="$(tar -tzf "$tarball")"
 for f in package/package.json package/README.md package/dist/index.js package/dist/index.d.ts \
-         package/dist/client.js package/dist/client.d.ts; do
+         package/dist/index.cjs package/dist/client.js package/dist/client.cjs package/dist/client.d.ts; do
   grep -qx "$f" <<<"$listing" || { echo "$f is missing from $tarball" >&2; exit 1; }
 done
 echo "react client: built $(basename "$tarball") ($(wc -c <"$tarball") bytes) and example/dist/"

@@ -365,6 +365,7 @@ export class Subscription extends Emitter {
  * @property {RoomSnapshot[]} rooms a fresh list (on every (re)subscribe, and every poll in polling mode)
  * @property {{room: RoomSnapshot, matches: boolean}} room one room changed (`matches: false`: it no longer passes the filter)
  * @property {RoomSnapshot[]} change the list after any of the above, newest activity first
+ * @property {ClientError} error a read of the list failed (tried again: the next poll, the next reconnect); the last list is kept
  */
 
 /**
@@ -390,6 +391,12 @@ export class RoomList extends Emitter {
     this.wsSubscribed = false;
     /** @internal false once stopped */
     this.active = true;
+    /** @internal rooms changed by a pushed frame since the last full list @type {Map<string, number>} */
+    this.pushedAt = new Map();
+    /** @internal polling: the next read @type {ReturnType<typeof setTimeout> | null} */
+    this.timer = null;
+    /** @internal a REST read of the whole list is under way */
+    this.refilling = false;
   }
 
   /** The rooms, newest activity first. @returns {RoomSnapshot[]} */
@@ -399,9 +406,9 @@ export class RoomList extends Emitter {
     );
   }
 
-  /** Stops the list. */
+  /** Stops the list (the client's other lists go on). */
   unsubscribe() {
-    this._client.unsubscribeRooms();
+    this._client._dropRoomList(this);
   }
 
   /** Reads the list now (`GET /v1/rooms`) and takes it. */
@@ -414,21 +421,49 @@ export class RoomList extends Emitter {
    * @param {RoomSnapshot[]} rooms
    */
   _replace(rooms) {
-    this.rooms = new Map(rooms.map((r) => [r.room, r]));
-    this.emit('rooms', rooms);
+    // A room a pushed frame showed newer than this answer keeps the frame's
+    // version (the answer may have been read before that change).
+    const next = new Map();
+    for (const r of rooms) {
+      if (!passes(r, this.filter)) continue;
+      const seen = this.rooms.get(r.room);
+      next.set(r.room, seen && this.pushedAt.get(r.room) !== undefined && seen.head > r.head ? seen : r);
+    }
+    this.rooms = next;
+    this.pushedAt.clear();
+    this._trim();
+    this.emit('rooms', this.list());
     this.emit('change', this.list());
   }
 
   /**
+   * A pushed `room` frame (of this list's filter, or of a wider one shared
+   * by several lists: then this list's own filter is applied here).
    * @internal
    * @param {RoomSnapshot} room
    * @param {boolean} matches
    */
   _update(room, matches) {
-    if (matches) this.rooms.set(room.room, room);
+    const ok = matches && passes(room, this.filter);
+    const had = this.rooms.has(room.room);
+    if (!ok && !had) return;
+    const full = this.rooms.size >= (this.filter.limit ?? 100);
+    if (ok) this.rooms.set(room.room, room);
     else this.rooms.delete(room.room);
-    this.emit('room', { room, matches });
+    this.pushedAt.set(room.room, Date.now());
+    this._trim();
+    this.emit('room', { room, matches: ok });
     this.emit('change', this.list());
+    // A full list that lost a room may have one more to show: read it.
+    if (!ok && full) this._client._refillRoomList(this);
+  }
+
+  /** @private at most `limit` rooms, the newest activity */
+  _trim() {
+    const limit = this.filter.limit ?? 100;
+    if (this.rooms.size <= limit) return;
+    const keep = this.list().slice(0, limit);
+    this.rooms = new Map(keep.map((r) => [r.room, r]));
   }
 }
 
@@ -452,10 +487,10 @@ export class RoomcastClient extends Emitter {
     this._mode = this._opts.mode;
     /** @private @type {Map<string, Subscription>} */
     this._subs = new Map();
-    /** The live room list, if any. @type {RoomList | null} */
-    this._roomList = null;
-    /** @private the polling loop of the room list @type {ReturnType<typeof setTimeout> | null} */
-    this._roomsTimer = null;
+    /** @private the live room lists @type {Set<RoomList>} */
+    this._roomLists = new Set();
+    /** @private the filter of the socket's `subscribe_rooms` (one per socket, shared by the lists) @type {RoomsFilter | null} */
+    this._roomsSent = null;
     /** @private @type {Counts} */
     this._counts = { push: 0, catchup: 0, poll: 0, duplicates: 0, gaps: 0, reconnects: 0 };
     /** @private @type {Transport} */
@@ -720,42 +755,104 @@ export class RoomcastClient extends Emitter {
    * @returns {RoomList}
    */
   subscribeRooms(filter = {}, handlers = {}) {
-    this.unsubscribeRooms();
     const list = new RoomList(this, { ...filter });
     if (handlers.onRooms) list.on('rooms', handlers.onRooms);
     if (handlers.onRoom) list.on('room', handlers.onRoom);
     if (handlers.onChange) list.on('change', handlers.onChange);
-    this._roomList = list;
-    if (this._transport === 'websocket' && this._ws?.welcomed) this._wsSubscribeRooms(list);
+    this._roomLists.add(list);
+    if (this._transport === 'websocket' && this._ws?.welcomed) {
+      // The socket's one subscription now covers this list too; a list it
+      // already covered reads its first answer over REST.
+      if (!this._wsSubscribeRooms()) this._refillRoomList(list);
+    }
     if (this._transport === 'longpoll') this._pollRooms(list, this._gen);
     return list;
   }
 
-  /** Stops the live room list. */
+  /** Stops every live room list. */
   unsubscribeRooms() {
-    const list = this._roomList;
-    if (!list) return;
-    list.active = false;
-    this._roomList = null;
-    if (this._roomsTimer) clearTimeout(this._roomsTimer);
-    this._roomsTimer = null;
-    if (this._ws?.welcomed && list.wsSubscribed) this._send(this._ws, { op: 'unsubscribe_rooms' });
+    for (const list of [...this._roomLists]) this._dropRoomList(list);
   }
 
   /**
-   * @private
+   * @internal
    * @param {RoomList} list
    */
-  _wsSubscribeRooms(list) {
+  _dropRoomList(list) {
+    if (!this._roomLists.delete(list)) return;
+    list.active = false;
+    if (list.timer) clearTimeout(list.timer);
+    list.timer = null;
+    if (!this._ws?.welcomed) return;
+    if (this._roomLists.size === 0) {
+      if (this._roomsSent) this._send(this._ws, { op: 'unsubscribe_rooms' });
+      this._roomsSent = null;
+    } else {
+      this._wsSubscribeRooms();
+    }
+  }
+
+  /**
+   * The filter one `subscribe_rooms` needs for every list: a list's own
+   * filter when there is one (or all share it), else the org's every room,
+   * each list applying its own filter to the frames.
+   * @private
+   * @returns {RoomsFilter | null}
+   */
+  _roomsFilter() {
+    const lists = [...this._roomLists].filter((l) => l.active);
+    if (lists.length === 0) return null;
+    const [first] = lists;
+    const same = lists.every((l) => l.filter.status === first.filter.status && l.filter.prefix === first.filter.prefix);
+    const limit = Math.max(...lists.map((l) => l.filter.limit ?? 100));
+    /** @type {RoomsFilter} */
+    const f = { limit };
+    if (same && first.filter.status) f.status = first.filter.status;
+    if (same && first.filter.prefix) f.prefix = first.filter.prefix;
+    return f;
+  }
+
+  /**
+   * Sends `subscribe_rooms` when what the lists need differs from what the
+   * socket has (or `force`: a new socket). Answers whether it was sent.
+   * @private
+   * @param {boolean} [force]
+   */
+  _wsSubscribeRooms(force = false) {
     const c = this._ws;
-    if (!c || !c.welcomed || !list.active) return;
-    list.wsSubscribed = false;
+    const f = this._roomsFilter();
+    if (!c || !c.welcomed || !f) return false;
+    if (!force && this._roomsSent && JSON.stringify(this._roomsSent) === JSON.stringify(f)) return false;
+    this._roomsSent = f;
+    for (const list of this._roomLists) list.wsSubscribed = false;
     /** @type {Record<string, unknown>} */
-    const msg = { op: 'subscribe_rooms' };
-    if (list.filter.status) msg.status = list.filter.status;
-    if (list.filter.prefix) msg.prefix = list.filter.prefix;
-    if (list.filter.limit) msg.limit = list.filter.limit;
+    const msg = { op: 'subscribe_rooms', ...f };
     this._send(c, msg);
+    return true;
+  }
+
+  /**
+   * A list's full answer over REST (a list the socket's subscription
+   * covers with a wider filter, or a full list that lost a room).
+   * @internal
+   * @param {RoomList} list
+   */
+  _refillRoomList(list) {
+    if (list.refilling) return;
+    list.refilling = true;
+    setTimeout(async () => {
+      try {
+        const rooms = await this.listRooms(list.filter);
+        if (list.active) {
+          list.wsSubscribed = true;
+          list._replace(rooms);
+        }
+      } catch (e) {
+        if (list.active) list.emit('error', { code: 'unavailable', message: errorText(e) });
+      } finally {
+        list.refilling = false;
+      }
+    }, 0);
   }
 
   /**
@@ -770,11 +867,11 @@ export class RoomcastClient extends Emitter {
     try {
       const rooms = await this.listRooms(list.filter);
       if (list.active && gen === this._gen) list._replace(rooms);
-    } catch {
-      // tried again at the next round
+    } catch (e) {
+      if (list.active && gen === this._gen) list.emit('error', { code: 'unavailable', message: errorText(e) });
     }
     if (!list.active || gen !== this._gen || this._closed) return;
-    this._roomsTimer = setTimeout(() => this._pollRooms(list, gen), this._opts.roomsPollMs);
+    list.timer = setTimeout(() => this._pollRooms(list, gen), this._opts.roomsPollMs);
   }
 
   /** Closes every connection and stops every timer; the client is done. */
@@ -1207,10 +1304,13 @@ export class RoomcastClient extends Emitter {
       this._detail = 'connected';
       this._contact();
       for (const sub of this._subs.values()) this._wsSubscribe(sub);
-      if (this._roomList) {
-        if (this._roomsTimer) clearTimeout(this._roomsTimer);
-        this._roomsTimer = null;
-        this._wsSubscribeRooms(this._roomList);
+      if (this._roomLists.size > 0) {
+        for (const list of this._roomLists) {
+          if (list.timer) clearTimeout(list.timer);
+          list.timer = null;
+        }
+        this._roomsSent = null;
+        this._wsSubscribeRooms(true);
       }
       this._scheduleAuth(c);
       this.emit('connected', { transport: 'websocket', session: c.session });
@@ -1228,13 +1328,22 @@ export class RoomcastClient extends Emitter {
       return;
     }
     if (msg.op === 'rooms' || (msg.op === 'room' && typeof msg.room === 'object' && msg.room !== null)) {
-      const list = this._roomList;
-      if (!list || !list.active) return;
-      if (msg.op === 'rooms') {
-        list.wsSubscribed = true;
-        list._replace(Array.isArray(msg.rooms) ? msg.rooms : []);
-      } else {
-        list._update(msg.room, msg.matches !== false);
+      const sent = this._roomsSent;
+      for (const list of this._roomLists) {
+        if (!list.active) continue;
+        if (msg.op === 'rooms') {
+          // The socket's answer is this list's own when their filters
+          // agree; a list under a wider shared filter reads its own.
+          const own = sent && list.filter.status === sent.status && list.filter.prefix === sent.prefix;
+          if (own) {
+            list.wsSubscribed = true;
+            list._replace(Array.isArray(msg.rooms) ? msg.rooms : []);
+          } else {
+            this._refillRoomList(list);
+          }
+        } else {
+          list._update(msg.room, msg.matches !== false);
+        }
       }
       return;
     }
@@ -1411,7 +1520,7 @@ export class RoomcastClient extends Emitter {
   _startPolling() {
     this._transport = 'longpoll';
     for (const sub of this._subs.values()) this._pollLoop(sub, this._gen);
-    if (this._roomList) this._pollRooms(this._roomList, this._gen);
+    for (const list of this._roomLists) this._pollRooms(list, this._gen);
   }
 
   /**
@@ -1928,6 +2037,17 @@ function mergePatch(target, patch) {
     else out[k] = mergePatch(out[k], v);
   }
   return out;
+}
+
+/**
+ * Whether a room passes a list's filter (status, prefix).
+ * @param {RoomSnapshot} r
+ * @param {RoomsFilter} f
+ */
+function passes(r, f) {
+  if (f.status && r.status !== f.status) return false;
+  if (f.prefix && !r.room.startsWith(f.prefix)) return false;
+  return true;
 }
 
 /** @param {unknown} e */

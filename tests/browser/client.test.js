@@ -264,3 +264,64 @@ for (const mode of ['realtime', 'polling']) {
     }
   });
 }
+
+test('two live room lists on one client (in progress, completed): both live over the one socket, each its own filter; a failed read is an error (issue 26, item 5)', async () => {
+  const ctx = await browser.newContext();
+  const page = await blankPage(ctx);
+  const org = freshOrg();
+  const producer = token({ org, sub: 'p', pub: true });
+  const publish = (room, body) =>
+    fetch(`${server.url}/v1/rooms/${room}/events`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${producer}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    }).then((r) => assert.ok(r.status < 300, `publish ${r.status}`));
+  await publish('call-1', { type: 'x' });
+  await publish('call-2', { type: 'x' });
+  await publish('call-3', { type: 'x', status: 'completed' });
+  const reads = [];
+  page.on('request', (req) => {
+    const u = new URL(req.url());
+    if (u.pathname === '/v1/rooms') reads.push(u.search);
+  });
+  await page.evaluate(async (tok) => {
+    const { RoomcastClient } = await import('/client.js');
+    const c = new RoomcastClient({ token: tok, mode: 'realtime' });
+    globalThis.c = c;
+    globalThis.lists = { live: [], done: [] };
+    c.subscribeRooms({ status: 'in_progress' }, { onChange: (rs) => (globalThis.lists.live = rs.map((r) => r.room)) });
+    c.subscribeRooms({ status: 'completed' }, { onChange: (rs) => (globalThis.lists.done = rs.map((r) => r.room)) });
+  }, token({ org }));
+  const lists = () => page.evaluate(() => JSON.stringify(globalThis.lists));
+  const untilLists = async (want, what) => {
+    const deadline = Date.now() + 3000; // pushed: well under the old 10 s re-read
+    while ((await lists()) !== JSON.stringify(want)) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${await lists()}`);
+      await sleep(50);
+    }
+  };
+  await untilLists({ live: ['call-2', 'call-1'], done: ['call-3'] }, 'first lists');
+  const first = reads.length;
+  await publish('call-1', { type: 'done', status: 'completed' });
+  await untilLists({ live: ['call-2'], done: ['call-1', 'call-3'] }, 'call-1 completed moves between the lists');
+  await publish('call-4', { type: 'x' });
+  await untilLists({ live: ['call-4', 'call-2'], done: ['call-1', 'call-3'] }, 'a new room shows at once');
+  assert.equal(reads.length, first, `no REST re-read for the changes: ${reads}`);
+  assert.equal(await page.evaluate(() => globalThis.c._roomLists.size), 2);
+
+  // A list whose read fails says so (polling mode, /v1/rooms refused).
+  await page.route(/\/v1\/rooms(\?|$)/, (route) =>
+    route.fulfill({ status: 503, contentType: 'application/json', body: '{"error":{"code":"unavailable","message":"down"}}' }),
+  );
+  const err = await page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        const c = globalThis.c;
+        c.setMode('polling');
+        const l = c.subscribeRooms({ status: 'failed' });
+        l.on('error', (e) => resolve(e.code));
+      }),
+  );
+  assert.equal(err, 'unavailable');
+  await ctx.close();
+});

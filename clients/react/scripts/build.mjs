@@ -9,8 +9,12 @@
 //    the package wraps it and never reimplements the protocol. Outside the
 //    repository (a tarball being repacked) the copy already there is used.
 // 2. library: each src/*.ts is compiled to dist/*.js by esbuild (ES modules,
-//    React left as an import), src/client.js is copied to dist/ unchanged,
-//    and tsc writes the declarations (dist/*.d.ts, client.d.ts from its JSDoc).
+//    React left as an import, each file opening with "use client": the hooks
+//    and the provider run in the browser, and a Next.js App Router server
+//    component may import them), src/client.js is copied to dist/ unchanged,
+//    CommonJS bundles for `require` (dist/index.cjs, dist/client.cjs: Jest,
+//    older bundlers) are written beside them, and tsc writes the
+//    declarations (dist/*.d.ts, client.d.ts from its JSDoc).
 // 3. example: example/main.tsx bundled with React by esbuild into
 //    example/dist/app.js (production React) and example/dist/app.dev.js
 //    (development React: StrictMode's double render and double effects are
@@ -52,9 +56,22 @@ async function lib() {
     platform: 'neutral',
     target: 'es2020',
     bundle: false,
+    banner: { js: "'use client';" },
     logLevel: 'warning',
   });
   copyFileSync(copy, join(dist, 'client.js'));
+  // CommonJS, for `require`: one bundle per entry (the browser client
+  // inside, React left as a require).
+  const cjs = {
+    bundle: true,
+    format: 'cjs',
+    platform: 'neutral',
+    target: 'es2020',
+    external: ['react', 'react/*'],
+    logLevel: 'warning',
+  };
+  await esbuild.build({ ...cjs, entryPoints: [join(root, 'src/index.ts')], outfile: join(dist, 'index.cjs'), banner: { js: "'use client';" } });
+  await esbuild.build({ ...cjs, entryPoints: [copy], outfile: join(dist, 'client.cjs') });
   const tsc = join(root, 'node_modules/typescript/bin/tsc');
   execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit', cwd: root });
 }

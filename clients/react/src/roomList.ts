@@ -4,7 +4,8 @@
 //     then `room` frames, pushed by the server (client.js's subscribeRooms);
 //   - `GET /v1/rooms` (RestRoomList), re-read every `refreshMs` and soon
 //     after an event of a listed room is seen through this provider, for a
-//     second list on the same client.
+//     client without `subscribeRooms`. Several live lists of one client
+//     share the socket's subscription (client.js).
 // Either way the list is an array of room snapshots, newest activity first.
 
 import type { RoomStatus, RoomcastClient } from './client.js';
@@ -169,9 +170,6 @@ export class RestRoomList implements RoomListSource {
   }
 }
 
-/** Clients whose one live room list is taken (client.js keeps one per client). */
-const liveTaken = new WeakSet<RoomcastClient>();
-
 /**
  * The live room list (`subscribe_rooms`): a fresh list on every (re)connect,
  * then a `room` frame per change, pushed by the server (read every few
@@ -189,7 +187,6 @@ export class LiveRoomList implements RoomListSource {
   }
 
   start(onRooms: (rooms: RoomInfo[]) => void, onError: (e: Error) => void): void {
-    liveTaken.add(this.client);
     const limit = this.filter.limit ?? 100;
     this.list = this.client.subscribeRooms(
       {
@@ -199,6 +196,7 @@ export class LiveRoomList implements RoomListSource {
       },
       { onChange: (rooms) => onRooms((rooms as RoomInfo[]).slice(0, limit)) },
     );
+    this.list.on('error', (e) => onError(new Error(`${e.code}: ${e.message}`)));
     this.onError = onError;
   }
 
@@ -216,18 +214,17 @@ export class LiveRoomList implements RoomListSource {
     if (this.list) {
       this.list.unsubscribe();
       this.list = null;
-      liveTaken.delete(this.client);
     }
   }
 }
 
 /**
  * The best source the client supports: the live room list when client.js
- * has it and no other list of this client uses it (one per client), else
- * `GET /v1/rooms` re-read periodically. The list's shape is the same.
+ * has it (any number per client: they share the socket's subscription),
+ * else `GET /v1/rooms` re-read periodically. The list's shape is the same.
  */
 export function createRoomListSource(client: RoomcastClient, hub: Hub, filter: RoomsFilter, options: RoomListOptions = {}): RoomListSource {
-  if (typeof client.subscribeRooms === 'function' && !liveTaken.has(client)) {
+  if (typeof client.subscribeRooms === 'function') {
     return new LiveRoomList(client, filter);
   }
   return new RestRoomList(client, hub, filter, options);

@@ -146,7 +146,10 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
   const setMode = useCallback((mode: Mode) => client?.setMode(mode), [client]);
   const refresh = useCallback(() => (client ? client.refresh() : Promise.resolve()), [client]);
 
-  const loading = active && !data.subscribed && data.error === null;
+  // Before the provider's client exists (a server render, the first
+  // render in the browser) a room asked for is loading too.
+  const wanted = typeof room === 'string' && room !== '' && options.enabled !== false;
+  const loading = wanted && !data.subscribed && data.error === null;
   return {
     room: active ? room : null,
     events: data.events,
@@ -214,5 +217,6 @@ export function usePresence(room: string | null | undefined, options: { enabled?
   const hub = client ? hubOf(client) : null;
   const store = hub && typeof room === 'string' && room !== '' && options.enabled !== false ? hub.store(room) : null;
   const data = useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getNoRoom, store ? store.getSnapshot : getNoRoom);
-  return { members: r.members, loading: r.room !== null && !data.membersKnown && r.error === null, error: r.error };
+  const wanted = typeof room === 'string' && room !== '' && options.enabled !== false;
+  return { members: r.members, loading: wanted && !data.membersKnown && r.error === null, error: r.error };
 }

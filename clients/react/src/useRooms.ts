@@ -12,7 +12,7 @@ export interface UseRoomsOptions extends RoomsFilter, RoomListOptions {
 export interface UseRoomsResult {
   /** The rooms, newest activity first (room snapshots). */
   rooms: readonly RoomInfo[];
-  /** No list yet. */
+  /** No list yet (false once a list or an error came). */
   loading: boolean;
   /** The last failure to read the list (the last list is kept), or null. */
   error: Error | null;
@@ -31,8 +31,9 @@ function sameRooms(a: readonly RoomInfo[], b: readonly RoomInfo[]): boolean {
 /**
  * The rooms of the token's org for a call board, live: the server pushes
  * every change of a room that passes the filter (coalesced, at most 4 a
- * second per room); a second list on the same client re-reads
- * `GET /v1/rooms` every `refreshMs` (10 s) instead.
+ * second per room). Several lists on one client (an in-progress board
+ * beside a completed one) are all live: they share the socket's one
+ * subscription, each applying its own filter.
  */
 export function useRooms(filter: UseRoomsOptions = {}): UseRoomsResult {
   const client = useRoomcast();
@@ -66,7 +67,12 @@ export function useRooms(filter: UseRoomsOptions = {}): UseRoomsResult {
         setError(null);
         setUpdatedAt(Date.now());
       },
-      (e) => setError(e),
+      (e) => {
+        // A list that cannot be read is not loading for ever: the error
+        // shows, and the next read (poll, reconnect, refresh) clears it.
+        setError(e);
+        setLoading(false);
+      },
     );
     return () => {
       source.stop();

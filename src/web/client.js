@@ -134,6 +134,7 @@
  * @property {number | null} [since] the last seq the caller already has: events after it are delivered. `0`: the whole history; absent/`null`: from now on (no history)
  * @property {boolean} [presence] join the room as a member (the token's `sub` and `info`) and follow its members: `subscribed` brings them, `presence` frames the changes (realtime); in polling mode the members are read every few seconds and the page is not a member
  * @property {(p: PresenceChange) => void} [onPresence]
+ * @property {'polling'} [mode] `polling`: this room long-polls whatever the client's mode (the others keep the WebSocket); absent: the room follows the client's mode
  * @property {boolean} [snapshots] re-read the room's snapshot (state, status) shortly after events arrive over WebSocket. Not needed to follow `state` and `status`: every event that changed them carries its patch and status, applied in seq order. For a room whose state is changed without an event. Default false.
  * @property {(e: RoomEvent) => void} [onEvent]
  * @property {(s: Snapshot) => void} [onSubscribed]
@@ -309,6 +310,12 @@ export class Subscription extends Emitter {
     this.snapshots = options.snapshots ?? false;
     /** Join as a member and follow the members. */
     this.presence = options.presence ?? false;
+    /** `polling`: this room long-polls whatever the client's transport. @type {'polling' | null} */
+    this.mode = options.mode === 'polling' ? 'polling' : null;
+    /** @internal the generation whose long-poll loop runs for this room, if any @type {number | null} */
+    this.loopGen = null;
+    /** @internal failed polls in a row (a room polling beside a WebSocket) */
+    this.failures = 0;
     /** The room's members (with `presence`), by sub. @type {Map<string, Record<string, unknown>>} */
     this.members = new Map();
     /** @internal when the members were last read over REST (polling) */
@@ -917,7 +924,8 @@ export class RoomcastClient extends Emitter {
       if (!c || !c.welcomed) return false;
       if (c.pingAt !== null && now - c.pingAt > this._opts.pongTimeoutMs) return false;
       for (const sub of this._subs.values()) {
-        if (!sub.failed && !sub.wsSubscribed) return false;
+        if (sub.failed) continue;
+        if (sub.mode === 'polling' ? sub.head === null || sub.failures > 0 : !sub.wsSubscribed) return false;
       }
       return true;
     }
@@ -1422,6 +1430,11 @@ export class RoomcastClient extends Emitter {
   _wsSubscribe(sub) {
     const c = this._ws;
     if (!c || !c.welcomed || !sub.active) return;
+    if (sub.mode === 'polling') {
+      // This room long-polls beside the socket.
+      if (sub.loopGen !== this._gen) this._pollLoop(sub, this._gen);
+      return;
+    }
     sub.wsSubscribed = false;
     if (c.leaving.has(sub.room)) return; // subscribed again on `unsubscribed`
     /** @type {{op: string, room: string, since?: number, presence?: boolean}} */
@@ -1531,68 +1544,92 @@ export class RoomcastClient extends Emitter {
    */
   async _pollLoop(sub, gen) {
     const live = () => gen === this._gen && sub.active && !this._closed && this._online;
-    while (live()) {
-      if (sub.failed) return;
-      if (sub.status !== null && TERMINAL.has(sub.status) && sub.cursor !== null && sub.head !== null && sub.cursor >= sub.head) {
-        // A closed room gets no more events: nothing to wait for.
-        this._changed();
-        return;
-      }
-      const ctl = new AbortController();
-      sub.poll = ctl;
-      sub.pollStartedAt = Date.now();
-      try {
-        // Wait only once the head is known and the cursor is not beyond it: the
-        // server holds a long-poll whose `since` is past the head for the whole
-        // `wait` rather than answering the lower head (a `reset`) at once.
-        const known = sub.cursor !== null && sub.head !== null && sub.cursor <= sub.head;
-        const wait = known ? this._opts.pollWaitS : 0;
-        const full = await this._pollOnce(sub, 'poll', wait, ctl.signal);
-        if (!live()) return;
-        if (this._pollFailing || (this._lost && this._everConnected)) {
-          if (this._lost) this._counts.reconnects += 1;
-          this._pollFailing = false;
-        }
-        if (sub.presence && Date.now() - sub.membersReadAt > MEMBERS_POLL_MS) {
-          sub.membersReadAt = Date.now();
-          this._readMembers(sub, ctl.signal);
-        }
-        if (!this._everConnected || this._lost) this.emit('connected', { transport: 'longpoll', session: null });
-        this._everConnected = true;
-        this._lost = false;
-        this._attempt = 0;
-        this._detail = 'long-polling';
-        this._contact();
-        this._changed();
-        if (full) continue;
-      } catch (e) {
-        if (!live()) return;
-        if (ctl.signal.aborted) continue; // a stuck poll aborted by the watchdog, or a wake-up
-        if (e instanceof HttpError && (e.status === 401 || e.status === 403 || e.status === 400)) {
-          if (e.status === 401 && !sub.retriedAuth) {
-            sub.retriedAuth = true;
-            this._token = null;
-            continue;
-          }
-          this._reportFetchError(sub, e);
-          sub.failed = { code: e.code, message: e.message, room: sub.room };
+    // The client's own transport (else a room polling beside a WebSocket:
+    // the connection's state is the socket's, not this loop's).
+    const own = () => this._transport === 'longpoll';
+    if (sub.loopGen === gen) return;
+    sub.loopGen = gen;
+    try {
+      while (live()) {
+        if (sub.failed) return;
+        if (sub.status !== null && TERMINAL.has(sub.status) && sub.cursor !== null && sub.head !== null && sub.cursor >= sub.head) {
+          // A closed room gets no more events: nothing to wait for.
           this._changed();
           return;
         }
-        this._pollFailing = true;
-        this._lost = true;
-        const retryAfter = e instanceof HttpError ? e.retryAfterMs : null;
-        const delay = this._nextDelay(`poll failed: ${errorText(e)}`, 'longpoll');
-        this._changed();
-        await new Promise((resolve) => {
-          sub.retry = new Timer(delay, () => resolve(undefined));
-          if (retryAfter !== null) sub.retry.atLeast(retryAfter);
-        });
-        sub.retry = null;
-      } finally {
-        if (sub.poll === ctl) sub.poll = null;
+        const ctl = new AbortController();
+        sub.poll = ctl;
+        sub.pollStartedAt = Date.now();
+        try {
+          // Wait only once the head is known and the cursor is not beyond it: the
+          // server holds a long-poll whose `since` is past the head for the whole
+          // `wait` rather than answering the lower head (a `reset`) at once.
+          const known = sub.cursor !== null && sub.head !== null && sub.cursor <= sub.head;
+          const wait = known ? this._opts.pollWaitS : 0;
+          const full = await this._pollOnce(sub, 'poll', wait, ctl.signal);
+          if (!live()) return;
+          sub.failures = 0;
+          if (!own()) {
+            if (sub.presence && Date.now() - sub.membersReadAt > MEMBERS_POLL_MS) {
+              sub.membersReadAt = Date.now();
+              this._readMembers(sub, ctl.signal);
+            }
+            this._changed();
+            continue;
+          }
+          if (this._pollFailing || (this._lost && this._everConnected)) {
+            if (this._lost) this._counts.reconnects += 1;
+            this._pollFailing = false;
+          }
+          if (sub.presence && Date.now() - sub.membersReadAt > MEMBERS_POLL_MS) {
+            sub.membersReadAt = Date.now();
+            this._readMembers(sub, ctl.signal);
+          }
+          if (!this._everConnected || this._lost) this.emit('connected', { transport: 'longpoll', session: null });
+          this._everConnected = true;
+          this._lost = false;
+          this._attempt = 0;
+          this._detail = 'long-polling';
+          this._contact();
+          this._changed();
+          if (full) continue;
+        } catch (e) {
+          if (!live()) return;
+          if (ctl.signal.aborted) continue; // a stuck poll aborted by the watchdog, or a wake-up
+          if (e instanceof HttpError && (e.status === 401 || e.status === 403 || e.status === 400)) {
+            if (e.status === 401 && !sub.retriedAuth) {
+              sub.retriedAuth = true;
+              this._token = null;
+              continue;
+            }
+            this._reportFetchError(sub, e);
+            sub.failed = { code: e.code, message: e.message, room: sub.room };
+            this._changed();
+            return;
+          }
+          const retryAfter = e instanceof HttpError ? e.retryAfterMs : null;
+          let delay;
+          if (own()) {
+            this._pollFailing = true;
+            this._lost = true;
+            delay = this._nextDelay(`poll failed: ${errorText(e)}`, 'longpoll');
+          } else {
+            delay = Math.floor(Math.random() * Math.min(this._opts.backoffMaxMs, this._opts.backoffBaseMs * 2 ** sub.failures));
+            sub.failures += 1;
+          }
+          this._changed();
+          await new Promise((resolve) => {
+            sub.retry = new Timer(delay, () => resolve(undefined));
+            if (retryAfter !== null) sub.retry.atLeast(retryAfter);
+          });
+          sub.retry = null;
+        } finally {
+          if (sub.poll === ctl) sub.poll = null;
+        }
+        sub.retriedAuth = false;
       }
-      sub.retriedAuth = false;
+    } finally {
+      if (sub.loopGen === gen) sub.loopGen = null;
     }
   }
 

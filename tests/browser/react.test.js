@@ -483,3 +483,26 @@ test('usePresence with two pages: each lists both members, a closed page leaves;
   assert.deepEqual(a.errors, []);
   await a.ctx.close();
 });
+
+test('useRoom({mode: "polling"}) long-polls that room only: the client stays realtime and its room list live over the socket (issue 26, item 5)', async () => {
+  const org = freshOrg();
+  const room = 'react-room-polls';
+  const producer = token({ org, sub: 'p', pub: true });
+  const viewer = token({ org });
+  await publishN(server, producer, room, 2);
+  const { ctx, page, errors, sockets } = await openExample(room, viewer, 'realtime', { roomPolling: '1' });
+  await untilStatus(page, 'live');
+  await untilTimeline(page, 2);
+  await untilSource(page, 'polling');
+  await publishN(server, producer, room, 2, 'live', 3);
+  await untilTimeline(page, 4);
+  const mode = await page.evaluate(() => ({ mode: globalThis.roomcast.client.mode, transport: globalThis.roomcast.client.state.transport }));
+  assert.deepEqual(mode, { mode: 'realtime', transport: 'websocket' }, 'the client keeps its own mode');
+  assert.equal(await counter(page, 'push'), 0, 'no event of this room came by push');
+  assert.ok((await counter(page, 'poll')) >= 2);
+  assert.equal(sockets.length, 1, 'one socket (the room list)');
+  await until(page, (r) => document.querySelector(`#rooms li[data-room="${r}"]`)?.dataset.head === '4', room, { what: 'the live room list at head 4' });
+  assert.deepEqual(await timelineSeqs(page), range(1, 4));
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});

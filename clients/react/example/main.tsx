@@ -24,6 +24,8 @@ const MODES: Array<[Mode, string]> = [
   ['auto', 'Auto'],
 ];
 const modeParam = params.get('mode');
+/** `&roomPolling=1`: this room long-polls (useRoom's `mode: 'polling'`), whatever the provider's mode. */
+const ROOM_POLLING = params.get('roomPolling') === '1';
 /** `&presence=1`: join the room as a member and list its members. */
 const PRESENCE = params.get('presence') === '1';
 const INITIAL_MODE: Mode = modeParam === 'realtime' || modeParam === 'polling' ? modeParam : 'auto';
@@ -76,7 +78,7 @@ function RoomPanel({ room }: { room: string }) {
   const {
     data, loading, updateSource, websocketStatus, refresh, status, mode, setMode, counts,
     lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, ephemeral, state,
-  } = useHybridUpdates(room);
+  } = useHybridUpdates(room, ROOM_POLLING ? { websocketEnabled: false } : {});
   const now = useNow(1000);
   const [refreshing, setRefreshing] = useState(false);
   const newestFirst = [...data].reverse();

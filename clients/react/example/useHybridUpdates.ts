@@ -18,8 +18,8 @@ import type { Mode, RoomEvent, UseRoomResult } from '@roomcast/react';
 
 export interface HybridConfig {
   /**
-   * false: long-poll only (sets the mode `polling`). true: WebSocket with the
-   * long-poll fallback (mode `auto`). Absent: the provider's mode is kept.
+   * false: this room long-polls (the room's mode `polling`; the provider's
+   * other rooms keep their transport). true or absent: the provider's mode.
    */
   websocketEnabled?: boolean;
 }
@@ -35,7 +35,7 @@ export interface HybridUpdates extends UseRoomResult {
 }
 
 export function useHybridUpdates(room: string, config: HybridConfig = {}): HybridUpdates {
-  const mode: Mode | undefined = config.websocketEnabled === undefined ? undefined : config.websocketEnabled ? 'auto' : 'polling';
+  const mode: Mode | undefined = config.websocketEnabled === false ? 'polling' : undefined;
   const r = useRoom(room, { since: 0, ...(mode ? { mode } : {}) });
   return {
     ...r,

@@ -55,6 +55,8 @@ export interface RoomStoreOptions {
   since?: number | null;
   snapshots?: boolean;
   presence?: boolean;
+  /** This room long-polls whatever the client's mode. */
+  polling?: boolean;
   maxEvents?: number;
 }
 
@@ -192,6 +194,7 @@ export class RoomStore {
   private readonly since: number | null | undefined;
   private readonly snapshots: boolean;
   private presence: boolean;
+  private readonly polling: boolean;
   private readonly maxEvents: number;
   private refs = 0;
   private sub: Subscription | null = null;
@@ -216,6 +219,7 @@ export class RoomStore {
     this.since = options.since;
     this.snapshots = options.snapshots ?? false;
     this.presence = options.presence ?? false;
+    this.polling = options.polling ?? false;
     this.maxEvents = Math.max(1, options.maxEvents ?? DEFAULT_MAX_EVENTS);
     this.data = emptyRoomData(room);
     this.sweepTimer = setTimeout(() => {
@@ -293,7 +297,12 @@ export class RoomStore {
     const existing = client.subscription(this.room);
     this.owned = !existing;
     const since = from !== undefined ? from : (this.since ?? null);
-    const sub = existing ?? client.subscribe(this.room, { since, snapshots: this.snapshots, presence: this.presence });
+    const sub = existing ?? client.subscribe(this.room, {
+        since,
+        snapshots: this.snapshots,
+        presence: this.presence,
+        ...(this.polling ? { mode: 'polling' as const } : {}),
+      });
     this.sub = sub;
     if (sub.cursor !== null) this.lastSeq = sub.cursor;
     this.offs = [

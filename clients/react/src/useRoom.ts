@@ -13,8 +13,10 @@ export interface UseRoomOptions {
    */
   since?: number | null;
   /**
-   * Sets the client's connection mode when given (and when it changes). The
-   * mode is the client's, shared by every room of the provider.
+   * This room's mode: `polling` makes this room long-poll whatever the
+   * client's mode (the provider's other rooms keep the WebSocket);
+   * `realtime`/`auto` (or absent) follow the client's mode (set it on the
+   * provider, or with `setMode`). Read when the room is first subscribed.
    */
   mode?: Mode;
   /** Keep at most this many events in `events` (the latest); default 1000. */
@@ -62,7 +64,7 @@ export interface UseRoomResult {
   error: ClientError | null;
   /** The connection: `connecting` (not live yet since the client started), `live`, `delayed` or `offline`. */
   status: Status;
-  /** The transport in use: `websocket`, `longpoll` or `none`. */
+  /** The transport this room uses: `websocket`, `longpoll` or `none` (the client's, or `longpoll` for a room with `mode: 'polling'`). */
   transport: Transport;
   /** The connection mode (the client's). */
   mode: Mode;
@@ -111,7 +113,7 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
   const hub = client ? hubOf(client) : null;
   const active = hub !== null && typeof room === 'string' && room !== '' && options.enabled !== false;
   const { since = 0, snapshots, maxEvents, presence } = options;
-  const storeOptions = { since, snapshots, maxEvents, presence };
+  const storeOptions = { since, snapshots, maxEvents, presence, polling: options.mode === 'polling' };
   const store = active ? hub.store(room, storeOptions) : null;
   const [, rerender] = useReducer((n: number) => n + 1, 0);
 
@@ -135,10 +137,6 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     // The options are read when the room is first subscribed.
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [hub, room, active]);
-
-  useEffect(() => {
-    if (client && options.mode && client.mode !== options.mode) client.setMode(options.mode);
-  }, [client, options.mode]);
 
   const data = useSyncExternalStore(store ? store.subscribe : noSubscribe, store ? store.getSnapshot : getNoRoom, store ? store.getSnapshot : getNoRoom);
   const cs = useSyncExternalStore(hub ? hub.subscribeState : noSubscribe, hub ? hub.getState : getNotConnected, hub ? hub.getState : getNotConnected);
@@ -167,8 +165,9 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     reset: data.reset,
     error: data.error,
     status: cs.status,
-    transport: cs.transport,
-    mode: client ? cs.mode : (options.mode ?? cs.mode),
+    // A room that long-polls beside the socket says so.
+    transport: options.mode === 'polling' && cs.transport !== 'none' ? 'longpoll' : cs.transport,
+    mode: cs.mode,
     setMode,
     refresh,
     counts: cs.counts,

@@ -64,6 +64,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q "$here[test]"
 
+step "mypy --strict (src/roomcast)"
+(cd "$here" && "$venv/bin/python" -m mypy --strict src/roomcast)
+
 step "wheel -> $dist"
 mkdir -p "$dist"
 rm -f "$dist"/roomcast-*.whl

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 PKG_ROOT = HERE.parent
 REPO_ROOT = PKG_ROOT.parent.parent
 
-JWT_SECRET = "py-test-secret"
+JWT_SECRET = "py-test-secret-0123456789abcdef0123456789"
 HOOK_SECRET = "py-hook-secret"
 ORG = "acme"
 
@@ -443,3 +443,64 @@ async def take(sub, n: int, timeout: float = 30.0) -> list:  # type: ignore[no-u
         except TimeoutError:
             raise AssertionError(f"got {len(out)} of {n} items: {[getattr(x, 'seq', x) for x in out]}") from None
     return out
+
+
+class HttpProxy:
+    """A forward HTTP proxy run by a test, as a corporate proxy would be: it
+    takes absolute-form requests (``GET http://host/path``, what httpx sends
+    for ``http://`` through ``HTTP_PROXY``) and ``CONNECT host:port`` tunnels
+    (what ``websockets`` asks of a proxy), and records each."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.seen: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> HttpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            line, _, rest = head.partition(b"\r\n")
+            method, target, version = line.decode("latin-1").split(" ", 2)
+            self.seen.append(f"{method} {target}")
+            if method == "CONNECT":
+                host, port = target.rsplit(":", 1)
+                up_r, up_w = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+            else:
+                u = urlsplit(target)
+                up_r, up_w = await asyncio.open_connection(u.hostname, u.port or 80)
+                path = u.path + (f"?{u.query}" if u.query else "")
+                # One request per connection upstream: keep it simple.
+                headers = b"\r\n".join(
+                    h for h in rest.split(b"\r\n") if h and not h.lower().startswith((b"proxy-", b"connection:"))
+                )
+                up_w.write(f"{method} {path} {version}\r\n".encode("latin-1") + headers + b"\r\nConnection: close\r\n\r\n")
+                await up_w.drain()
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(Exception):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        except Exception:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

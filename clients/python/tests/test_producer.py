@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from _support import ORG
+from _support import ORG, HttpProxy, take
 
 from roomcast import (
     AsyncProducer,
     BadRequest,
+    Client,
     Forbidden,
     Producer,
     RetryPolicy,
@@ -202,3 +203,26 @@ async def test_an_async_producer_from_the_secret_renews(server) -> None:
         assert (await p.publish("async-job", "a")).seq == 1
         await asyncio.sleep(2.5)
         assert (await p.publish("async-job", "b")).seq == 2
+
+
+async def test_the_proxy_of_the_environment_is_used(server, token, monkeypatch) -> None:
+    """Issue 26, item 5: ``HTTP(S)_PROXY`` applies to the producer's and the
+    subscriber's requests and to the WebSocket (trust_env), as for any
+    httpx or websockets user."""
+    proxy = await HttpProxy().start()
+    for k in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    try:
+        async with AsyncProducer(server.url, token(publish=True)) as p:
+            r = await p.publish("via-proxy", "x", {"n": 1})
+            assert r.seq == 1
+        assert f"POST {server.url}/v1/rooms/via-proxy/events" in proxy.seen, proxy.seen
+        async with Client(server.url, token=token(), mode="realtime") as client:
+            sub = client.room("via-proxy", since=0)
+            (ev,) = await take(sub, 1)
+            assert ev.seq == 1
+        assert f"CONNECT 127.0.0.1:{server.port}" in proxy.seen, proxy.seen
+    finally:
+        await proxy.close()

@@ -32,12 +32,12 @@ from .models import (
     RoomSnapshot,
     Source,
 )
+from ._version import __version__
 from .producer import AsyncProducer, Producer
 from .retry import RetryPolicy, full_jitter
 from .tokens import SecretTokens, mint_token, token_claims, token_expiry
 from .webhook import AsyncWebhookProducer, WebhookProducer, sign_webhook, verify_webhook
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncProducer",

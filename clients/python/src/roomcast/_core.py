@@ -20,9 +20,10 @@ from urllib.parse import quote
 
 import httpx
 
+from ._version import __version__
 from .errors import ConnectionFailed, RoomcastError, error_for, parse_error_body
 from .models import BatchResult, EventPage, Presence, PublishResult, RoomSnapshot
-from .retry import RetryPolicy
+from .retry import DEFAULT_RETRY, EPHEMERAL_RETRY, RetryPolicy
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ AsyncToken = str | Callable[[], str | Awaitable[str]]
 
 MAX_BATCH = 1000
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-USER_AGENT = "roomcast-python/0.1"
+USER_AGENT = f"roomcast-python/{__version__}"
 
 
 def dumps(value: Any) -> bytes:
@@ -83,6 +84,42 @@ class Call(Generic[T]):
     retry: RetryPolicy | None = None
 
 
+class Attempts:
+    """The retry loop's decisions, shared by the sync and async runners: one
+    request's attempts so far, and whether (and when) to try again."""
+
+    def __init__(self, call: Call[Any], policy: RetryPolicy) -> None:
+        self.call = call
+        self.policy = policy
+        self.started = time.monotonic()
+        self.attempt = 0
+        self.renewed = False
+
+    def failed(self, e: Exception, renews: Callable[[RoomcastError, bool], bool]) -> float | None:
+        """After a failed attempt: ``None`` to try again at once (a renewed
+        token), else the wait before the next attempt; raises the typed
+        error when there is none."""
+        if isinstance(e, httpx.TransportError):
+            err: RoomcastError = _connection_failed(e)
+            err.__cause__ = e
+            retryable = _retryable_transport(self.call, e)
+        elif isinstance(e, RoomcastError):
+            err = e
+            retryable = e.status in RETRY_STATUSES
+            if renews(e, self.renewed):
+                self.renewed = True
+                return None
+        else:
+            raise e
+        self.attempt += 1
+        if not retryable or self.attempt >= self.policy.max_attempts:
+            raise err
+        delay = self.policy.delay(self.attempt - 1, err.retry_after)
+        if self.policy.deadline is not None and time.monotonic() - self.started + delay > self.policy.deadline:
+            raise err
+        return delay
+
+
 def interpret(call: Call[T], resp: httpx.Response) -> T:
     """The call's result, or raises the typed error of the answer."""
     status = resp.status_code
@@ -126,7 +163,7 @@ class Ops:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or DEFAULT_RETRY
         self.timeout = timeout
         #: how many retries this object made (all calls together)
         self.retries = 0
@@ -223,7 +260,8 @@ class Ops:
             return PublishResult(room=str(body.get("room", room)), seq=None, ephemeral=True)
 
         # No idempotency key exists for an ephemeral event: retried only when
-        # the request surely never arrived (connect errors, 429, 503).
+        # the request surely never arrived (connect errors, 429, 503), and
+        # only briefly: a partial transcript is stale within a second.
         return Call(
             "POST",
             self._publish_path(room),
@@ -232,6 +270,7 @@ class Ops:
             headers=self._publish_headers(),
             auth=self._publish_auth(),
             idempotent=False,
+            retry=EPHEMERAL_RETRY if self.retry is DEFAULT_RETRY else self.retry,
         )
 
     # -- reads -----------------------------------------------------------
@@ -352,7 +391,9 @@ class SyncRunner(Ops):
         super().__init__(base_url, retry=retry, timeout=timeout)
         self._token = token
         self._own_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout, trust_env=False)
+        # trust_env: HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE apply, as
+        # for any httpx (and requests) user.
+        self._http = http_client or httpx.Client(timeout=timeout)
 
     def _renew_after(self, e: RoomcastError, renewed: bool) -> bool:
         return _renews(self._token, e, renewed)
@@ -367,12 +408,8 @@ class SyncRunner(Ops):
         return v
 
     def _execute(self, call: Call[T]) -> T:
-        policy = call.retry or self.retry
-        started = time.monotonic()
-        attempt = 0
-        renewed = False
+        tries = Attempts(call, call.retry or self.retry)
         while True:
-            err: RoomcastError
             try:
                 headers = _headers(call, self._token_now() if call.auth else None)
                 resp = self._http.request(
@@ -384,24 +421,11 @@ class SyncRunner(Ops):
                     timeout=call.timeout or self.timeout,
                 )
                 return interpret(call, resp)
-            except httpx.TransportError as e:
-                err = _connection_failed(e)
-                err.__cause__ = e
-                retryable = _retryable_transport(call, e)
-            except RoomcastError as e:
-                err = e
-                retryable = e.status in RETRY_STATUSES
-                if self._renew_after(e, renewed):
-                    renewed = True
-                    continue
-            attempt += 1
-            if not retryable or attempt >= policy.max_attempts:
-                raise err
-            delay = policy.delay(attempt - 1, err.retry_after)
-            if policy.deadline is not None and time.monotonic() - started + delay > policy.deadline:
-                raise err
-            self.retries += 1
-            time.sleep(delay)
+            except (httpx.TransportError, RoomcastError) as e:
+                delay = tries.failed(e, self._renew_after)
+            if delay is not None:
+                self.retries += 1
+                time.sleep(delay)
 
     def close(self) -> None:
         """Closes the HTTP connections (unless the http_client was given)."""
@@ -430,7 +454,7 @@ class AsyncRunner(Ops):
         super().__init__(base_url, retry=retry, timeout=timeout)
         self._token = token
         self._own_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout, trust_env=False)
+        self._http = http_client or httpx.AsyncClient(timeout=timeout)
 
     def _renew_after(self, e: RoomcastError, renewed: bool) -> bool:
         return _renews(self._token, e, renewed)
@@ -447,12 +471,8 @@ class AsyncRunner(Ops):
         return v
 
     async def _execute(self, call: Call[T]) -> T:
-        policy = call.retry or self.retry
-        started = time.monotonic()
-        attempt = 0
-        renewed = False
+        tries = Attempts(call, call.retry or self.retry)
         while True:
-            err: RoomcastError
             try:
                 headers = _headers(call, await self._token_now() if call.auth else None)
                 resp = await self._http.request(
@@ -464,24 +484,11 @@ class AsyncRunner(Ops):
                     timeout=call.timeout or self.timeout,
                 )
                 return interpret(call, resp)
-            except httpx.TransportError as e:
-                err = _connection_failed(e)
-                err.__cause__ = e
-                retryable = _retryable_transport(call, e)
-            except RoomcastError as e:
-                err = e
-                retryable = e.status in RETRY_STATUSES
-                if self._renew_after(e, renewed):
-                    renewed = True
-                    continue
-            attempt += 1
-            if not retryable or attempt >= policy.max_attempts:
-                raise err
-            delay = policy.delay(attempt - 1, err.retry_after)
-            if policy.deadline is not None and time.monotonic() - started + delay > policy.deadline:
-                raise err
-            self.retries += 1
-            await asyncio.sleep(delay)
+            except (httpx.TransportError, RoomcastError) as e:
+                delay = tries.failed(e, self._renew_after)
+            if delay is not None:
+                self.retries += 1
+                await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
         """Closes the HTTP connections (unless the http_client was given)."""

@@ -8,9 +8,9 @@ ahead of it it waits while the missing ones are read back over REST. A
 to the head and is yielded in-band as a :class:`~roomcast.Reset`.
 
 Transports: one WebSocket (``/v1/ws``) for every room of the client, with
-full-jitter backoff, a watchdog of its own (``{"op": "ping"}`` after
-``heartbeat_ms`` of silence; a socket silent for twice ``pong_timeout``
-after it is replaced), token renewal with ``{"op": "auth"}`` before expiry;
+full-jitter backoff, the ``websockets`` keepalive (a ping every
+``ping_interval``; a socket whose pong does not come within twice
+``pong_timeout`` is closed and replaced), token renewal with ``{"op": "auth"}`` before expiry;
 long-poll (``GET /v1/rooms/{room}/events?since=N&wait=25``), one per room;
 and ``auto``: WebSocket, falling back to long-poll after ``fallback_after``
 failed attempts in a row (or a connect timeout), probing WebSocket every
@@ -81,8 +81,6 @@ class _Conn:
         self.heartbeat = hb / 1000 if isinstance(hb, (int, float)) and hb > 0 else 15.0
         self.opened_at = time.monotonic()
         self.last_rx = time.monotonic()
-        self.ping_at: float | None = None
-        self.ping_id = 0
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         #: rooms whose ``subscribe`` is not answered yet
         self.opening: set[str] = set()
@@ -217,10 +215,10 @@ class Client:
             ``base_url`` (a separate gateway; tests).
         backoff_base, backoff_max: full-jitter windows, 0.5 s doubling up to 20 s.
         connect_timeout: a WebSocket without ``welcome`` by then has failed.
-        ping_interval: send ``{"op":"ping"}`` after this much silence
-            (default: the server's ``heartbeat_ms``).
-        pong_timeout: unanswered this long the socket is ``delayed``; twice
-            this, it is replaced (resuming from the cursors).
+        ping_interval: the ``websockets`` keepalive sends a ping this often
+            (default 15 s, the server's default heartbeat).
+        pong_timeout: a ping unanswered for twice this closes the socket,
+            which is replaced (resuming from the cursors).
         fallback_after: auto mode: failed WebSocket attempts in a row before
             long-polling.
         probe_interval: auto mode: WebSocket is tried again this often
@@ -282,7 +280,6 @@ class Client:
 
         self._http = httpx.AsyncClient(
             timeout=http_timeout,
-            trust_env=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
         )
         # Polls and gap read-backs: no retries (the loops back off themselves).
@@ -402,9 +399,7 @@ class Client:
         now = time.monotonic()
         subs = [s for s in self._subs.values() if s.active and s.failed is None]
         if self._transport == "websocket" and self._conn is not None:
-            c = self._conn
-            stale = c.ping_at is not None and now - c.ping_at > self._pong_timeout
-            if not stale and all(s.ws_subscribed for s in subs):
+            if all(s.ws_subscribed for s in subs):
                 self._was_live = True
                 return "live"
         elif self._transport == "longpoll" and not self._poll_failing:
@@ -555,11 +550,13 @@ class Client:
                 additional_headers={"Authorization": f"Bearer {token}"},
                 user_agent_header=USER_AGENT,
                 open_timeout=self._connect_timeout,
-                ping_interval=None,  # the watchdog below pings with op ping
+                # The library's keepalive finds a dead or silent socket.
+                ping_interval=self._ping_interval or 15.0,
+                ping_timeout=2 * self._pong_timeout,
                 close_timeout=1,
                 compression=None,
                 max_size=1 << 24,
-                proxy=None,
+                # proxy: the library's default (HTTPS_PROXY / ALL_PROXY).
             )
         except InvalidStatus as e:
             status = e.response.status_code
@@ -672,27 +669,15 @@ class Client:
     async def _read_loop(self, conn: _Conn) -> tuple[int, str]:
         ws = conn.ws
         while True:
-            now = time.monotonic()
-            if conn.ping_at is None:
-                timeout = conn.last_rx + (self._ping_interval or conn.heartbeat) - now
-            else:
-                timeout = conn.ping_at + 2 * self._pong_timeout - now
             try:
-                raw = await asyncio.wait_for(ws.recv(), max(timeout, 0.001))
-            except TimeoutError:
-                if conn.ping_at is None:
-                    conn.ping_id += 1
-                    conn.ping_at = time.monotonic()
-                    conn.send({"op": "ping", "id": conn.ping_id})
-                    continue
-                # Silent for twice the pong timeout after a ping: dead.
-                return 4000, "stale socket: no pong"
+                raw = await ws.recv()
             except ConnectionClosed as e:
                 if e.rcvd is not None:
                     return e.rcvd.code, e.rcvd.reason
+                if e.sent is not None and e.sent.code == 1011:
+                    return 4000, "stale socket: no pong"  # the keepalive gave up
                 return 1006, "connection lost"
             conn.last_rx = time.monotonic()
-            conn.ping_at = None
             self._last_update = conn.last_rx
             try:
                 msg = json.loads(raw)
@@ -854,7 +839,7 @@ class Client:
             known = sub.cursor is not None and sub.head is not None and sub.cursor <= sub.head
             if sub.presence and time.monotonic() - sub._members_read_at >= MEMBERS_POLL_S:
                 await self._read_members(sub)
-            wait = self._poll_wait if known else 0
+            wait: float = self._poll_wait if known else 0
             if sub.presence:
                 wait = min(wait, MEMBERS_POLL_S)
             try:

@@ -35,12 +35,17 @@ class RetryPolicy:
         cap: the largest backoff window, seconds.
         deadline: give up once this many seconds have passed since the first
             attempt (``None``: only ``max_attempts`` counts).
+
+    The default answers within about 10 s, so a web request that publishes
+    (a Django view, a FastAPI handler) is not held for minutes; a worker
+    that should ride out a longer outage passes its own, for instance
+    ``RetryPolicy(max_attempts=30, deadline=300)``.
     """
 
-    max_attempts: int = 12
-    base: float = 0.5
-    cap: float = 20.0
-    deadline: float | None = 120.0
+    max_attempts: int = 8
+    base: float = 0.25
+    cap: float = 5.0
+    deadline: float | None = 10.0
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """The wait before retry number ``attempt`` (0-based)."""
@@ -51,3 +56,10 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1, deadline=None)
+
+#: What a producer retries when given no policy.
+DEFAULT_RETRY = RetryPolicy()
+
+#: Ephemeral events (partial transcripts, typing) with the default policy:
+#: a partial older than a second is stale, and the next one replaces it.
+EPHEMERAL_RETRY = RetryPolicy(max_attempts=3, base=0.1, cap=0.5, deadline=1.0)

@@ -38,7 +38,14 @@ done
 step "packaging (require, import, \"use client\", a server render: test/packaging.test.mjs)"
 node --test test/packaging.test.mjs
 
-step "declarations (a consumer type-checked against dist/*.d.ts)"
+step "declarations (a consumer and the README's examples type-checked against dist/*.d.ts)"
+rm -f test/readme-*.tsx
+node -e '
+  const fs = require("fs");
+  const blocks = [...fs.readFileSync("README.md", "utf8").matchAll(/```tsx\n([\s\S]*?)```/g)].map((m) => m[1]);
+  if (blocks.length === 0) throw new Error("README.md has no tsx example");
+  blocks.forEach((b, i) => fs.writeFileSync(`test/readme-${i + 1}.tsx`, `// extracted from README.md by ci.sh\n${b}`));
+'
 npm run --silent check:dist
 
 step "pack (into target/react-dist/)"

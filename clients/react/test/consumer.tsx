@@ -2,10 +2,11 @@
 // ships) by `npm run check:dist`: every public export used as an application would.
 import { useEffect } from 'react';
 import {
-  RoomcastClient, RoomcastProvider, applyRoomFrame, matchesFilter, useConnection, useRoom, useRoomcast, useRooms,
+  RoomcastClient, RoomcastProvider, applyRoomFrame, matchesFilter, useConnection, usePresence, useRoom, useRoomcast, useRooms,
 } from '@roomcast/react';
 import type {
-  ClientState, Mode, ResetInfo, RoomEvent, RoomInfo, RoomStatus, Status, Transport, UseRoomResult, UseRoomsResult,
+  ClientState, Member, Mode, ResetInfo, RoomEvent, RoomInfo, RoomStatus, Status, Transport, UsePresenceResult, UseRoomResult,
+  UseRoomsResult,
 } from '@roomcast/react';
 import { RoomcastClient as SameClient } from '@roomcast/react/client';
 
@@ -27,6 +28,21 @@ function Meeting({ id }: { id: string }) {
   );
 }
 
+function People({ id }: { id: string }) {
+  const p: UsePresenceResult = usePresence(id);
+  const members: readonly Member[] = p.members;
+  const r = useRoom(id, { presence: true, mode: 'polling' });
+  const partials: Readonly<Record<string, RoomEvent>> = r.ephemeral;
+  const pending: boolean = r.loading && r.isPending;
+  const stage = r.events.at(-1)?.state?.stage;
+  return (
+    <ul data-loading={p.loading || pending} data-stage={String(stage ?? '')}>
+      {members.map((m) => <li key={m.sub}>{String(m.info.name ?? m.sub)}</li>)}
+      {Object.entries(partials).map(([k, e]) => <li key={k}>{JSON.stringify(e.data)}</li>)}
+    </ul>
+  );
+}
+
 function Board() {
   const b: UseRoomsResult = useRooms({ status: 'in_progress', prefix: 'call-', limit: 50, refreshMs: 5000 });
   const rooms: readonly RoomInfo[] = b.rooms;
@@ -45,6 +61,7 @@ export function App() {
     <>
       <RoomcastProvider url="https://rt.example.com" token={() => Promise.resolve('jwt')} mode="auto" options={{ offlineAfterMs: 10000 }}>
         <Meeting id="meeting-42" />
+        <People id="meeting-42" />
       </RoomcastProvider>
       <RoomcastProvider client={same}>
         <Board />

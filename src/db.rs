@@ -61,6 +61,15 @@ pub struct PollPage {
     pub limit: i64,
 }
 
+/// A page of a `view=latest` read (PROTOCOL.md, "Message versions").
+#[derive(Message)]
+#[rtype(result = "Result<Arc<crate::store::LatestPage>, StoreError>")]
+pub struct LatestRead {
+    pub key: RoomKey,
+    pub after: i64,
+    pub limit: i64,
+}
+
 /// Rooms of an org, newest activity first.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
@@ -509,14 +518,18 @@ impl Db {
                                     continue;
                                 }
                                 closed |= ev.status.is_some_and(RoomStatus::is_terminal);
-                                let event = Event {
+                                let mut event = Event {
                                     seq: p.seq,
                                     ty: ev.ty.as_str().to_owned(),
                                     data: ev.data,
                                     ts: p.ts.clone(),
                                     state: ev.state,
                                     status: ev.status,
+                                    updates: None,
+                                    appends: None,
+                                    deletes: None,
                                 };
+                                event.set_change(ev.change);
                                 frames.push(Frame::encode(&key.room, &event, Via::Push));
                             }
                         }
@@ -704,6 +717,25 @@ impl Handler<PollPage> for Db {
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err(StoreError::Unavailable("poll read dropped".into())))
+        })
+    }
+}
+
+impl Handler<LatestRead> for Db {
+    type Result = ResponseFuture<Result<Arc<crate::store::LatestPage>, StoreError>>;
+
+    fn handle(&mut self, msg: LatestRead, _ctx: &mut Context<Self>) -> Self::Result {
+        let reads = self.reads.clone();
+        let page_bytes = self.page_bytes;
+        self.metrics.queries(QueryKind::Catchup, 1);
+        Box::pin(async move {
+            reads
+                .run(async {
+                    let (_permit, client) = reads.get().await?;
+                    store::latest(&client, &msg.key, msg.after, msg.limit, page_bytes).await
+                })
+                .await
+                .map(Arc::new)
         })
     }
 }

@@ -130,6 +130,28 @@ impl RoomStatus {
     }
 }
 
+/// How an event changes an earlier one of its room (message versions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Its `data` replaces the target's.
+    Updates,
+    /// Its `data.text` is appended to the target's `data.text`.
+    Appends,
+    /// The target is deleted.
+    Deletes,
+}
+
+impl Change {
+    /// The wire key (and the `events.change` column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Updates => "updates",
+            Change::Appends => "appends",
+            Change::Deletes => "deletes",
+        }
+    }
+}
+
 /// One event to publish, validated.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -139,6 +161,8 @@ pub struct NewEvent {
     /// A JSON merge patch (RFC 7396) for the room's state; always an object.
     pub state: Option<Value>,
     pub status: Option<RoomStatus>,
+    /// The earlier event of the room this one changes, and how.
+    pub change: Option<(Change, i64)>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +182,44 @@ struct RawEvent {
     ephemeral: bool,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    updates: Option<i64>,
+    #[serde(default)]
+    appends: Option<i64>,
+    #[serde(default)]
+    deletes: Option<i64>,
+}
+
+impl RawEvent {
+    /// At most one of `updates`, `appends`, `deletes`, naming a seq >= 1.
+    fn change(&self) -> Result<Option<(Change, i64)>, Invalid> {
+        let named: Vec<(Change, i64)> = [
+            (Change::Updates, self.updates),
+            (Change::Appends, self.appends),
+            (Change::Deletes, self.deletes),
+        ]
+        .into_iter()
+        .filter_map(|(c, s)| s.map(|s| (c, s)))
+        .collect();
+        match named.as_slice() {
+            [] => Ok(None),
+            [(c, s)] if *s >= 1 => {
+                if *c == Change::Appends && !self.data.get("text").is_some_and(Value::is_string) {
+                    return Err(invalid(
+                        "an appends event needs data.text, a string (appended to the target's data.text)",
+                    ));
+                }
+                Ok(Some((*c, *s)))
+            }
+            [(c, _)] => Err(invalid(format!(
+                "{} must name a seq of this room (1 or more)",
+                c.as_str()
+            ))),
+            _ => Err(invalid(
+                "an event changes at most one earlier event: one of updates, appends, deletes",
+            )),
+        }
+    }
 }
 
 /// A string or key holding U+0000 somewhere in `v` (PostgreSQL's jsonb and
@@ -218,12 +280,14 @@ impl NewEvent {
             }
         }
         let status = raw.status.as_deref().map(RoomStatus::parse).transpose()?;
+        let change = raw.change()?;
         Ok(NewEvent {
             ty,
             data: raw.data,
             idem_key: raw.id,
             state: raw.state,
             status,
+            change,
         })
     }
 }
@@ -250,6 +314,11 @@ impl EphemeralEvent {
         if raw.id.is_some() || raw.state.is_some() || raw.status.is_some() {
             return Err(invalid(
                 "an ephemeral event carries no id, state or status (it is not stored)",
+            ));
+        }
+        if raw.updates.is_some() || raw.appends.is_some() || raw.deletes.is_some() {
+            return Err(invalid(
+                "an ephemeral event changes no stored event (updates, appends, deletes)",
             ));
         }
         if let Some(k) = &raw.key {
@@ -369,6 +438,28 @@ pub struct Event {
     /// The status this event's publish set, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RoomStatus>,
+    /// The earlier event whose data this one replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updates: Option<i64>,
+    /// The earlier event whose `data.text` this one's is appended to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appends: Option<i64>,
+    /// The earlier event this one deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<i64>,
+}
+
+impl Event {
+    /// The target fields of a change of kind `change` (`None`: none).
+    pub fn set_change(&mut self, change: Option<(Change, i64)>) {
+        let (u, a, d) = match change {
+            Some((Change::Updates, s)) => (Some(s), None, None),
+            Some((Change::Appends, s)) => (None, Some(s), None),
+            Some((Change::Deletes, s)) => (None, None, Some(s)),
+            None => (None, None, None),
+        };
+        (self.updates, self.appends, self.deletes) = (u, a, d);
+    }
 }
 
 /// `GET /v1/rooms/{room}`: a room's snapshot.
@@ -504,6 +595,12 @@ struct EventFrame<'a> {
     state: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<RoomStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updates: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appends: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deletes: Option<i64>,
     via: Via,
 }
 
@@ -518,6 +615,9 @@ impl Frame {
             ts: &event.ts,
             state: event.state.as_ref(),
             status: event.status,
+            updates: event.updates,
+            appends: event.appends,
+            deletes: event.deletes,
             via,
         };
         // Serializing a Value with string keys cannot fail.
@@ -528,6 +628,87 @@ impl Frame {
             ty: ByteString::from(event.ty.as_str()),
             text: text.into(),
         }
+    }
+}
+
+/// One message of a `view=latest` read, as it stands now (PROTOCOL.md,
+/// "Message versions").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latest {
+    /// The message's original seq.
+    pub seq: i64,
+    pub ty: String,
+    pub ts: String,
+    /// `None` once deleted.
+    pub data: Option<Value>,
+    /// The seq of the last change applied (the seq itself when never changed).
+    pub version: i64,
+    pub deleted: bool,
+}
+
+#[derive(Serialize)]
+struct LatestWire<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    op: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a RoomId>,
+    seq: i64,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    ty: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ts: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    /// Present once the message was changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<Via>,
+}
+
+impl Latest {
+    fn wire<'a>(&'a self, room: Option<&'a RoomId>, via: Option<Via>) -> LatestWire<'a> {
+        let live = !self.deleted;
+        LatestWire {
+            op: room.map(|_| "event"),
+            room,
+            seq: self.seq,
+            ty: live.then_some(self.ty.as_str()),
+            data: if live {
+                self.data.as_ref().or(Some(&Value::Null))
+            } else {
+                None
+            },
+            ts: live.then_some(self.ts.as_str()),
+            deleted: self.deleted,
+            version: (self.version != self.seq).then_some(self.version),
+            via: if live { via } else { None },
+        }
+    }
+
+    /// Its WebSocket frame (and SSE `data:`): an event with its original
+    /// seq, latest data and `version`; a deleted one as
+    /// `{"op": "event", "room", "seq", "deleted": true, "version"}`.
+    pub fn frame(&self, room: &RoomId) -> Frame {
+        let text =
+            serde_json::to_string(&self.wire(Some(room), Some(Via::Catchup))).unwrap_or_default();
+        Frame {
+            seq: self.seq,
+            via: Via::Catchup,
+            ty: ByteString::from(if self.deleted {
+                "deleted"
+            } else {
+                self.ty.as_str()
+            }),
+            text: text.into(),
+        }
+    }
+
+    /// Its place in a poll answer's `events`.
+    pub fn json(&self) -> Value {
+        serde_json::to_value(self.wire(None, None)).unwrap_or(Value::Null)
     }
 }
 

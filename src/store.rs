@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use deadpool_postgres::{GenericClient, Pool};
 use serde_json::Value;
 
-use crate::protocol::{Event, NewEvent, RoomKey, RoomStatus};
+use crate::protocol::{Change, Event, Latest, NewEvent, RoomKey, RoomStatus};
 
 /// The NOTIFY channel of presence announcements (without a bus); sealed
 /// (`crate::seal`).
@@ -72,6 +72,10 @@ pub enum StoreError {
     /// The room has a terminal status: answered 409.
     #[error("{0}")]
     RoomClosed(String),
+    /// A change names an event it cannot change (missing, pruned, deleted,
+    /// itself a change, or no text to append to): answered 409 `bad_target`.
+    #[error("{0}")]
+    BadTarget(String),
     /// Input PostgreSQL refused (the edge normally refuses it first).
     #[error("{0}")]
     Invalid(String),
@@ -90,6 +94,7 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) if db.code().code() == "RC409" => StoreError::RoomClosed(db.message().into()),
+            Some(db) if db.code().code() == "RC410" => StoreError::BadTarget(db.message().into()),
             // 22xxx: data exceptions (bad input the edge did not catch).
             Some(db) if db.code().code().starts_with("22") => {
                 StoreError::Invalid(db.message().into())
@@ -160,6 +165,17 @@ impl RoomView {
     }
 }
 
+/// A stored change (`events.change`, `events.target`).
+fn change_of(kind: Option<&str>, target: Option<i64>) -> Option<(Change, i64)> {
+    let c = match kind? {
+        "updates" => Change::Updates,
+        "appends" => Change::Appends,
+        "deletes" => Change::Deletes,
+        _ => return None,
+    };
+    Some((c, target?))
+}
+
 fn status_of(s: &str) -> RoomStatus {
     RoomStatus::parse(s).unwrap_or(RoomStatus::InProgress)
 }
@@ -223,12 +239,20 @@ pub async fn publish(
     let client = pool.get().await?;
     let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
     let datas: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-    let plain = events
-        .iter()
-        .all(|e| e.idem_key.is_none() && e.state.is_none() && e.status.is_none());
+    let plain = events.iter().all(|e| {
+        e.idem_key.is_none() && e.state.is_none() && e.status.is_none() && e.change.is_none()
+    });
+    let changes = events.iter().any(|e| e.change.is_some());
     // Prepared once per connection, outside the transaction.
     let stmt = if plain {
         client.prepare_cached(PUBLISH_FAST).await?
+    } else if changes {
+        client
+            .prepare_cached(
+                "SELECT o_seq, o_duplicate, o_ts, txid_current_if_assigned()
+                   FROM roomcast_publish_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .await?
     } else {
         client
             .prepare_cached(
@@ -244,6 +268,11 @@ pub async fn publish(
         .iter()
         .map(|e| e.status.map(|s| s.as_str()))
         .collect();
+    let kinds: Vec<Option<&str>> = events
+        .iter()
+        .map(|e| e.change.map(|(c, _)| c.as_str()))
+        .collect();
+    let targets: Vec<Option<i64>> = events.iter().map(|e| e.change.map(|(_, t)| t)).collect();
     let statement = async {
         if plain {
             let rows = client
@@ -261,6 +290,16 @@ pub async fn publish(
                 .await?;
             client
                 .query(&slow, &[&key.org, &room, &types, &datas])
+                .await
+        } else if changes {
+            client
+                .query(
+                    &stmt,
+                    &[
+                        &key.org, &room, &types, &datas, &keys, &states, &statuses, &kinds,
+                        &targets,
+                    ],
+                )
                 .await
         } else {
             client
@@ -433,14 +472,15 @@ pub async fn events_after(
 ) -> Result<EventsPage, StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born, p.state, p.status
+            "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born, p.state, p.status,
+                    p.change, p.target
                FROM (SELECT $1::text AS org, $2::text AS room) k
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
                LEFT JOIN LATERAL (
-                 SELECT seq, type, d, ts, n, state, status FROM (
-                   SELECT seq, type, d, ts, state, status, count(*) OVER () AS n,
+                 SELECT seq, type, d, ts, n, state, status, change, target FROM (
+                   SELECT seq, type, d, ts, state, status, change, target, count(*) OVER () AS n,
                           sum(octet_length(d)) OVER (ORDER BY seq) - octet_length(d) AS before
-                     FROM (SELECT seq, type, data::text AS d, ts, state, status FROM events
+                     FROM (SELECT seq, type, data::text AS d, ts, state, status, change, target FROM events
                             WHERE org = $1 AND room = $2 AND seq > $3
                             ORDER BY seq LIMIT $4) e
                  ) q WHERE before < $5
@@ -462,7 +502,7 @@ pub async fn events_after(
         .filter(|r| r.get::<_, Option<i64>>(1).is_some())
         .map(|r| {
             let data: &str = r.get(3);
-            Ok(Event {
+            let mut ev = Event {
                 seq: r.get(1),
                 ty: r.get(2),
                 data: serde_json::from_str(data)
@@ -470,7 +510,12 @@ pub async fn events_after(
                 ts: r.get(4),
                 state: r.get(7),
                 status: r.get::<_, Option<&str>>(8).map(status_of),
-            })
+                updates: None,
+                appends: None,
+                deletes: None,
+            };
+            ev.set_change(change_of(r.get(9), r.get(10)));
+            Ok(ev)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let more = fetched >= limit || (events.len() as i64) < fetched;
@@ -560,11 +605,14 @@ pub async fn page(
            coalesce((SELECT born FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), 0),
            (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
                        'data', p.data, 'ts', roomcast_ts(p.ts), 'state', p.state,
-                       'status', p.status) ORDER BY p.seq), '[]'::json)
-              FROM (SELECT seq, type, data, ts, state, status,
+                       'status', p.status, p.change, p.target) ORDER BY p.seq), '[]'::json)
+              -- A change's target under its kind's key; a plain event
+              -- writes updates: null, read as absent.
+              FROM (SELECT seq, type, data, ts, state, status, coalesce(change, 'updates') AS change,
+                           target,
                            sum(octet_length(data::text)) OVER (ORDER BY seq)
                              - octet_length(data::text) AS before
-                      FROM (SELECT seq, type, data, ts, state, status FROM events
+                      FROM (SELECT seq, type, data, ts, state, status, change, target FROM events
                              WHERE org = r.org AND room = r.room AND ";
     const TAIL: &str = " ORDER BY seq LIMIT $4) e) p WHERE p.before < $5)
            FROM rooms r WHERE r.org = $1 AND r.room = $2";
@@ -885,7 +933,11 @@ pub async fn prune_batch(
              del AS (
                 DELETE FROM events e USING cut
                  WHERE e.org = $1 AND e.room = $2 AND e.seq >= $3 AND e.seq < cut.upto
-                RETURNING 1)
+                RETURNING 1),
+             -- A message's latest version goes with its original.
+             versions AS (
+                DELETE FROM message_latest m USING cut
+                 WHERE m.org = $1 AND m.room = $2 AND m.seq < cut.upto)
              UPDATE room_retention rr
                 SET first = cut.upto,
                     first_ts = (SELECT ts FROM events x WHERE x.org = $1 AND x.room = $2 AND x.seq = cut.upto)
@@ -1329,4 +1381,117 @@ pub async fn rooms_by_id(
             )
         })
         .collect())
+}
+
+/// A page of a `view=latest` read.
+#[derive(Debug, Clone)]
+pub struct LatestPage {
+    /// In the order of their original seqs.
+    pub items: Vec<Latest>,
+    /// Where the next read starts: the head when this page holds
+    /// everything, else the highest version in it.
+    pub cursor: i64,
+    /// Not everything up to the head fitted (`limit`, `max_bytes`).
+    pub more: bool,
+    /// The room's head, status and state, read with the page.
+    pub head: i64,
+    pub status: RoomStatus,
+    pub state: Value,
+}
+
+/// `view=latest` from cursor `after` (PROTOCOL.md, "Message versions"):
+/// every message created or changed after it, as it stands now, once each.
+/// A message deleted after `after` that existed at `after` comes as
+/// deleted; one created and deleted after it not at all.
+///
+/// Paged by version, not by seq: a page holds the messages whose latest
+/// version is the lowest, up to `limit` and `max_bytes` of data (at least
+/// one), presented in seq order; the next page reads from the page's
+/// highest version. Versions only grow, so no message whose latest
+/// version was delivered comes again (one changed meanwhile comes again
+/// in its newer version), and a room of 10,000 messages changed 100,000
+/// times is answered in `10,000 / limit` pages of bounded bytes, each one
+/// indexed read (messages never changed are read from the log, changed
+/// ones from `message_latest`).
+pub async fn latest(
+    client: &impl GenericClient,
+    key: &RoomKey,
+    after: i64,
+    limit: i64,
+    max_bytes: i64,
+) -> Result<LatestPage, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "WITH c AS (
+                 SELECT m.seq, m.type, m.ts, m.data, m.version, m.deleted
+                   FROM message_latest m
+                  WHERE m.org = $1 AND m.room = $2 AND m.version > $3
+                    AND NOT (m.deleted AND m.seq > $3)
+                 UNION ALL
+                 SELECT e.seq, e.type, e.ts, e.data, e.seq, false
+                   FROM events e
+                  WHERE e.org = $1 AND e.room = $2 AND e.seq > $3 AND e.change IS NULL
+                    AND NOT EXISTS (SELECT 1 FROM message_latest m
+                                     WHERE m.org = e.org AND m.room = e.room AND m.seq = e.seq)
+             ), l AS (
+                 SELECT *, count(*) OVER () AS n,
+                        sum(coalesce(octet_length(data::text), 0)) OVER (ORDER BY version)
+                          - coalesce(octet_length(data::text), 0) AS before
+                   FROM (SELECT * FROM c ORDER BY version LIMIT $4) x
+             )
+             SELECT r.head, l.seq, l.type, roomcast_ts(l.ts), l.data::text, l.version, l.deleted, l.n,
+                    r.status, r.state
+               FROM (SELECT 1) one
+               LEFT JOIN rooms r ON r.org = $1 AND r.room = $2
+               LEFT JOIN l ON l.before < $5 OR l.version = (SELECT min(version) FROM l)
+              ORDER BY l.seq",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[&key.org, &key.room.as_str(), &after, &limit, &max_bytes],
+        )
+        .await?;
+    let head: i64 = rows.first().and_then(|r| r.get(0)).unwrap_or(0);
+    let fetched: i64 = rows.first().and_then(|r| r.get(7)).unwrap_or(0);
+    let status = rows
+        .first()
+        .and_then(|r| r.get::<_, Option<&str>>(8))
+        .map_or(RoomStatus::InProgress, status_of);
+    let state: Value = rows
+        .first()
+        .and_then(|r| r.get::<_, Option<Value>>(9))
+        .unwrap_or_else(|| serde_json::json!({}));
+    let items =
+        rows.into_iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
+            .map(|r| {
+                let data: Option<&str> = r.get(4);
+                Ok(Latest {
+                    seq: r.get(1),
+                    ty: r.get(2),
+                    ts: r.get(3),
+                    data: data.map(serde_json::from_str).transpose().map_err(|e| {
+                        StoreError::Internal(format!("reading a message's data: {e}"))
+                    })?,
+                    version: r.get(5),
+                    deleted: r.get(6),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+    let more = fetched >= limit || (items.len() as i64) < fetched;
+    let cursor = if more {
+        items.iter().map(|m| m.version).max().unwrap_or(after)
+    } else {
+        head.max(after)
+    };
+    Ok(LatestPage {
+        items,
+        cursor,
+        more,
+        head,
+        status,
+        state,
+    })
 }

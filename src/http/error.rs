@@ -46,6 +46,9 @@ pub enum ApiError {
     /// 409 `room_closed`: the room has a terminal status.
     #[error("{0}")]
     RoomClosed(String),
+    /// 409 `bad_target`: a change names an event it cannot change.
+    #[error("{0}")]
+    BadTarget(String),
     /// 413 `payload_too_large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::RoomClosed(_) => "room_closed",
+            ApiError::BadTarget(_) => "bad_target",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
@@ -83,7 +87,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::RoomClosed(_) => StatusCode::CONFLICT,
+            ApiError::RoomClosed(_) | ApiError::BadTarget(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +138,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::RoomClosed(m) => ApiError::RoomClosed(m),
+            StoreError::BadTarget(m) => ApiError::BadTarget(m),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
             StoreError::Unavailable(m) => {
                 log::warn!("database unavailable: {m}");

@@ -15,11 +15,11 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::{Announce, PollPage, Publish};
+use crate::db::{Announce, LatestRead, PollPage, Publish};
 use crate::protocol::{
     parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomKey, RoomStatus,
 };
@@ -164,6 +164,10 @@ pub struct PollQuery {
     /// Seconds to hold the request while there is nothing newer (at most 30).
     #[param(minimum = 0, maximum = 30)]
     wait: Option<u64>,
+    /// `latest`: the room as it stands (message versions applied): every
+    /// message created or changed after `since`, once each, in seq order;
+    /// go on from `cursor`.
+    view: Option<String>,
 }
 
 /// What a poll answers with.
@@ -287,6 +291,20 @@ pub async fn poll(
         }
         (s, None) => PollFrom::Seq(s.unwrap_or(0)),
     };
+    let latest = match query.view.as_deref() {
+        None => false,
+        Some("latest") if matches!(from, PollFrom::Seq(_)) => true,
+        Some("latest") => {
+            return Err(ApiError::BadRequest(
+                "view=latest reads from since, not since_time".into(),
+            ))
+        }
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "view must be latest, not {v:?}"
+            )))
+        }
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let busy = |_| ApiError::Unavailable("server is busy".into());
     let watched = state
@@ -345,6 +363,12 @@ pub async fn poll(
         {
             return Ok(respond(&state, &key, &answer, false, true));
         }
+        if latest && fresh && !beyond {
+            let PollFrom::Seq(since) = from else {
+                unreachable!("view=latest reads from since")
+            };
+            return respond_latest(&state, &key, since, limit).await;
+        }
         if fresh || beyond || stopping || tokio::time::Instant::now() >= deadline {
             return Ok(respond(&state, &key, &answer, not_modified, false));
         }
@@ -369,6 +393,51 @@ pub async fn poll(
         (known, hints) = (now.head, now.hints);
         snapshot = None;
     }
+}
+
+/// A `view=latest` answer: the poll answer's fields, `events` holding the
+/// messages as they stand (versions applied) and `cursor`, where to go on
+/// (the head once everything up to it was answered).
+async fn respond_latest(
+    state: &AppState,
+    key: &RoomKey,
+    since: i64,
+    limit: i64,
+) -> Result<HttpResponse, ApiError> {
+    let page = state
+        .db
+        .send(LatestRead {
+            key: key.clone(),
+            after: since,
+            limit,
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
+    let n = page.items.len() as u64;
+    state
+        .metrics
+        .events_delivered
+        .with_label_values(&["poll"])
+        .inc_by(n);
+    state
+        .metrics
+        .org(&key.org)
+        .poll
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    let events: Vec<Value> = page.items.iter().map(|m| m.json()).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{}\"", page.head)))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .json(json!({
+            "room": key.room,
+            "head": page.head,
+            "status": page.status,
+            "state": page.state,
+            "view": "latest",
+            "events": events,
+            "cursor": page.cursor,
+            "more": page.more,
+        })))
 }
 
 fn respond(

@@ -804,6 +804,10 @@ pub enum ClientMsg {
         /// its presence frames.
         #[serde(default)]
         presence: bool,
+        /// `latest`: the room as it stands from `since` (message versions
+        /// applied), then live events.
+        #[serde(default)]
+        view: Option<String>,
     },
     Unsubscribe {
         room: String,

@@ -22,7 +22,7 @@ use bytestring::ByteString;
 use crate::auth::{now_secs, Principal};
 use crate::boards::{BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady};
 use crate::cursor::{self, Cursor};
-use crate::db::{Catchup, CatchupDone};
+use crate::db::{Catchup, CatchupDone, LatestRead};
 use crate::limits::ConnectionSlot;
 use crate::outbox::{ws_frame_len, Counted, Outbox};
 use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
@@ -107,7 +107,7 @@ pub fn start(
     state: web::Data<AppState>,
     principal: Principal,
     slot: ConnectionSlot,
-    initial: Option<(RoomId, Option<i64>, bool)>,
+    initial: Option<(RoomId, Option<i64>, bool, bool)>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let mut res = ws::handshake(req)?;
     let session = WsSession::new(state, principal, slot, initial);
@@ -136,7 +136,7 @@ pub struct WsSession {
     /// When the poll and the ping are due.
     ticker: Ticker,
     /// Subscription requested by the URL (`/v1/rooms/{room}/ws?since=N`).
-    initial: Option<(RoomId, Option<i64>, bool)>,
+    initial: Option<(RoomId, Option<i64>, bool, bool)>,
     out: Outbox,
     /// The outbox filled up: pushes are not taken until it drains.
     pulling: bool,
@@ -159,7 +159,7 @@ impl WsSession {
         state: web::Data<AppState>,
         principal: Principal,
         slot: ConnectionSlot,
-        initial: Option<(RoomId, Option<i64>, bool)>,
+        initial: Option<(RoomId, Option<i64>, bool, bool)>,
     ) -> Self {
         let out = Outbox::new(state.config.backlog());
         WsSession {
@@ -262,7 +262,17 @@ impl WsSession {
                 room,
                 since,
                 presence,
-            } => self.subscribe(&room, since, presence, ctx),
+                view,
+            } => match view.as_deref() {
+                None => self.subscribe(&room, since, presence, false, ctx),
+                Some("latest") => self.subscribe(&room, since, presence, true, ctx),
+                Some(v) => self.error(
+                    ctx,
+                    "bad_request",
+                    &format!("view must be latest, not {v:?}"),
+                    Some(&room),
+                ),
+            },
             ClientMsg::Unsubscribe { room } => {
                 if let Ok(id) = RoomId::parse(&room) {
                     self.unsubscribe(&id);
@@ -323,6 +333,7 @@ impl WsSession {
         room: &str,
         since: Option<i64>,
         presence: bool,
+        latest: bool,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let id = match RoomId::parse(room) {
@@ -451,12 +462,21 @@ impl WsSession {
                     }
                     let mut early = Vec::new();
                     if let Some(sub) = act.subs.get_mut(&id) {
-                        sub.last = Some(last);
                         sub.head = opened.routed.clone();
                         early = std::mem::take(&mut sub.presence_early);
                     }
                     for text in early {
                         act.write(ctx, text);
+                    }
+                    // `view=latest` from a cursor the log still serves: the
+                    // room as it stands first (from `last`), then the
+                    // events after the head that read reached.
+                    if latest && since.is_some() && !reset {
+                        act.read_latest(id, generation, last, ctx);
+                        return;
+                    }
+                    if let Some(sub) = act.subs.get_mut(&id) {
+                        sub.last = Some(last);
                     }
                     // The routed head, not only the snapshot's: a snapshot
                     // read shared with earlier subscribers may predate
@@ -464,6 +484,76 @@ impl WsSession {
                     act.advance(&id, &[], opened.known_head(), ctx);
                 }),
         );
+    }
+
+    /// `view=latest`: one page of the room as it stands from `after` (the
+    /// subscription's cursor is not set yet: routed frames are held), then
+    /// the next once the outbox has room; the last page sets the cursor to
+    /// the head it reached and the delivery rule takes over from there.
+    fn read_latest(
+        &mut self,
+        id: RoomId,
+        generation: u64,
+        after: i64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let read = self.state.db.send(LatestRead {
+            key: sub.key.clone(),
+            after,
+            limit: self.state.config.catchup_page,
+        });
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            let current = act.subs.get(&id);
+            if !current.is_some_and(|s| s.last.is_none() && s.generation == generation) {
+                return; // unsubscribed meanwhile
+            }
+            let page = match res {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) => {
+                    log::warn!("session={} view=latest room={id}: {e}", act.name);
+                    act.unsubscribe(&id);
+                    let msg = "the database is unavailable; subscribe again shortly";
+                    return act.error(ctx, "unavailable", msg, Some(id.as_str()));
+                }
+                Err(_) => {
+                    act.unsubscribe(&id);
+                    return act.error(ctx, "unavailable", "server is busy", Some(id.as_str()));
+                }
+            };
+            for m in &page.items {
+                let frame = m.frame(&id);
+                act.state.metrics.delivered(Via::Catchup).inc();
+                act.delivered.ws(Via::Catchup, 1);
+                act.write(ctx, frame.text);
+            }
+            if page.more {
+                let next = page.cursor;
+                act.when_room(ctx, move |act, ctx| {
+                    act.read_latest(id, generation, next, ctx)
+                });
+                return;
+            }
+            let routed = act.subs.get_mut(&id).map_or(-1, |sub| {
+                sub.last = Some(page.cursor);
+                sub.routed()
+            });
+            act.advance(&id, &[], routed.max(page.head), ctx);
+        }));
+    }
+
+    /// Runs `f` once the outbox has room again.
+    fn when_room(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        f: impl FnOnce(&mut Self, &mut ws::WebsocketContext<Self>) + 'static,
+    ) {
+        if self.out.has_room() {
+            return f(self, ctx);
+        }
+        ctx.run_later(DRAIN_CHECK, move |act, ctx| act.when_room(ctx, f));
     }
 
     /// Starts a live room list on this connection (replacing one it had):
@@ -786,8 +876,8 @@ impl Actor for WsSession {
         } else {
             self.check_expiry(ctx);
         }
-        if let Some((room, since, presence)) = self.initial.take() {
-            self.subscribe(room.as_str(), since, presence, ctx);
+        if let Some((room, since, presence, latest)) = self.initial.take() {
+            self.subscribe(room.as_str(), since, presence, latest, ctx);
         }
     }
 

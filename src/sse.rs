@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{now_secs, Principal};
 use crate::cursor::{self, Cursor};
-use crate::db::{Catchup, CatchupDone};
+use crate::db::{Catchup, CatchupDone, LatestRead};
 use crate::limits::ConnectionSlot;
 use crate::outbox::{Counted, Outbox};
 use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
@@ -54,6 +54,7 @@ pub fn start(
     key: RoomKey,
     since: Option<i64>,
     presence: bool,
+    latest: bool,
 ) -> Body {
     let (tx, rx) = mpsc::unbounded_channel();
     let out = Outbox::new(state.config.backlog());
@@ -73,6 +74,7 @@ pub fn start(
         out,
         pulling: false,
         pending: HashMap::new(),
+        latest,
         _slot: slot,
     }
     .start();
@@ -100,6 +102,8 @@ pub struct SseSession {
     out: Outbox,
     pulling: bool,
     pending: HashMap<ByteString, Arc<EphemeralFrame>>,
+    /// `view=latest`: the room as it stands from `since` first.
+    latest: bool,
     /// Counted against the token's `sub` while open.
     _slot: ConnectionSlot,
 }
@@ -333,15 +337,81 @@ impl SseSession {
                 };
                 act.send_at(ctx, opened.head, "reset", msg);
             }
-            act.cursor.last = Some(last);
             act.cursor.head = opened.routed.clone();
             for text in std::mem::take(&mut act.cursor.presence_early) {
                 act.write(ctx, message(None, "presence", &text));
             }
+            if act.latest && act.since.is_some() && !reset {
+                return act.read_latest(last, None, ctx);
+            }
+            act.cursor.last = Some(last);
             // The routed head too (a shared snapshot read may predate
             // events routed before this stream joined).
             act.advance(&[], opened.known_head(), ctx);
         }));
+    }
+}
+
+impl SseSession {
+    /// `view=latest`: the room as it stands from `after`, a page at a time
+    /// (the next once the outbox has room); only the batch's last message
+    /// carries an `id:`, the head it reached, so an EventSource that
+    /// reconnects mid-batch reads the view again from where it stood. The
+    /// cursor is set then, and the delivery rule takes over.
+    fn read_latest(&mut self, after: i64, held: Option<Frame>, ctx: &mut Context<Self>) {
+        let read = self.state.db.send(LatestRead {
+            key: self.cursor.key.clone(),
+            after,
+            limit: self.state.config.catchup_page,
+        });
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            let page = match res {
+                Ok(Ok(page)) => page,
+                _ => {
+                    let room = act.cursor.key.room.clone();
+                    let msg = ServerMsg::Error {
+                        code: "unavailable",
+                        message: "the database is unavailable; reconnect shortly",
+                        room: Some(room.as_str()),
+                    };
+                    act.send(ctx, "error", msg);
+                    return ctx.stop();
+                }
+            };
+            let mut frames: Vec<Frame> = held.into_iter().collect();
+            frames.extend(page.items.iter().map(|m| m.frame(&act.cursor.key.room)));
+            // The last frame waits for the next page (it carries the id
+            // when the batch ends with it).
+            let last = if page.more { frames.pop() } else { None };
+            let n = frames.len();
+            for (i, f) in frames.into_iter().enumerate() {
+                let id = (!page.more && i + 1 == n).then_some(page.cursor);
+                act.write(ctx, message(id, &f.ty, &f.text));
+            }
+            act.state
+                .metrics
+                .events_delivered
+                .with_label_values(&["sse"])
+                .inc_by(n as u64);
+            if page.more {
+                let next = page.cursor;
+                return act.when_room(ctx, move |act, ctx| act.read_latest(next, last, ctx));
+            }
+            act.cursor.last = Some(page.cursor);
+            let routed = act.cursor.routed();
+            act.advance(&[], routed.max(page.head), ctx);
+        }));
+    }
+
+    fn when_room(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        if self.out.has_room() {
+            return f(self, ctx);
+        }
+        ctx.run_later(DRAIN_CHECK, move |act, ctx| act.when_room(ctx, f));
     }
 }
 

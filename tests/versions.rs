@@ -499,3 +499,417 @@ async fn view_latest_over_poll_from_zero_the_middle_and_after_deletes() {
     .await;
     assert_eq!(s, 400);
 }
+
+/// Publishes the fixture room of the view tests: 11 events, two messages
+/// deleted, two changed (see `view_latest_over_poll_...`).
+async fn fixture(port: u16, room: &str) {
+    let producer = token("acme", "producer", true);
+    let a = seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "a"}}),
+    )
+    .await;
+    let b = seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "b"}}),
+    )
+    .await;
+    let c = seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "c"}}),
+    )
+    .await;
+    seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "A"}, "updates": a}),
+    )
+    .await;
+    for t in ["+1", "+2", "+3"] {
+        seq_of(
+            port,
+            &producer,
+            room,
+            json!({"type": "d", "data": {"text": t}, "appends": b}),
+        )
+        .await;
+    }
+    let d = seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "d"}}),
+    )
+    .await;
+    seq_of(port, &producer, room, json!({"type": "x", "deletes": c})).await;
+    seq_of(port, &producer, room, json!({"type": "x", "deletes": d})).await;
+    seq_of(
+        port,
+        &producer,
+        room,
+        json!({"type": "segment", "data": {"text": "e"}}),
+    )
+    .await;
+}
+
+/// The `view=latest` frames of a WebSocket until its cursor reached `head`,
+/// then live events follow as ordinary ones.
+#[actix_web::test]
+async fn view_latest_over_websocket_then_live_events() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.catchup_page = 2; // several pages
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    fixture(app.port, "w").await;
+    for since in [0, 3, 8, 11] {
+        let all = poll_all(app.port, &viewer, "w", 0, 1000).await;
+        let head = all.len() as i64;
+        let mut ws = WsClient::connect(app.port, &format!("/v1/ws?token={viewer}")).await;
+        ws.expect_op("welcome").await;
+        ws.send(json!({"op": "subscribe", "room": "w", "since": since, "view": "latest"}))
+            .await;
+        let sub = ws.expect_op("subscribed").await;
+        assert_eq!(sub["head"], head);
+        let mut items = Vec::new();
+        // Then a live event, ordinary.
+        let live = seq_of(
+            app.port,
+            &producer,
+            "w",
+            json!({"type": "segment", "data": {"text": format!("live {since}")}}),
+        )
+        .await;
+        loop {
+            let f = ws.recv_within(WAIT).await.expect("a frame");
+            if f["op"] != "event" {
+                continue;
+            }
+            if f["seq"] == live {
+                assert!(f.get("version").is_none() && f["via"] == "push" || f["via"] == "catchup");
+                break;
+            }
+            items.push(f);
+        }
+        assert!(items.iter().all(|f| f["room"] == "w"));
+        assert_eq!(
+            apply(room_at(&all, since), &items),
+            room_at(&all, head),
+            "since {since}: {items:?}"
+        );
+        shape(&items);
+        assert!(
+            ws.recv_within(Duration::from_millis(300)).await.is_none(),
+            "nothing twice"
+        );
+    }
+    // The per-room URL takes ?view=latest too.
+    let mut ws = WsClient::connect(
+        app.port,
+        &format!("/v1/rooms/w/ws?since=8&view=latest&token={viewer}"),
+    )
+    .await;
+    ws.expect_op("subscribed").await;
+    let f = ws.recv_within(WAIT).await.unwrap();
+    assert_eq!(
+        (f["seq"].as_i64(), f["deleted"].as_bool()),
+        (Some(3), Some(true)),
+        "{f}"
+    );
+    ws.send(json!({"op": "subscribe", "room": "z", "view": "oldest"}))
+        .await;
+    assert_eq!(ws.expect_op("error").await["code"], "bad_request");
+}
+
+#[actix_web::test]
+async fn view_latest_over_sse_only_the_last_message_carries_the_head() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.catchup_page = 2;
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    fixture(app.port, "s").await;
+    let all = poll_all(app.port, &viewer, "s", 0, 1000).await;
+    let mut sse = SseClient::connect(
+        app.port,
+        &format!("/v1/rooms/s/sse?since=0&view=latest&token={viewer}"),
+        &[],
+    )
+    .await;
+    let mut msgs = Vec::new();
+    loop {
+        let m = sse.recv_within(WAIT).await.expect("a message");
+        if m.event == "subscribed" {
+            assert_eq!(m.id, Some(0));
+            continue;
+        }
+        let done = m.id.is_some();
+        msgs.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        msgs.last().unwrap().id,
+        Some(11),
+        "the batch's last message carries the head"
+    );
+    assert!(msgs[..msgs.len() - 1].iter().all(|m| m.id.is_none()));
+    let items = SseClient::frames(&msgs);
+    assert_eq!(apply(room_at(&all, 0), &items), room_at(&all, 11));
+    shape(&items); // once each
+    let live = seq_of(
+        app.port,
+        &producer,
+        "s",
+        json!({"type": "segment", "data": {"text": "live"}}),
+    )
+    .await;
+    let next = sse.recv_within(WAIT).await.unwrap();
+    assert_eq!((next.id, next.data.get("version")), (Some(live), None));
+}
+
+/// A kill -9 and a restart: the materialized versions are in PostgreSQL,
+/// committed with their events; a late joiner reads the same room.
+#[actix_web::test]
+async fn view_latest_is_the_same_after_a_kill_9_and_restart() {
+    let db = TestDb::new().await;
+    let mut server = ServerProcess::start(&db.url, 0, &[]);
+    let port = server.port;
+    let viewer = token("acme", "viewer", false);
+    fixture(port, "k").await;
+    let (before, _) = latest_poll(port, &viewer, "k", 0, 100).await;
+    server.kill9();
+    let server = ServerProcess::start(&db.url, 0, &[]);
+    let (after, cursor) = latest_poll(server.port, &viewer, "k", 0, 100).await;
+    assert_eq!((after, cursor), (before, 11));
+}
+
+/// Retention: a message's latest version goes with its original; a change
+/// of a pruned message is `bad_target`; a cursor below the kept log gets
+/// `reset`.
+#[actix_web::test]
+async fn retention_prunes_a_message_with_its_versions() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.rate_limits = roomcast::config::Switch::Off;
+    cfg.prune_every = Some(Duration::from_millis(200));
+    cfg.retain_max_events = Some(4);
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let first = seq_of(
+        app.port,
+        &producer,
+        "p",
+        json!({"type": "segment", "data": {"text": "old"}}),
+    )
+    .await;
+    seq_of(
+        app.port,
+        &producer,
+        "p",
+        json!({"type": "segment", "data": {"text": "!"}, "appends": first}),
+    )
+    .await;
+    for i in 0..6 {
+        seq_of(
+            app.port,
+            &producer,
+            "p",
+            json!({"type": "tick", "data": {"text": format!("{i}")}}),
+        )
+        .await;
+    }
+    let c = db.client().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM message_latest WHERE room = 'p'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the version outlived its original"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, b) = send(
+        app.port,
+        &producer,
+        "p",
+        json!({"type": "x", "data": {"text": "?"}, "appends": first}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("bad_target")),
+        "{b}"
+    );
+    let (status, body, _) = get(
+        app.port,
+        "/v1/rooms/p/events?since=0&view=latest",
+        &viewer,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["reset"], true, "{body}");
+    // From the first kept event: the kept messages as they stand.
+    let kept = body["first"].as_i64().unwrap();
+    let (items, cursor) = latest_poll(app.port, &viewer, "p", kept - 1, 100).await;
+    assert_eq!(cursor, 8);
+    assert!(
+        items.iter().all(|m| m["seq"].as_i64().unwrap() >= kept),
+        "{items:?}"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    New(String),
+    Update(usize, String),
+    Append(usize, String),
+    Delete(usize),
+    /// A batch: a new message and an append to it.
+    NewThenAppend(String, String),
+}
+
+fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+    use proptest::prelude::*;
+    let text = "[a-z ]{0,6}";
+    let op = prop_oneof![
+        3 => text.prop_map(Op::New),
+        2 => (any::<usize>(), text).prop_map(|(i, t)| Op::Update(i, t)),
+        3 => (any::<usize>(), text).prop_map(|(i, t)| Op::Append(i, t)),
+        1 => any::<usize>().prop_map(Op::Delete),
+        1 => (text, text).prop_map(|(a, b)| Op::NewThenAppend(a, b)),
+    ];
+    proptest::collection::vec(op, 1..40)
+}
+
+/// Property (issue 28): any sequence of publishes, updates, appends and
+/// deletes gives, through `view=latest` from any cursor and in pages of any
+/// size, the room that replaying every event gives; a change of a deleted
+/// message is `bad_target` exactly when the model says so. Cases run
+/// against the real server, one room each.
+#[actix_web::test]
+async fn view_latest_equals_replaying_every_event_for_random_histories() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.rate_limits = roomcast::config::Switch::Off;
+    let app = spawn_app(cfg).await;
+    let producer = token("acme", "producer", true);
+    let viewer = token("acme", "viewer", false);
+    let mut runner = TestRunner::default();
+    let strategy = ops();
+    for case in 0..32 {
+        let ops = strategy.new_tree(&mut runner).unwrap().current();
+        let room = format!("prop-{case}");
+        // The model: message seq -> alive.
+        let mut msgs: Vec<(i64, bool)> = Vec::new();
+        let mut head = 0;
+        for op in &ops {
+            let pick = |i: &usize| (!msgs.is_empty()).then(|| msgs[i % msgs.len()]);
+            let (body, target) = match op {
+                Op::New(t) => (json!({"type": "seg", "data": {"text": t}}), None),
+                Op::Update(i, t) => match pick(i) {
+                    Some(m) => (
+                        json!({"type": "seg", "data": {"text": t, "v": 2}, "updates": m.0}),
+                        Some(m),
+                    ),
+                    None => continue,
+                },
+                Op::Append(i, t) => match pick(i) {
+                    Some(m) => (
+                        json!({"type": "seg", "data": {"text": t}, "appends": m.0}),
+                        Some(m),
+                    ),
+                    None => continue,
+                },
+                Op::Delete(i) => match pick(i) {
+                    Some(m) => (json!({"type": "del", "deletes": m.0}), Some(m)),
+                    None => continue,
+                },
+                Op::NewThenAppend(a, b) => (
+                    json!({"events": [
+                        {"type": "seg", "data": {"text": a}},
+                        {"type": "seg", "data": {"text": b}, "appends": head + 1}
+                    ]}),
+                    None,
+                ),
+            };
+            let (s, answer) = send(app.port, &producer, &room, body.clone()).await;
+            match target {
+                Some((_, false)) => {
+                    assert_eq!(
+                        (s, answer["error"]["code"].as_str()),
+                        (409, Some("bad_target")),
+                        "{ops:?}: {body}"
+                    );
+                    continue;
+                }
+                _ => assert_eq!(s, 201, "{ops:?}: {body}: {answer}"),
+            }
+            match op {
+                Op::New(_) => {
+                    head += 1;
+                    msgs.push((head, true));
+                }
+                Op::NewThenAppend(..) => {
+                    msgs.push((head + 1, true));
+                    head += 2;
+                }
+                Op::Delete(_) => {
+                    head += 1;
+                    let t = target.unwrap().0;
+                    msgs.iter_mut()
+                        .filter(|m| m.0 == t)
+                        .for_each(|m| m.1 = false);
+                }
+                _ => head += 1,
+            }
+        }
+        let all = poll_all(app.port, &viewer, &room, 0, 1000).await;
+        assert_eq!(all.len() as i64, head, "{ops:?}");
+        let mut cursors = vec![0, head];
+        for _ in 0..3 {
+            let r = strategy.new_tree(&mut runner).unwrap().current().len() as i64;
+            cursors.push(r % (head + 1));
+        }
+        for since in cursors {
+            for limit in [1, 3, 1000] {
+                let (items, cursor) = latest_poll(app.port, &viewer, &room, since, limit).await;
+                assert_eq!(cursor, head, "{ops:?} since {since} limit {limit}");
+                shape(&items);
+                assert_eq!(
+                    apply(room_at(&all, since), &items),
+                    room_at(&all, head),
+                    "{ops:?} since {since} limit {limit}: {items:?}"
+                );
+                if limit == 1000 {
+                    assert_eq!(
+                        shape(&items),
+                        replay(&all, since),
+                        "{ops:?} since {since}: {items:?}"
+                    );
+                }
+            }
+        }
+    }
+}

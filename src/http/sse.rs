@@ -24,6 +24,9 @@ pub struct SseQuery {
     token: Option<String>,
     /// `1`: join the room as a member and get `event: presence` messages.
     presence: Option<String>,
+    /// `latest`: the room as it stands from `since` (message versions
+    /// applied), then live events.
+    view: Option<String>,
 }
 
 /// A Server-Sent Events stream of a room.
@@ -63,9 +66,10 @@ pub async fn stream(
         return Err(ApiError::BadRequest("since must be 0 or more".into()));
     }
     let presence = super::ws::presence_asked(query.presence.as_deref())?;
+    let latest = super::ws::latest_asked(query.view.as_deref())?;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
-    let body = sse::start(state, principal, slot, key, since, presence);
+    let body = sse::start(state, principal, slot, key, since, presence, latest);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -14,6 +14,19 @@ pub struct SinceQuery {
     since: Option<i64>,
     /// `1` (or `true`): join the room as a member and get its presence.
     presence: Option<String>,
+    /// `latest`: the room as it stands from `since`, then live events.
+    view: Option<String>,
+}
+
+/// `?view=latest` (the only view).
+pub fn latest_asked(v: Option<&str>) -> Result<bool, ApiError> {
+    match v {
+        None => Ok(false),
+        Some("latest") => Ok(true),
+        Some(v) => Err(ApiError::BadRequest(format!(
+            "view must be latest, not {v:?}"
+        ))),
+    }
 }
 
 /// `?presence=1` / `?presence=true`.
@@ -51,6 +64,7 @@ pub async fn connect_room(
     }
     let room = key.room;
     let presence = presence_asked(query.presence.as_deref())?;
+    let latest = latest_asked(query.view.as_deref())?;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
     session::start(
@@ -59,6 +73,6 @@ pub async fn connect_room(
         state,
         principal,
         slot,
-        Some((room, query.since, presence)),
+        Some((room, query.since, presence, latest)),
     )
 }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from _support import ORG, HttpProxy, take
 
 from roomcast import (
     AsyncProducer,
     BadRequest,
+    BadTarget,
     Client,
     Forbidden,
     Producer,
@@ -226,3 +228,30 @@ async def test_the_proxy_of_the_environment_is_used(server, token, monkeypatch) 
         assert f"CONNECT 127.0.0.1:{server.port}" in proxy.seen, proxy.seen
     finally:
         await proxy.close()
+
+
+def test_message_versions_updates_appends_deletes(server, token) -> None:
+    """Issue 28: a producer corrects a segment, streams a summary as appends
+    and deletes a line; a bad target raises BadTarget; the room as it stands
+    reads in one page (view=latest)."""
+    with Producer(server.url, token(publish=True)) as p:
+        seg = p.publish("versions", "transcript.segment", {"speaker": "A", "text": "helo"}).seq
+        p.publish("versions", "transcript.segment", {"speaker": "B", "text": "hello"}, updates=seg)
+        summary = p.publish("versions", "summary", {"text": "The"}).seq
+        for t in [" team", " agreed."]:
+            p.publish("versions", "summary.delta", {"text": t}, appends=summary)
+        gone = p.publish("versions", "transcript.segment", {"text": "uh"}).seq
+        p.publish("versions", "transcript.deleted", deletes=gone)
+        with pytest.raises(BadTarget):
+            p.publish("versions", "summary.delta", {"text": "!"}, appends=gone)
+        assert seg is not None and summary is not None
+    body = httpx.get(
+        f"{server.url}/v1/rooms/versions/events",
+        params={"since": 0, "view": "latest"},
+        headers={"authorization": f"Bearer {token()}"},
+    ).json()
+    assert [(m["seq"], m["data"]["text"], m.get("version")) for m in body["events"]] == [
+        (1, "hello", 2),
+        (3, "The team agreed.", 5),
+    ]
+    assert (body["cursor"], body["more"]) == (7, False)

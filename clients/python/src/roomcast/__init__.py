@@ -8,6 +8,7 @@ long-poll fallback (:class:`Client`).
 
 from .client import Client, Mode, RoomSubscription, Status, TokenProvider, Transport
 from .errors import (
+    BadTarget,
     BadRequest,
     ConnectionFailed,
     Forbidden,
@@ -43,6 +44,7 @@ __all__ = [
     "AsyncProducer",
     "AsyncWebhookProducer",
     "BadRequest",
+    "BadTarget",
     "BatchResult",
     "Client",
     "ConnectionFailed",

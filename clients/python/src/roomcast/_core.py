@@ -188,9 +188,15 @@ class Ops:
         id: str | None,
         state: Mapping[str, Any] | None,
         status: str | None,
+        updates: int | None = None,
+        appends: int | None = None,
+        deletes: int | None = None,
     ) -> Call[PublishResult]:
         key = new_key() if id is None else id
         event: dict[str, Any] = {"type": type, "data": data, "id": key}
+        for name, target in (("updates", updates), ("appends", appends), ("deletes", deletes)):
+            if target is not None:
+                event[name] = target
         if state is not None:
             event["state"] = dict(state) if isinstance(state, Mapping) else state
         if status is not None:

@@ -18,6 +18,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "RoomClosed",
+    "BadTarget",
     "PayloadTooLarge",
     "RateLimited",
     "Unavailable",
@@ -98,6 +99,14 @@ class RoomClosed(RoomcastError):
     code = "room_closed"
 
 
+class BadTarget(RoomcastError):
+    """409 ``bad_target``: a change (``updates``, ``appends``, ``deletes``)
+    names an event it cannot change: missing or pruned, deleted, itself a
+    change, or no ``data.text`` to append to. Nothing was stored."""
+
+    code = "bad_target"
+
+
 class PayloadTooLarge(RoomcastError):
     """413 ``payload_too_large``: ``data`` over 64 KiB (7 KiB ephemeral) or body over 1 MiB."""
 
@@ -130,6 +139,7 @@ _BY_CODE: dict[str, type[RoomcastError]] = {
         Forbidden,
         NotFound,
         RoomClosed,
+        BadTarget,
         PayloadTooLarge,
         RateLimited,
         Unavailable,

@@ -31,6 +31,9 @@ class _SyncPublishing(SyncRunner):
         id: str | None = None,
         state: Mapping[str, Any] | None = None,
         status: str | None = None,
+        updates: int | None = None,
+        appends: int | None = None,
+        deletes: int | None = None,
     ) -> PublishResult:
         """Publishes one event; answers its seq once it is committed.
 
@@ -43,8 +46,16 @@ class _SyncPublishing(SyncRunner):
                 in the same transaction.
             status: ``"completed"`` or ``"failed"`` closes the room with this
                 event (later publishes raise :class:`~roomcast.RoomClosed`).
+            updates, appends, deletes: a message version: this event's
+                ``data`` replaces event S's, its ``data["text"]`` is appended
+                to S's, or S is deleted (one of them; :class:`~roomcast.BadTarget`
+                when S cannot take it).
         """
-        return self._execute(self._publish_call(room, type, data, id=id, state=state, status=status))
+        return self._execute(
+            self._publish_call(
+                room, type, data, id=id, state=state, status=status, updates=updates, appends=appends, deletes=deletes
+            )
+        )
 
     def publish_batch(self, room: str, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         """Publishes 1 to 1000 events, all or nothing, consecutive seqs.
@@ -106,9 +117,16 @@ class _AsyncPublishing(AsyncRunner):
         id: str | None = None,
         state: Mapping[str, Any] | None = None,
         status: str | None = None,
+        updates: int | None = None,
+        appends: int | None = None,
+        deletes: int | None = None,
     ) -> PublishResult:
         """Publishes one event; see :meth:`Producer.publish`."""
-        return await self._execute(self._publish_call(room, type, data, id=id, state=state, status=status))
+        return await self._execute(
+            self._publish_call(
+                room, type, data, id=id, state=state, status=status, updates=updates, appends=appends, deletes=deletes
+            )
+        )
 
     async def publish_batch(self, room: str, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         """Publishes 1 to 1000 events, all or nothing; see :meth:`Producer.publish_batch`."""

@@ -1156,6 +1156,9 @@ mod tests {
                     ts: "2026-11-21T22:00:00.000Z".into(),
                     state: (seq == 2).then(|| serde_json::json!({"stage": "asr", "x": null})),
                     status: (seq == 3).then_some(crate::protocol::RoomStatus::Completed),
+                    updates: None,
+                    appends: None,
+                    deletes: None,
                 };
                 Frame::encode(&k.room, &ev, Via::Push)
             })

@@ -383,6 +383,9 @@ mod tests {
             ts: "2026-11-21T22:00:00.000Z".into(),
             state: None,
             status: None,
+            updates: None,
+            appends: None,
+            deletes: None,
         };
         Frame::encode(&RoomId::parse("r").unwrap(), &ev, Via::Push)
     }

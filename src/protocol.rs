@@ -1004,6 +1004,9 @@ mod tests {
             ts: "2026-11-21T22:00:00.123Z".into(),
             state: None,
             status: None,
+            updates: None,
+            appends: None,
+            deletes: None,
         };
         let f = Frame::encode(&room, &ev, Via::Push);
         let v: Value = serde_json::from_str(&f.text).unwrap();

@@ -864,6 +864,9 @@ async fn a_push_dropped_on_a_full_mailbox_is_followed_by_a_resync() {
             ts: "2026-11-29T00:00:00.000Z".into(),
             state: None,
             status: None,
+            updates: None,
+            appends: None,
+            deletes: None,
         };
         Frame::encode(&key.room, &ev, Via::Push)
     };

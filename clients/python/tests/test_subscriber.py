@@ -310,3 +310,35 @@ async def test_presence_members_join_and_leave(server, token, mode) -> None:
             await until_members(both)
             await bob.close()
             await until_members({"alice": "Alice"} if mode == "realtime" else {})
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_messages_as_they_stand_then_each_change_once(server, token, mode) -> None:
+    """Issue 28: ``messages=True`` reads the room once with view=latest (not
+    every change replayed), then applies each change as it comes, once,
+    across a mode switch."""
+    async with AsyncProducer(server.url, token(publish=True)) as p:
+        seg = (await p.publish("notes", "segment", {"text": "helo"})).seq
+        await p.publish("notes", "segment", {"text": "hello"}, updates=seg)
+        summary = (await p.publish("notes", "summary", {"text": ""})).seq
+        for i in range(50):
+            await p.publish("notes", "summary.delta", {"text": f"{i} "}, appends=summary)
+        async with Client(server.url, token=token(), mode=mode) as client:
+            sub = client.room("notes", messages=True)
+            await sub.wait_ready(10)
+            texts = {s: m.data["text"] for s, m in sub.messages.items()}
+            assert texts == {seg: "hello", summary: "".join(f"{i} " for i in range(50))}
+            assert sub.messages[seg].edited and sub.cursor == 53
+            assert client.counts.push + client.counts.catchup + client.counts.poll == 0, "no change replayed"
+            await p.publish("notes", "summary.delta", {"text": "end."}, appends=summary)
+            await p.publish("notes", "segment.deleted", deletes=seg)
+            got = await take(sub, 2)
+            assert [e.seq for e in got] == [54, 55]
+            client.set_mode("polling" if mode == "realtime" else "realtime")
+            new = (await p.publish("notes", "segment", {"text": "new"})).seq
+            await take(sub, 1)
+            assert {s: m.data["text"] for s, m in sub.messages.items()} == {
+                summary: "".join(f"{i} " for i in range(50)) + "end.",
+                new: "new",
+            }
+            assert client.counts.duplicates == 0

@@ -22,7 +22,7 @@ import httpx
 
 from ._version import __version__
 from .errors import ConnectionFailed, RoomcastError, error_for, parse_error_body
-from .models import BatchResult, EventPage, Presence, PublishResult, RoomSnapshot
+from .models import BatchResult, EventPage, LatestPage, Presence, PublishResult, RoomSnapshot
 from .retry import DEFAULT_RETRY, EPHEMERAL_RETRY, RetryPolicy
 
 T = TypeVar("T")
@@ -303,6 +303,16 @@ class Ops:
             return [RoomSnapshot.from_wire(r) for r in rooms if isinstance(r, dict)]
 
         return Call("GET", "/v1/rooms", parse, params=params)
+
+    def _latest_call(self, room: str, since: int, limit: int | None = None) -> Call[LatestPage]:
+        params = {"since": str(int(since)), "view": "latest"}
+        if limit is not None:
+            params["limit"] = str(int(limit))
+
+        def parse(_status: int, body: Any) -> LatestPage:
+            return LatestPage.from_wire(room, since, body if isinstance(body, dict) else {})
+
+        return Call("GET", f"/v1/rooms/{room_path(room)}/events", parse, params=params)
 
     def _events_call(
         self,

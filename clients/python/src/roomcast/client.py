@@ -42,7 +42,7 @@ from .errors import (
     Unauthorized,
     error_for,
 )
-from .models import Counts, Event, EventPage, Member, Presence, PresenceChange, Reset, RoomSnapshot, Source
+from .models import Counts, Event, EventPage, Member, Message, Presence, PresenceChange, Reset, RoomSnapshot, Source
 from .producer import AsyncProducer
 from .retry import NO_RETRY, RetryPolicy, full_jitter
 from .tokens import token_expiry
@@ -113,7 +113,15 @@ class RoomSubscription:
             on every transport, with no read.
     """
 
-    def __init__(self, client: Client, room: str, since: int | None, ephemeral: bool, presence: bool = False) -> None:
+    def __init__(
+        self,
+        client: Client,
+        room: str,
+        since: int | None,
+        ephemeral: bool,
+        presence: bool = False,
+        messages: bool = False,
+    ) -> None:
         self._client = client
         self.room = room
         self.cursor: int | None = since
@@ -126,6 +134,11 @@ class RoomSubscription:
         self.first: int | None = None
         self.ephemeral = ephemeral
         self.presence = presence
+        # Message versions (``messages=True``): the room as it stands, by seq.
+        self.messages_mode = messages
+        self.messages: dict[int, Message] = {}
+        self._view_loaded = not messages
+        self._view_task: asyncio.Task[None] | None = None
         # The room's members (with ``presence``): sub -> info.
         self.members: dict[str, dict[str, Any]] = {}
         self._members_read_at = 0.0
@@ -321,7 +334,13 @@ class Client:
     # ----------------------------------------------------------- public
 
     def room(
-        self, room: str, *, since: int | None = None, ephemeral: bool = False, presence: bool = False
+        self,
+        room: str,
+        *,
+        since: int | None = None,
+        ephemeral: bool = False,
+        presence: bool = False,
+        messages: bool = False,
     ) -> RoomSubscription:
         """Follows ``room``; iterate the answer (``async for``).
 
@@ -334,6 +353,12 @@ class Client:
                 ``info``) and follow its members: ``sub.members``, and a
                 :class:`PresenceChange` yielded when they change. Polling
                 reads them every 5 s (and is not a member).
+            messages: keep the room's messages as they stand in
+                ``sub.messages`` (versions applied: updates replace, appends
+                extend ``text``, deletes remove): the room is read once
+                with ``view=latest`` from ``since`` (default 0, not every
+                change replayed), then each change is applied as it comes,
+                once.
         """
         if self._closed:
             raise RuntimeError("the client is closed")
@@ -341,7 +366,9 @@ class Client:
             raise ValueError("since must be an int >= 0, or None for 'from now'")
         if room in self._subs:
             raise ValueError(f"already following {room!r}: close that subscription first")
-        sub = RoomSubscription(self, room, since, ephemeral, presence)
+        if messages and since is None:
+            since = 0
+        sub = RoomSubscription(self, room, since, ephemeral, presence, messages)
         self._subs[room] = sub
         try:
             asyncio.get_running_loop()
@@ -503,6 +530,9 @@ class Client:
 
     def _attach(self, sub: RoomSubscription) -> None:
         """A room followed while a transport runs joins it."""
+        if not sub._view_loaded:
+            self._load_view_soon(sub)
+            return
         if self._conn is not None:
             self._ws_subscribe(self._conn, sub)
         elif self._polling:
@@ -710,6 +740,9 @@ class Client:
     def _ws_subscribe(self, conn: _Conn, sub: RoomSubscription) -> None:
         if not sub.active or sub.failed is not None:
             return
+        if not sub._view_loaded:
+            self._load_view_soon(sub)
+            return
         sub.ws_subscribed = False
         if sub.room in conn.leaving:
             return  # subscribed again once ``unsubscribed`` comes
@@ -827,7 +860,68 @@ class Client:
             self._attempt = 0
             return
 
+    def _load_view_soon(self, sub: RoomSubscription) -> None:
+        if sub._view_task is None or sub._view_task.done():
+            sub._view_task = asyncio.create_task(self._load_view(sub), name=f"roomcast-view-{sub.room}")
+
+    async def _load_view(self, sub: RoomSubscription) -> None:
+        """``messages=True``: the room as it stands from the cursor
+        (``view=latest``, page by page), then the subscription follows it
+        from the head that read reached, like any other."""
+        cursor = sub.cursor or 0
+        tries = 0
+        while sub.active and not self._closed:
+            try:
+                page = await self._api._execute(self._api._latest_call(sub.room, cursor, self._poll_limit))
+            except (BadRequest, Forbidden, NotFound) as e:
+                self._fail(sub, e)
+                return
+            except Exception as e:
+                self.last_error = e
+                tries += 1
+                await asyncio.sleep(min(self._backoff_max, self._backoff_base * 2**tries) * random.random())
+                continue
+            if page.reset:
+                # Below the kept log: the kept messages as they stand.
+                sub.messages.clear()
+                cursor = (page.first - 1) if page.first is not None else page.head
+                continue
+            for m in page.messages:
+                sub.messages[m.seq] = m
+            for seq in page.deleted:
+                sub.messages.pop(seq, None)
+            cursor = page.cursor
+            if not page.more:
+                sub.messages = dict(sorted(sub.messages.items()))
+                sub.cursor = cursor
+                sub.head = page.head
+                self._snapshot(sub, {"head": page.head, "status": page.status, "state": page.state})
+                sub._view_loaded = True
+                if sub.active:
+                    self._attach(sub)
+                return
+
+    async def _reload_messages(self, sub: RoomSubscription) -> None:
+        with contextlib.suppress(Exception):
+            fresh: dict[int, Message] = {}
+            page = await self._api._execute(self._api._latest_call(sub.room, 0, self._poll_limit))
+            cursor = (page.first - 1) if page.reset and page.first is not None else 0
+            while True:
+                page = await self._api._execute(self._api._latest_call(sub.room, cursor, self._poll_limit))
+                for m in page.messages:
+                    fresh[m.seq] = m
+                for seq in page.deleted:
+                    fresh.pop(seq, None)
+                cursor = page.cursor
+                if not page.more or page.reset:
+                    break
+            if sub.active:
+                sub.messages = dict(sorted(fresh.items()))
+
     def _start_poll(self, sub: RoomSubscription) -> None:
+        if not sub._view_loaded:
+            self._load_view_soon(sub)
+            return
         if sub.active and sub.failed is None and (sub._poll_task is None or sub._poll_task.done()):
             sub._poll_task = asyncio.create_task(self._poll_loop(sub), name=f"roomcast-poll-{sub.room}")
 
@@ -954,6 +1048,16 @@ class Client:
             self._counts.catchup += 1
         else:
             self._counts.poll += 1
+        if sub.messages_mode:
+            target = ev.updates or ev.appends or ev.deletes
+            if target is None:
+                sub.messages[ev.seq] = Message(ev.seq, ev.type, ev.data, ev.ts, ev.seq)
+            elif target in sub.messages:
+                changed = sub.messages[target].changed_by(ev)
+                if changed is None:
+                    del sub.messages[target]
+                else:
+                    sub.messages[target] = changed
         if sub._state_at is None or ev.seq > sub._state_at:
             if ev.state is not None:
                 sub.state = merge_patch(sub.state, ev.state)
@@ -998,6 +1102,10 @@ class Client:
         sub.first = first if isinstance(first, int) else sub.first
         sub._pending.clear()
         sub._ready.set()
+        if sub.messages_mode and sub._view_loaded:
+            # The changes after the cursor are gone: the kept messages as
+            # they stand now replace what was held.
+            asyncio.create_task(self._reload_messages(sub), name=f"roomcast-view-{sub.room}")
         sub._put(Reset(room=sub.room, head=head, state=sub.state, cursor=before, first=sub.first))
 
     def _snapshot(self, sub: RoomSubscription, s: Any) -> None:

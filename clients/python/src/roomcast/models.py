@@ -48,6 +48,10 @@ class Event:
     key: str | None = None
     state: dict[str, Any] | None = None
     status: RoomStatus | None = None
+    #: message versions: the earlier event this one changes, and how
+    updates: int | None = None
+    appends: int | None = None
+    deletes: int | None = None
 
     @classmethod
     def from_wire(cls, room: str, m: dict[str, Any], source: Source) -> Event:
@@ -68,6 +72,98 @@ class Event:
             key=key if isinstance(key, str) else None,
             state=state if isinstance(state, dict) else None,
             status=status if status in ("in_progress", "completed", "failed") else None,
+            updates=_seq(m.get("updates")),
+            appends=_seq(m.get("appends")),
+            deletes=_seq(m.get("deletes")),
+        )
+
+
+def _seq(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message of a room as it stands: its original seq, type and time,
+    its latest data (versions applied: updates replace it, appends extend
+    its ``text``) and ``version``, the seq of the last change applied (its
+    own seq when never changed)."""
+
+    seq: int
+    type: str
+    data: Any
+    ts: str
+    version: int
+
+    @property
+    def edited(self) -> bool:
+        """The message was changed after it was published."""
+        return self.version != self.seq
+
+    def changed_by(self, ev: Event) -> Message | None:
+        """This message after change event ``ev`` (``None``: deleted)."""
+        assert ev.seq is not None
+        if ev.deletes == self.seq:
+            return None
+        if ev.updates == self.seq:
+            return Message(self.seq, self.type, ev.data, self.ts, ev.seq)
+        if ev.appends == self.seq and isinstance(self.data, dict) and isinstance(ev.data, dict):
+            text = str(self.data.get("text", "")) + str(ev.data.get("text", ""))
+            return Message(self.seq, self.type, {**self.data, "text": text}, self.ts, ev.seq)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class LatestPage:
+    """A page of ``view=latest``: messages created or changed after
+    ``since`` as they stand (``deleted`` holds the seqs deleted after it);
+    go on from ``cursor`` while ``more``."""
+
+    room: str
+    head: int
+    status: RoomStatus
+    state: dict[str, Any]
+    messages: list[Message]
+    deleted: list[int]
+    cursor: int
+    more: bool
+    reset: bool = False
+    first: int | None = None
+
+    @classmethod
+    def from_wire(cls, room: str, since: int, m: dict[str, Any]) -> LatestPage:
+        messages: list[Message] = []
+        deleted: list[int] = []
+        for e in m.get("events") or []:
+            if not isinstance(e, dict) or not isinstance(e.get("seq"), int):
+                continue
+            if e.get("deleted") is True:
+                deleted.append(e["seq"])
+                continue
+            v = e.get("version")
+            messages.append(
+                Message(
+                    seq=e["seq"],
+                    type=str(e.get("type", "")),
+                    data=e.get("data"),
+                    ts=str(e.get("ts", "")),
+                    version=v if isinstance(v, int) else e["seq"],
+                )
+            )
+        head = int(m.get("head", 0))
+        cursor = m.get("cursor")
+        first = m.get("first")
+        return cls(
+            room=str(m.get("room", room)),
+            head=head,
+            status=m.get("status", "in_progress"),
+            state=m.get("state") or {},
+            messages=messages,
+            deleted=deleted,
+            cursor=cursor if isinstance(cursor, int) else max(head, since),
+            more=m.get("more") is True,
+            reset=m.get("reset") is True,
+            first=first if isinstance(first, int) else None,
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from ._core import AsyncRunner, AsyncToken, SyncRunner, SyncToken
-from .models import BatchResult, EventPage, Presence, PublishResult, RoomSnapshot
+from .models import BatchResult, EventPage, LatestPage, Presence, PublishResult, RoomSnapshot
 from .retry import RetryPolicy
 from .tokens import SecretTokens
 
@@ -246,6 +246,12 @@ class Producer(_SyncPublishing):
         assert page is not None
         return page
 
+    def latest(self, room: str, since: int = 0, limit: int | None = None) -> LatestPage:
+        """One page of the room as it stands (``view=latest``): messages
+        created or changed after ``since``, versions applied; go on with
+        ``since=page.cursor`` while ``page.more``."""
+        return self._execute(self._latest_call(room, since, limit))
+
     def members(self, room: str, *, count_only: bool = False) -> Presence:
         """``GET /v1/rooms/{room}/presence`` (PROTOCOL.md, Additions)."""
         return self._execute(self._members_call(room, count_only))
@@ -311,6 +317,10 @@ class AsyncProducer(_AsyncPublishing):
         page = await self._execute(self._events_call(room, since, limit, wait, since_time))
         assert page is not None
         return page
+
+    async def latest(self, room: str, since: int = 0, limit: int | None = None) -> LatestPage:
+        """One page of the room as it stands; see :meth:`Producer.latest`."""
+        return await self._execute(self._latest_call(room, since, limit))
 
     async def members(self, room: str, *, count_only: bool = False) -> Presence:
         """``GET /v1/rooms/{room}/presence`` (PROTOCOL.md, Additions)."""

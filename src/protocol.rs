@@ -661,9 +661,9 @@ struct LatestWire<'a> {
     ts: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
-    /// Present once the message was changed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<i64>,
+    /// The seq of the last change applied (the message's own seq when
+    /// never changed): a view item always has one, an ordinary event never.
+    version: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     via: Option<Via>,
 }
@@ -683,7 +683,7 @@ impl Latest {
             },
             ts: live.then_some(self.ts.as_str()),
             deleted: self.deleted,
-            version: (self.version != self.seq).then_some(self.version),
+            version: self.version,
             via: if live { via } else { None },
         }
     }

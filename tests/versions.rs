@@ -108,15 +108,14 @@ fn replay(events: &[Value], since: i64) -> BTreeMap<i64, Value> {
         if !created_after && !changed {
             continue;
         }
+        // Every view item carries its version: the last change, else its seq.
+        let version = changed_after.get(seq).copied().unwrap_or(*seq);
         match data {
             Some(d) => {
-                out.insert(*seq, json!({"data": d, "version": changed_after.get(seq)}));
+                out.insert(*seq, json!({"data": d, "version": version}));
             }
             None if at_since.get(seq).is_some_and(|d| d.is_some()) => {
-                out.insert(
-                    *seq,
-                    json!({"deleted": true, "version": changed_after.get(seq)}),
-                );
+                out.insert(*seq, json!({"deleted": true, "version": version}));
             }
             None => {}
         }
@@ -475,7 +474,7 @@ async fn view_latest_over_poll_from_zero_the_middle_and_after_deletes() {
         vec![
             json!({"seq": a, "type": "segment", "data": {"text": "A"}, "ts": all[0]["ts"], "version": 4}),
             json!({"seq": b, "type": "segment", "data": {"text": "b+1+2+3"}, "ts": all[1]["ts"], "version": 7}),
-            json!({"seq": e, "type": "segment", "data": {"text": "e"}, "ts": all[10]["ts"]}),
+            json!({"seq": e, "type": "segment", "data": {"text": "e"}, "ts": all[10]["ts"], "version": e}),
         ]
     );
     // From 8: c deleted after 8 (existed at 8), d created at 8 and deleted.
@@ -485,7 +484,7 @@ async fn view_latest_over_poll_from_zero_the_middle_and_after_deletes() {
         vec![
             json!({"seq": c, "deleted": true, "version": 9}),
             json!({"seq": d, "deleted": true, "version": 10}),
-            json!({"seq": e, "type": "segment", "data": {"text": "e"}, "ts": all[10]["ts"]}),
+            json!({"seq": e, "type": "segment", "data": {"text": "e"}, "ts": all[10]["ts"], "version": e}),
         ]
     );
     // Without view, reads are unchanged.

@@ -12,6 +12,7 @@ mod scale_out;
 mod seal;
 mod soak;
 mod storm;
+mod versions;
 
 use anyhow::{bail, Result};
 
@@ -36,6 +37,7 @@ pub const ALL: &[&str] = &[
     "scale_out",
     "bus_seal",
     "bus_seal_remote",
+    "versions",
     "soak",
 ];
 
@@ -56,6 +58,7 @@ pub async fn run(id: &str, ctx: &Ctx) -> Result<Outcome> {
         "scale_out" => scale_out::run(ctx).await,
         "bus_seal" => seal::run(ctx).await,
         "bus_seal_remote" => seal::remote(ctx).await,
+        "versions" => versions::run(ctx).await,
         "soak" => soak::run(ctx).await,
         other => bail!("no scenario {other:?} (known: {})", ALL.join(", ")),
     }

@@ -10,7 +10,11 @@
 
 ALTER TABLE events
     ADD COLUMN change text CHECK (change IN ('updates', 'appends', 'deletes')),
-    ADD COLUMN target bigint;
+    ADD COLUMN target bigint,
+    -- Set on a message's first change: view=latest reads the messages
+    -- never changed from the log (this flag false) and the others from
+    -- message_latest, with no anti-join whose plan depends on statistics.
+    ADD COLUMN changed boolean;
 
 CREATE TABLE message_latest (
     org     text        NOT NULL,
@@ -61,6 +65,9 @@ BEGIN
         RAISE EXCEPTION 'event % was deleted (by %)', p_target, m.version USING ERRCODE = 'RC410';
     END IF;
     cur := CASE WHEN changed THEN m.data ELSE t.data END;
+    IF NOT changed THEN
+        UPDATE events SET changed = true WHERE org = p_org AND room = p_room AND seq = p_target;
+    END IF;
     IF p_change = 'appends' THEN
         IF jsonb_typeof(p_data -> 'text') IS DISTINCT FROM 'string' THEN
             RAISE EXCEPTION 'an appends event needs data.text, a string' USING ERRCODE = '22023';
@@ -107,6 +114,8 @@ DECLARE
     old_seq bigint;
     old_ts timestamptz;
     j int;
+    k int;
+    e record;
 BEGIN
     IF p_org IS NULL OR p_org = '' THEN
         RAISE EXCEPTION 'org must not be empty' USING ERRCODE = '22023';
@@ -122,24 +131,24 @@ BEGIN
        OR coalesce(array_length(p_targets, 1), 0) <> n THEN
         RAISE EXCEPTION 'arrays of different lengths' USING ERRCODE = '22023';
     END IF;
-    FOR i IN 1..n LOOP
-        IF p_types[i] IS NULL OR p_types[i] !~ '^[a-z][a-z0-9_.-]{0,63}$' THEN
-            RAISE EXCEPTION 'invalid event type' USING ERRCODE = '22023';
-        END IF;
-        IF p_statuses[i] IS NOT NULL AND p_statuses[i] NOT IN ('in_progress', 'completed', 'failed') THEN
-            RAISE EXCEPTION 'invalid status' USING ERRCODE = '22023';
-        END IF;
-        IF p_states[i] IS NOT NULL AND jsonb_typeof(p_states[i]) <> 'object' THEN
-            RAISE EXCEPTION 'state must be a JSON object' USING ERRCODE = '22023';
-        END IF;
-        IF p_changes[i] IS NOT NULL AND p_changes[i] NOT IN ('updates', 'appends', 'deletes') THEN
-            RAISE EXCEPTION 'invalid change' USING ERRCODE = '22023';
-        END IF;
-        IF roomcast_json_size(p_datas[i]) > 65536 THEN
-            RAISE EXCEPTION 'data is % bytes serialized; the limit is 65536', roomcast_json_size(p_datas[i])
-                USING ERRCODE = '22023';
-        END IF;
-    END LOOP;
+    -- The arrays are walked once (a subscript of an array parameter walks
+    -- it from its start: p_datas[i] for every i is quadratic).
+    IF EXISTS (SELECT 1 FROM unnest(p_types, p_statuses, p_states, p_changes, p_datas) AS u(ty, st, sp, ch, d)
+                WHERE ty IS NULL OR ty !~ '^[a-z][a-z0-9_.-]{0,63}$') THEN
+        RAISE EXCEPTION 'invalid event type' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_statuses) AS st WHERE st IS NOT NULL AND st NOT IN ('in_progress', 'completed', 'failed')) THEN
+        RAISE EXCEPTION 'invalid status' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_states) AS sp WHERE sp IS NOT NULL AND jsonb_typeof(sp) <> 'object') THEN
+        RAISE EXCEPTION 'state must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_changes) AS ch WHERE ch IS NOT NULL AND ch NOT IN ('updates', 'appends', 'deletes')) THEN
+        RAISE EXCEPTION 'invalid change' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_datas) AS d WHERE roomcast_json_size(d) > 65536) THEN
+        RAISE EXCEPTION 'data is over 65536 bytes serialized' USING ERRCODE = '22023';
+    END IF;
 
     r := roomcast_lock_room(p_org, p_room);
     -- Under the lock, and never before the room's last event.
@@ -148,22 +157,25 @@ BEGIN
     v_status := r.status;
     v_state := r.state;
 
-    FOR i IN 1..n LOOP
-        IF p_idem_keys[i] IS NOT NULL THEN
-            j := array_position(p_idem_keys[1:i-1], p_idem_keys[i]);
+    FOR e IN SELECT * FROM unnest(p_types, p_datas, p_idem_keys, p_states, p_statuses, p_changes, p_targets)
+                 WITH ORDINALITY AS u(ty, data, idem_key, state, status, change, target, i)
+    LOOP
+        k := e.i;
+        IF e.idem_key IS NOT NULL THEN
+            j := array_position(p_idem_keys[1:k - 1], e.idem_key);
             IF j IS NOT NULL THEN
-                seqs[i] := seqs[j];
-                dups[i] := true;
-                tss[i] := tss[j];
+                seqs[k] := seqs[j];
+                dups[k] := true;
+                tss[k] := tss[j];
                 CONTINUE;
             END IF;
-            SELECT e.seq, e.ts INTO old_seq, old_ts
-              FROM events e
-             WHERE e.org = p_org AND e.room = p_room AND e.idem_key = p_idem_keys[i];
+            SELECT x.seq, x.ts INTO old_seq, old_ts
+              FROM events x
+             WHERE x.org = p_org AND x.room = p_room AND x.idem_key = e.idem_key;
             IF FOUND THEN
-                seqs[i] := old_seq;
-                dups[i] := true;
-                tss[i] := old_ts;
+                seqs[k] := old_seq;
+                dups[k] := true;
+                tss[k] := old_ts;
                 CONTINUE;
             END IF;
         END IF;
@@ -171,20 +183,20 @@ BEGIN
             RAISE EXCEPTION 'room % is %', p_room, v_status USING ERRCODE = 'RC409';
         END IF;
         v_head := v_head + 1;
-        seqs[i] := v_head;
-        dups[i] := false;
-        tss[i] := new_ts;
+        seqs[k] := v_head;
+        dups[k] := false;
+        tss[k] := new_ts;
         INSERT INTO events (org, room, seq, type, data, ts, idem_key, state, status, change, target)
-        VALUES (p_org, p_room, v_head, p_types[i], coalesce(p_datas[i], 'null'::jsonb), new_ts, p_idem_keys[i],
-                p_states[i], p_statuses[i], p_changes[i], CASE WHEN p_changes[i] IS NOT NULL THEN p_targets[i] END);
-        IF p_changes[i] IS NOT NULL THEN
-            PERFORM roomcast_apply_change(p_org, p_room, v_head, p_changes[i], p_targets[i],
-                                          coalesce(p_datas[i], 'null'::jsonb));
+        VALUES (p_org, p_room, v_head, e.ty, coalesce(e.data, 'null'::jsonb), new_ts, e.idem_key,
+                e.state, e.status, e.change, CASE WHEN e.change IS NOT NULL THEN e.target END);
+        IF e.change IS NOT NULL THEN
+            PERFORM roomcast_apply_change(p_org, p_room, v_head, e.change, e.target,
+                                          coalesce(e.data, 'null'::jsonb));
         END IF;
-        IF p_states[i] IS NOT NULL THEN
-            v_state := roomcast_merge_patch(v_state, p_states[i]);
+        IF e.state IS NOT NULL THEN
+            v_state := roomcast_merge_patch(v_state, e.state);
         END IF;
-        v_status := coalesce(p_statuses[i], v_status);
+        v_status := coalesce(e.status, v_status);
     END LOOP;
 
     IF v_head > r.head THEN

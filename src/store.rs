@@ -1410,9 +1410,12 @@ pub struct LatestPage {
 /// highest version. Versions only grow, so no message whose latest
 /// version was delivered comes again (one changed meanwhile comes again
 /// in its newer version), and a room of 10,000 messages changed 100,000
-/// times is answered in `10,000 / limit` pages of bounded bytes, each one
-/// indexed read (messages never changed are read from the log, changed
-/// ones from `message_latest`).
+/// times is answered in `10,000 / limit` pages of bounded bytes. Each page
+/// is two index-ordered reads of at most `limit` rows each (messages never
+/// changed from the log, by seq, skipping the change events; changed ones
+/// from `message_latest`, by version), whatever the room's size and
+/// whatever the planner's statistics (no anti-join: the log's `changed`
+/// flag, set on a message's first change, tells them apart).
 pub async fn latest(
     client: &impl GenericClient,
     key: &RoomKey,
@@ -1423,16 +1426,17 @@ pub async fn latest(
     let stmt = client
         .prepare_cached(
             "WITH c AS (
-                 SELECT m.seq, m.type, m.ts, m.data, m.version, m.deleted
-                   FROM message_latest m
-                  WHERE m.org = $1 AND m.room = $2 AND m.version > $3
-                    AND NOT (m.deleted AND m.seq > $3)
+                 (SELECT m.seq, m.type, m.ts, m.data, m.version, m.deleted
+                    FROM message_latest m
+                   WHERE m.org = $1 AND m.room = $2 AND m.version > $3
+                     AND NOT (m.deleted AND m.seq > $3)
+                   ORDER BY m.version LIMIT $4)
                  UNION ALL
-                 SELECT e.seq, e.type, e.ts, e.data, e.seq, false
-                   FROM events e
-                  WHERE e.org = $1 AND e.room = $2 AND e.seq > $3 AND e.change IS NULL
-                    AND NOT EXISTS (SELECT 1 FROM message_latest m
-                                     WHERE m.org = e.org AND m.room = e.room AND m.seq = e.seq)
+                 (SELECT e.seq, e.type, e.ts, e.data, e.seq, false
+                    FROM events e
+                   WHERE e.org = $1 AND e.room = $2 AND e.seq > $3
+                     AND e.change IS NULL AND e.changed IS NOT TRUE
+                   ORDER BY e.seq LIMIT $4)
              ), l AS (
                  SELECT *, count(*) OVER () AS n,
                         sum(coalesce(octet_length(data::text), 0)) OVER (ORDER BY version)

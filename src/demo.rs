@@ -69,7 +69,8 @@ fn pipeline() -> Vec<Value> {
         ("Chen", "Two customers asked about the export feature."),
         ("Ana", "Can we ship export behind a flag this week?"),
         ("Ben", "Yes, if QA signs off by Thursday."),
-        ("Chen", "I'll write the release notes."),
+        // Attributed to Ben first; corrected below.
+        ("Ben", "I'll write the release notes."),
         ("Ana", "Great. Anything blocking?"),
         ("Ben", "Only the flaky upload test; I'm on it."),
     ];
@@ -81,7 +82,16 @@ fn pipeline() -> Vec<Value> {
             "data": {"speaker": speaker, "start": start, "end": start + 6.0, "text": text},
             "state": {"progress": (i + 1) as f64 / n as f64}}));
     }
+    // Diarization re-attributes a segment: a new version of it (PROTOCOL.md,
+    // "Message versions"); "@segment-5" is the seq of that publish.
+    steps.push(json!({"type": "transcript.segment", "updates": "@segment-5",
+        "data": {"speaker": "Chen", "start": 32.5, "end": 38.5, "text": "I'll write the release notes."}}));
     steps.push(json!({"type": "alignment.completed", "data": {"words": 61}, "state": {"stage": "summary"}}));
+    // The summary streams in as appends to one message.
+    steps.push(json!({"type": "summary", "id": "summary", "data": {"text": ""}}));
+    for word in "Release is green; export ships behind a flag after QA.".split_inclusive(' ') {
+        steps.push(json!({"type": "summary.delta", "appends": "@summary", "data": {"text": word}}));
+    }
     steps.push(json!({"type": "summary.ready",
         "data": {"summary": "Release is green; export ships behind a flag after QA.",
                  "action_items": ["QA sign-off by Thursday (Ben)", "Release notes (Chen)", "Fix flaky upload test (Ben)"]},
@@ -104,9 +114,20 @@ fn describe(e: &Value) -> String {
         "upload.progress" => format!("{:.0}%", d["progress"].as_f64().unwrap_or(0.0) * 100.0),
         "diarization.completed" => format!("speakers: {}", d["speakers"]),
         "transcript.segment" => format!(
-            "{}: {}",
+            "{}{}: {}",
+            if e["updates"].is_i64() {
+                format!("(corrects #{}) ", e["updates"])
+            } else {
+                String::new()
+            },
             d["speaker"].as_str().unwrap_or("?"),
             d["text"].as_str().unwrap_or("")
+        ),
+        "summary" => "(streams in below)".to_owned(),
+        "summary.delta" => format!(
+            "+ {:?} to #{}",
+            d["text"].as_str().unwrap_or(""),
+            e["appends"]
         ),
         "summary.ready" => d["summary"].as_str().unwrap_or("").to_owned(),
         _ => d.to_string(),
@@ -189,7 +210,14 @@ async fn run(args: DemoArgs) -> Result<(), DemoError> {
                 .timeout(Duration::from_secs(30))
                 .finish();
             let mut dropped_rx = Some(dropped_rx);
-            for (i, body) in steps.into_iter().enumerate() {
+            // Idempotency key -> seq, for the steps that change an earlier one.
+            let mut seqs: std::collections::HashMap<String, i64> = Default::default();
+            for (i, mut body) in steps.into_iter().enumerate() {
+                for k in ["updates", "appends", "deletes"] {
+                    if let Some(id) = body[k].as_str().and_then(|s| s.strip_prefix('@')) {
+                        body[k] = json!(seqs.get(id).copied().unwrap_or(0));
+                    }
+                }
                 if i as i64 == drop_after {
                     // Let the viewer's disconnect happen before publishing on.
                     if let Some(rx) = dropped_rx.take() {
@@ -202,13 +230,20 @@ async fn run(args: DemoArgs) -> Result<(), DemoError> {
                     .send_json(&body)
                     .await
                     .map_err(|e| e.to_string())?;
+                let b = res.body().await.unwrap_or_default();
                 if !res.status().is_success() {
-                    let b = res.body().await.unwrap_or_default();
                     return Err(format!(
                         "publish answered {}: {}",
                         res.status(),
                         String::from_utf8_lossy(&b)
                     ));
+                }
+                if let (Some(id), Ok(answer)) =
+                    (body["id"].as_str(), serde_json::from_slice::<Value>(&b))
+                {
+                    if let Some(seq) = answer["seq"].as_i64() {
+                        seqs.insert(id.to_owned(), seq);
+                    }
                 }
                 actix_web::rt::time::sleep(step).await;
             }

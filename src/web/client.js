@@ -47,6 +47,23 @@
  * @property {string} [key] an ephemeral event's coalescing key
  * @property {Record<string, unknown>} [state] the state merge patch (RFC 7386) its publish applied, if any
  * @property {RoomStatus} [status] the status its publish set, if any
+ * @property {number} [updates] a message version: this event's data replaces event `updates`'s
+ * @property {number} [appends] a message version: this event's `data.text` is appended to event `appends`'s
+ * @property {number} [deletes] a message version: event `deletes` is deleted
+ */
+
+/**
+ * A message of a room as it stands (subscriptions with `messages`): the
+ * original event's seq, type and time, its latest data (updates replace it,
+ * appends extend its `text`), and `version`, the seq of the last change
+ * applied (its own seq when never changed).
+ * @typedef {object} Message
+ * @property {number} seq
+ * @property {string} type
+ * @property {unknown} data
+ * @property {string} ts
+ * @property {number} version
+ * @property {boolean} edited the message was changed after it was published
  */
 
 /**
@@ -114,6 +131,7 @@
  * @property {{head: number, state: Record<string, unknown>, first: number, since: number}} reset the events after the cursor (`since`) can no longer be replayed (pruned by the retention when `since < first - 1`, else the cursor was beyond the head): resync from `state`; the cursor is now `head`; `first` is the lowest seq the room still stores
  * @property {ClientError} error
  * @property {PresenceChange} presence the room's members changed (subscriptions with `presence`)
+ * @property {Message[]} messages the room's messages as they stand, by seq (subscriptions with `messages`): after the first read and after each change
  */
 
 /**
@@ -134,6 +152,8 @@
  * @property {number | null} [since] the last seq the caller already has: events after it are delivered. `0`: the whole history; absent/`null`: from now on (no history)
  * @property {boolean} [presence] join the room as a member (the token's `sub` and `info`) and follow its members: `subscribed` brings them, `presence` frames the changes (realtime); in polling mode the members are read every few seconds and the page is not a member
  * @property {(p: PresenceChange) => void} [onPresence]
+ * @property {boolean} [messages] keep the room's messages as they stand (`subscription.messages`, the `messages` event): the room is read once with `view=latest` (a summary streamed as 2,000 appends is one message), then every change is applied as it comes, once. Without `since` the subscription then follows from where that read ended (no event is replayed); with `since` the events after it are delivered as well
+ * @property {(m: Message[]) => void} [onMessages]
  * @property {'polling'} [mode] `polling`: this room long-polls whatever the client's mode (the others keep the WebSocket); absent: the room follows the client's mode
  * @property {boolean} [snapshots] re-read the room's snapshot (state, status) shortly after events arrive over WebSocket. Not needed to follow `state` and `status`: every event that changed them carries its patch and status, applied in seq order. For a room whose state is changed without an event. Default false.
  * @property {(e: RoomEvent) => void} [onEvent]
@@ -310,6 +330,18 @@ export class Subscription extends Emitter {
     this.snapshots = options.snapshots ?? false;
     /** Join as a member and follow the members. */
     this.presence = options.presence ?? false;
+    /** Keep the room's messages as they stand (`messages`). */
+    this.messagesMode = options.messages ?? false;
+    /** The room's messages as they stand, by seq (with `messages`). @type {Map<number, Message>} */
+    this.messages = new Map();
+    /** @internal the seq the messages stand at (events after it are applied) @type {number | null} */
+    this.messagesAt = null;
+    /** @internal the first read of the messages is under way or to come */
+    this.viewPending = this.messagesMode;
+    /** @internal a read of the messages is running */
+    this.viewLoading = false;
+    /** @internal the caller gave `since` (events after it are delivered too) */
+    this.sinceGiven = options.since !== undefined && options.since !== null;
     /** `polling`: this room long-polls whatever the client's transport. @type {'polling' | null} */
     this.mode = options.mode === 'polling' ? 'polling' : null;
     /** @internal the generation whose long-poll loop runs for this room, if any @type {number | null} */
@@ -348,6 +380,12 @@ export class Subscription extends Emitter {
     if (options.onReset) this.on('reset', options.onReset);
     if (options.onError) this.on('error', options.onError);
     if (options.onPresence) this.on('presence', options.onPresence);
+    if (options.onMessages) this.on('messages', options.onMessages);
+  }
+
+  /** The room's messages as they stand, by seq (with `messages`). @returns {Message[]} */
+  messageList() {
+    return [...this.messages.values()];
   }
 
   /** Stops following the room. */
@@ -1430,6 +1468,10 @@ export class RoomcastClient extends Emitter {
   _wsSubscribe(sub) {
     const c = this._ws;
     if (!c || !c.welcomed || !sub.active) return;
+    if (sub.viewPending) {
+      this._loadView(sub);
+      return;
+    }
     if (sub.mode === 'polling') {
       // This room long-polls beside the socket.
       if (sub.loopGen !== this._gen) this._pollLoop(sub, this._gen);
@@ -1548,6 +1590,10 @@ export class RoomcastClient extends Emitter {
     // the connection's state is the socket's, not this loop's).
     const own = () => this._transport === 'longpoll';
     if (sub.loopGen === gen) return;
+    if (sub.viewPending) {
+      this._loadView(sub);
+      return;
+    }
     sub.loopGen = gen;
     try {
       while (live()) {
@@ -1801,6 +1847,72 @@ export class RoomcastClient extends Emitter {
     if (sub.stateAt === null || sub.cursor > sub.stateAt) sub.stateAt = sub.cursor;
     sub.emit('event', ev);
     if (changes) sub.emit('snapshot', { head: sub.head, status: /** @type {RoomStatus} */ (sub.status), state: sub.state });
+    if (sub.messagesMode && sub.messagesAt !== null && sub.cursor > sub.messagesAt) {
+      sub.messagesAt = sub.cursor;
+      if (applyChange(sub.messages, ev)) sub.emit('messages', sub.messageList());
+    }
+  }
+
+  /**
+   * `messages`: the room as it stands, read once with `view=latest` (page
+   * by page, from 0), before the subscription joins a transport; then the
+   * transport's events apply each later change once.
+   * @private
+   * @param {Subscription} sub
+   */
+  async _loadView(sub) {
+    if (sub.viewLoading) return;
+    sub.viewLoading = true;
+    try {
+      /** @type {Map<number, Message>} */
+      const fresh = new Map();
+      let cursor = 0;
+      for (let tries = 0; sub.active && !this._closed; ) {
+        let body;
+        try {
+          body = await this._get(`/v1/rooms/${encodeURIComponent(sub.room)}/events?since=${cursor}&limit=${this._opts.pollLimit}&view=latest`);
+        } catch (e) {
+          if (e instanceof HttpError && (e.status === 400 || e.status === 403)) {
+            this._reportFetchError(sub, e);
+            sub.failed = { code: e.code, message: e.message, room: sub.room };
+            return;
+          }
+          tries += 1;
+          await new Promise((r) => setTimeout(r, Math.random() * Math.min(this._opts.backoffMaxMs, this._opts.backoffBaseMs * 2 ** tries)));
+          continue;
+        }
+        if (!sub.active) return;
+        if (body.reset) {
+          // Below the kept log: the kept messages as they stand.
+          fresh.clear();
+          cursor = typeof body.first === 'number' ? body.first - 1 : body.head;
+          continue;
+        }
+        for (const m of body.events ?? []) {
+          if (m.deleted) fresh.delete(m.seq);
+          else fresh.set(m.seq, { seq: m.seq, type: m.type, data: m.data, ts: m.ts, version: m.version ?? m.seq, edited: (m.version ?? m.seq) !== m.seq });
+        }
+        cursor = typeof body.cursor === 'number' ? body.cursor : Math.max(cursor, body.head ?? cursor);
+        if (body.more) continue;
+        sub.messages = new Map([...fresh].sort((a, b) => a[0] - b[0]));
+        sub.messagesAt = cursor;
+        // Without `since` the subscription follows from where this read
+        // ended: no event is replayed.
+        if (!sub.sinceGiven && (sub.cursor === null || sub.cursor < cursor)) sub.cursor = cursor;
+        if (sub.viewPending) {
+          this._snapshot(sub, { head: body.head, status: body.status, state: body.state }, 'snapshot');
+        }
+        sub.emit('messages', sub.messageList());
+        break;
+      }
+    } finally {
+      sub.viewLoading = false;
+    }
+    if (!sub.active || !sub.viewPending) return;
+    sub.viewPending = false;
+    if (this._transport === 'websocket' && this._ws?.welcomed) this._wsSubscribe(sub);
+    if (this._transport === 'longpoll') this._pollLoop(sub, this._gen);
+    this._changed();
   }
 
   /**
@@ -1899,6 +2011,11 @@ export class RoomcastClient extends Emitter {
    */
   _reset(sub, head, state, first) {
     const since = sub.cursor ?? head;
+    if (sub.messagesMode && !sub.viewPending) {
+      // The changes after the cursor are gone: read the kept messages again.
+      sub.messagesAt = null;
+      this._loadView(sub);
+    }
     sub.lifeFirst = null;
     sub.cursor = head;
     sub.head = head;
@@ -2053,7 +2170,36 @@ function toEvent(m, source) {
   if (typeof m.key === 'string') ev.key = m.key;
   if (m.state !== null && typeof m.state === 'object' && !Array.isArray(m.state)) ev.state = m.state;
   if (typeof m.status === 'string') ev.status = m.status;
+  for (const k of /** @type {const} */ (['updates', 'appends', 'deletes'])) {
+    if (typeof m[k] === 'number') ev[k] = m[k];
+  }
   return ev;
+}
+
+/**
+ * Applies a message version (or a new message) to `messages`; answers
+ * whether anything changed.
+ * @param {Map<number, Message>} messages
+ * @param {RoomEvent} ev
+ */
+function applyChange(messages, ev) {
+  const seq = /** @type {number} */ (ev.seq);
+  if (ev.deletes !== undefined) return messages.delete(ev.deletes);
+  const target = ev.updates ?? ev.appends;
+  if (target === undefined) {
+    messages.set(seq, { seq, type: ev.type, data: ev.data, ts: ev.ts, version: seq, edited: false });
+    return true;
+  }
+  const m = messages.get(target);
+  if (!m) return false;
+  let data = ev.data;
+  if (ev.appends !== undefined) {
+    const old = /** @type {Record<string, unknown>} */ (m.data ?? {});
+    const add = /** @type {Record<string, unknown>} */ (ev.data ?? {});
+    data = { ...old, text: `${old.text ?? ''}${add.text ?? ''}` };
+  }
+  messages.set(target, { ...m, data, version: seq, edited: true });
+  return true;
 }
 
 /**

@@ -220,3 +220,52 @@ test('the rooms list is live: a new room, a head that moves and a room that comp
   assert.equal(await page.evaluate(() => performance.getEntriesByType('navigation').length), reloads);
   await ctx.close();
 });
+
+test('the transcript as it stands: a corrected line marked edited, a deleted one gone, the summary streamed as appends (issue 28)', async () => {
+  const org = freshOrg();
+  const room = 'meeting-versions';
+  const producer = token({ org, sub: 'pipeline', pub: true });
+  const pub = (body) => publish(server, producer, room, body);
+  const a = (await pub({ type: 'transcript.segment', data: { speaker: 'Ana', text: 'Morning al' } })).seq;
+  const b = (await pub({ type: 'transcript.segment', data: { speaker: 'Ben', text: 'uh' } })).seq;
+  const c = (await pub({ type: 'transcript.segment', data: { speaker: 'Ben', text: "I'll write the notes." } })).seq;
+  await pub({ type: 'transcript.segment', data: { speaker: 'Ana', text: 'Morning all.' }, updates: a });
+  await pub({ type: 'transcript.deleted', deletes: b });
+  const s = (await pub({ type: 'summary', data: { text: '' } })).seq;
+  for (const w of ['Notes ', 'by ']) await pub({ type: 'summary.delta', data: { text: w }, appends: s });
+
+  const ctx = await newContext(browser, { mode: 'realtime' });
+  const page = await ctx.newPage();
+  const views = [];
+  page.on('request', (req) => {
+    if (req.url().includes('view=latest')) views.push(req.url());
+  });
+  await page.goto(dashboardUrl(server, token({ org }), room));
+  await untilStatus(page, 'live');
+  const transcript = () =>
+    page.$$eval('#transcript li', (lis) => lis.map((li) => `${li.dataset.seq}|${li.querySelector('.who').textContent}|${li.querySelector('.text').textContent}|${li.classList.contains('is-edited') ? 'edited' : ''}`));
+  const untilTranscript = async (want) => {
+    const deadline = Date.now() + 10000;
+    let got;
+    while (JSON.stringify((got = await transcript())) !== JSON.stringify(want)) {
+      if (Date.now() > deadline) throw new Error(`transcript: ${JSON.stringify(got)}`);
+      await sleep(50);
+    }
+  };
+  await untilTranscript([`${a}|Ana|Morning all.|edited`, `${c}|Ben|I'll write the notes.|`, `${s}|Summary|Notes by |edited`]);
+  assert.equal(views.length, 1, `the room as it stands is read once: ${views}`);
+  // Live: the summary streams on, a line is corrected.
+  await pub({ type: 'summary.delta', data: { text: 'Ben.' }, appends: s });
+  await pub({ type: 'transcript.segment', data: { speaker: 'Chen', text: "I'll write the notes." }, updates: c });
+  await untilTranscript([`${a}|Ana|Morning all.|edited`, `${c}|Chen|I'll write the notes.|edited`, `${s}|Summary|Notes by Ben.|edited`]);
+  // The timeline still shows every event once, and the head follows it.
+  await untilTimeline(page, 10);
+  assert.deepEqual(await timelineSeqs(page), range(1, 10));
+  await until(page, () => document.querySelector('#room-head-seq')?.textContent === '10', null, { what: 'head 10' });
+  await screenshot(page, 'dashboard-transcript.png');
+  // A reload reads it the same way.
+  await page.reload();
+  await untilStatus(page, 'live');
+  await untilTranscript([`${a}|Ana|Morning all.|edited`, `${c}|Chen|I'll write the notes.|edited`, `${s}|Summary|Notes by Ben.|edited`]);
+  await ctx.close();
+});

@@ -506,3 +506,29 @@ test('useRoom({mode: "polling"}) long-polls that room only: the client stays rea
   assert.deepEqual(errors, []);
   await ctx.close();
 });
+
+test('useRoom({messages: true}): the room as it stands in one read, then each change once, across a mode switch (issue 28)', async () => {
+  const org = freshOrg();
+  const room = 'react-messages';
+  const producer = token({ org, sub: 'p', pub: true });
+  const viewer = token({ org });
+  const pub = (body) => publish(server, producer, room, body);
+  const s = (await pub({ type: 'summary', data: { text: '' } })).seq;
+  for (let i = 0; i < 30; i++) await pub({ type: 'summary.delta', data: { text: `${i} ` }, appends: s });
+  const { ctx, page, errors } = await openExample(room, viewer, 'realtime', { messages: '1' });
+  await untilStatus(page, 'live');
+  const summary = () => page.$eval('#messages li[data-seq="1"] .text', (el) => el.textContent).catch(() => null);
+  const want = Array.from({ length: 30 }, (_, i) => `${i} `).join('');
+  await until(page, (w) => document.querySelector('#messages li[data-seq="1"] .text')?.textContent === w, want, { what: 'the summary as it stands' });
+  assert.equal(await counter(page, 'push') + await counter(page, 'catchup'), 0, 'no change replayed');
+  await pub({ type: 'summary.delta', data: { text: 'end.' }, appends: s });
+  await until(page, (w) => document.querySelector('#messages li[data-seq="1"] .text')?.textContent === w, `${want}end.`, { what: 'a live append' });
+  await page.click('#mode [data-mode="polling"]');
+  await untilSource(page, 'polling');
+  await pub({ type: 'summary.delta', data: { text: '!' }, appends: s });
+  await until(page, (w) => document.querySelector('#messages li[data-seq="1"] .text')?.textContent === w, `${want}end.!`, { what: 'an append while polling' });
+  assert.equal(await counter(page, 'duplicates'), 0);
+  assert.equal(await summary(), `${want}end.!`);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});

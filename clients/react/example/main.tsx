@@ -24,6 +24,8 @@ const MODES: Array<[Mode, string]> = [
   ['auto', 'Auto'],
 ];
 const modeParam = params.get('mode');
+/** `&messages=1`: the room's messages as they stand (useRoom's `messages`). */
+const MESSAGES = params.get('messages') === '1';
 /** `&roomPolling=1`: this room long-polls (useRoom's `mode: 'polling'`), whatever the provider's mode. */
 const ROOM_POLLING = params.get('roomPolling') === '1';
 /** `&presence=1`: join the room as a member and list its members. */
@@ -78,7 +80,8 @@ function RoomPanel({ room }: { room: string }) {
   const {
     data, loading, updateSource, websocketStatus, refresh, status, mode, setMode, counts,
     lastUpdateAt, delayMs, roomStatus, head, cursor, detail, reset, error, ephemeral, state,
-  } = useHybridUpdates(room, ROOM_POLLING ? { websocketEnabled: false } : {});
+    messages,
+  } = useHybridUpdates(room, { ...(ROOM_POLLING ? { websocketEnabled: false } : {}), messages: MESSAGES });
   const now = useNow(1000);
   const [refreshing, setRefreshing] = useState(false);
   const newestFirst = [...data].reverse();
@@ -128,6 +131,16 @@ function RoomPanel({ room }: { room: string }) {
       </dl>
       {error && <p className="error" id="error">{error.code}: {error.message}</p>}
       {reset && <p className="muted" id="reset">History after seq {reset.head} is no longer available: resynced from the room's state.</p>}
+      {MESSAGES && (
+        <ol id="messages" aria-label="Messages as they stand">
+          {messages.map((m) => (
+            <li key={m.seq} data-seq={m.seq} data-version={m.version}>
+              <span className="text">{String((m.data as { text?: unknown })?.text ?? '')}</span>
+              {m.edited && <i className="muted"> (edited)</i>}
+            </li>
+          ))}
+        </ol>
+      )}
       <ul id="partials" aria-label="Interim text, per speaker">
         {Object.entries(ephemeral).map(([key, e]) => (
           <li key={key} data-key={key} className="muted">

@@ -22,6 +22,8 @@ export interface HybridConfig {
    * other rooms keep their transport). true or absent: the provider's mode.
    */
   websocketEnabled?: boolean;
+  /** Keep the room's messages as they stand (read once with view=latest). */
+  messages?: boolean;
 }
 
 export type UpdateSource = 'websocket' | 'polling' | null;
@@ -36,7 +38,7 @@ export interface HybridUpdates extends UseRoomResult {
 
 export function useHybridUpdates(room: string, config: HybridConfig = {}): HybridUpdates {
   const mode: Mode | undefined = config.websocketEnabled === false ? 'polling' : undefined;
-  const r = useRoom(room, { since: 0, ...(mode ? { mode } : {}) });
+  const r = useRoom(room, { ...(config.messages ? { messages: true } : { since: 0 }), ...(mode ? { mode } : {}) });
   return {
     ...r,
     data: r.events,

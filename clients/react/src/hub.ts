@@ -6,7 +6,7 @@
 // React, once each, so re-renders, StrictMode's double effects and several
 // components on one room never duplicate an event.
 
-import type { ClientError, ClientState, Member, RoomEvent, RoomStatus, RoomcastClient, Snapshot, Subscription } from './client.js';
+import type { ClientError, ClientState, Member, Message, RoomEvent, RoomStatus, RoomcastClient, Snapshot, Subscription } from './client.js';
 
 /** What a `reset` said: the events after the cursor could not be replayed. */
 export interface ResetInfo {
@@ -34,6 +34,8 @@ export interface RoomData {
   readonly members: readonly Member[];
   /** The members were answered at least once (a room followed with `presence`). */
   readonly membersKnown: boolean;
+  /** The room's messages as they stand, by seq (a room followed with `messages`). */
+  readonly messages: readonly Message[];
   /** The last seq delivered (the client's cursor for the room). */
   readonly cursor: number | null;
   /** The room's head as last reported by the server. */
@@ -57,6 +59,8 @@ export interface RoomStoreOptions {
   presence?: boolean;
   /** This room long-polls whatever the client's mode. */
   polling?: boolean;
+  /** Keep the room's messages as they stand (read once with view=latest). */
+  messages?: boolean;
   maxEvents?: number;
 }
 
@@ -89,6 +93,7 @@ export function emptyRoomData(room: string): RoomData {
     ephemeral: {},
     members: [],
     membersKnown: false,
+    messages: [],
     cursor: null,
     head: null,
     roomStatus: null,
@@ -195,6 +200,7 @@ export class RoomStore {
   private readonly snapshots: boolean;
   private presence: boolean;
   private readonly polling: boolean;
+  private readonly messages: boolean;
   private readonly maxEvents: number;
   private refs = 0;
   private sub: Subscription | null = null;
@@ -220,6 +226,7 @@ export class RoomStore {
     this.snapshots = options.snapshots ?? false;
     this.presence = options.presence ?? false;
     this.polling = options.polling ?? false;
+    this.messages = options.messages ?? false;
     this.maxEvents = Math.max(1, options.maxEvents ?? DEFAULT_MAX_EVENTS);
     this.data = emptyRoomData(room);
     this.sweepTimer = setTimeout(() => {
@@ -301,6 +308,7 @@ export class RoomStore {
         since,
         snapshots: this.snapshots,
         presence: this.presence,
+        messages: this.messages,
         ...(this.polling ? { mode: 'polling' as const } : {}),
       });
     this.sub = sub;
@@ -320,7 +328,9 @@ export class RoomStore {
       }),
       sub.on('error', (e) => this.update({ error: e })),
       sub.on('presence', (p) => this.update({ members: p.members, membersKnown: true })),
+      sub.on('messages', (m) => this.update({ messages: m })),
     ];
+    if (sub.messagesMode && sub.messages.size > 0) this.update({ messages: sub.messageList() });
     if (sub.presence && sub.members.size > 0) {
       this.update({ members: [...sub.members].map(([s, info]) => ({ sub: s, info })), membersKnown: true });
     }

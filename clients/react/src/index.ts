@@ -10,6 +10,7 @@ export type {
   ClientState,
   Counts,
   Member,
+  Message,
   Mode,
   PresenceChange,
   ReconnectInfo,

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useReducer, useRef, useSyncExternalStore } from 'react';
-import type { ClientError, ClientState, Counts, Member, Mode, RoomEvent, RoomStatus, Status, Transport } from './client.js';
+import type { ClientError, ClientState, Counts, Member, Message, Mode, RoomEvent, RoomStatus, Status, Transport } from './client.js';
 import { emptyRoomData, hubOf } from './hub.js';
 import type { ResetInfo, RoomData } from './hub.js';
 import { useRoomcast } from './provider.js';
@@ -23,6 +23,13 @@ export interface UseRoomOptions {
   maxEvents?: number;
   /** Join the room as a member (the token's `sub` and `info`) and follow its members (`members`). `usePresence(room)` asks for it too. */
   presence?: boolean;
+  /**
+   * Keep the room's messages as they stand in `messages` (versions applied:
+   * updates replace, appends extend `text`, deletes remove): the room is
+   * read once with `view=latest` rather than replaying every change. Unless
+   * `since` is given too, no event is replayed (`events` holds the live ones).
+   */
+  messages?: boolean;
   /** Re-read the room's state shortly after events arrive over WebSocket. Not needed to follow `state`: every event that changed it carries its patch, applied in seq order. For state changed without an event. Default false. */
   snapshots?: boolean;
   /** false: follow nothing (as with a null room). Default true. */
@@ -44,6 +51,8 @@ export interface UseRoomResult {
   ephemeral: Readonly<Record<string, RoomEvent>>;
   /** The room's members with their `info` (with `presence`), live. */
   members: readonly Member[];
+  /** The room's messages as they stand, by seq (with `messages`): `{seq, type, data, ts, version, edited}`. */
+  messages: readonly Message[];
   /** The room's state: its snapshot with every later event's patch applied in seq order (`{}` until known). */
   state: Readonly<Record<string, unknown>>;
   /** The room's own status: `in_progress`, `completed`, `failed` (null until known). */
@@ -112,8 +121,10 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
   const client = useRoomcast();
   const hub = client ? hubOf(client) : null;
   const active = hub !== null && typeof room === 'string' && room !== '' && options.enabled !== false;
-  const { since = 0, snapshots, maxEvents, presence } = options;
-  const storeOptions = { since, snapshots, maxEvents, presence, polling: options.mode === 'polling' };
+  const { snapshots, maxEvents, presence, messages } = options;
+  // Messages alone: from where the room's read ends (no replay); events: all history.
+  const since = 'since' in options ? options.since : messages ? undefined : 0;
+  const storeOptions = { since, snapshots, maxEvents, presence, messages, polling: options.mode === 'polling' };
   const store = active ? hub.store(room, storeOptions) : null;
   const [, rerender] = useReducer((n: number) => n + 1, 0);
 
@@ -155,6 +166,7 @@ export function useRoom(room: string | null | undefined, options: UseRoomOptions
     lastEphemeral: data.lastEphemeral,
     ephemeral: data.ephemeral,
     members: data.members,
+    messages: data.messages,
     state: data.state,
     roomStatus: data.roomStatus,
     head: data.head,

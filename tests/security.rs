@@ -1033,3 +1033,37 @@ async fn polling_many_rooms_keeps_the_router_bounded() {
         [1, 2]
     );
 }
+
+/// Issue 28: a signed webhook publishes message versions like the REST
+/// path (a telephony provider correcting a transcript line), and a bad
+/// target is a 409 `bad_target`.
+#[actix_web::test]
+async fn signed_webhooks_publish_message_versions() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.webhook_secret = Some("hook-secret".into());
+    let app = spawn_app(cfg).await;
+    let viewer = token("acme", "viewer", false);
+    let send = |body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let sig = sign("hook-secret", now_secs(), &bytes);
+        async move { hook(app.port, "acme", "call-9", &bytes, Some(&sig)).await }
+    };
+    let (s, _) = send(json!({"type": "call.transcript", "data": {"text": "helo"}})).await;
+    assert_eq!(s, 201);
+    let (s, b) =
+        send(json!({"type": "call.transcript", "data": {"text": " there"}, "appends": 1})).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) =
+        send(json!({"type": "call.transcript", "data": {"text": "x"}, "updates": 7})).await;
+    assert_error(s, &b, 409, "bad_target");
+    let (_, page, _) = get(
+        app.port,
+        "/v1/rooms/call-9/events?since=0&view=latest",
+        &viewer,
+        &[],
+    )
+    .await;
+    assert_eq!(page["events"][0]["data"]["text"], "helo there", "{page}");
+    assert_eq!(page["events"][0]["version"], 2);
+}

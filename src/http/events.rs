@@ -65,7 +65,7 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::B
         (status = 400, description = "bad_request", body = super::error::ErrorBody),
         (status = 401, description = "unauthorized", body = super::error::ErrorBody),
         (status = 403, description = "forbidden", body = super::error::ErrorBody),
-        (status = 409, description = "room_closed", body = super::error::ErrorBody),
+        (status = 409, description = "room_closed (the room is completed or failed), or bad_target (a change names an event it cannot change)", body = super::error::ErrorBody),
         (status = 413, description = "payload_too_large", body = super::error::ErrorBody),
         (status = 429, description = "rate_limited, with Retry-After", body = super::error::ErrorBody),
         (status = 503, description = "unavailable, with Retry-After", body = super::error::ErrorBody),

@@ -28,7 +28,7 @@ use crate::webhook::HEADER;
         (status = 202, description = "ephemeral event pushed", body = super::openapi::PublishAnswer),
         (status = 400, description = "bad_request", body = super::error::ErrorBody),
         (status = 401, description = "unauthorized: bad or stale signature", body = super::error::ErrorBody),
-        (status = 409, description = "room_closed", body = super::error::ErrorBody),
+        (status = 409, description = "room_closed (the room is completed or failed), or bad_target (a change names an event it cannot change)", body = super::error::ErrorBody),
         (status = 413, description = "payload_too_large", body = super::error::ErrorBody),
         (status = 429, description = "rate_limited, with Retry-After", body = super::error::ErrorBody),
         (status = 503, description = "unavailable, with Retry-After", body = super::error::ErrorBody),

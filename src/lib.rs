@@ -85,6 +85,7 @@ pub mod seal;
 pub mod session;
 pub mod sse;
 pub mod sse_rooms;
+pub mod state;
 pub mod startup;
 pub mod store;
 pub mod webhook;

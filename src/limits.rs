@@ -9,16 +9,10 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::{Config, Switch};
-use crate::http::error::ApiError;
-use crate::startup::AppState;
 
 /// Seconds a client refused for too many connections should wait.
 const CONNECTIONS_RETRY_AFTER: u64 = 5;
@@ -37,6 +31,16 @@ pub struct Limits {
     connections: Mutex<HashMap<(String, String), usize>>,
 }
 
+/// A request over a limit: answered 429 `rate_limited` with `Retry-After`
+/// (`From<Refused> for ApiError`, in http/error.rs).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub message: String,
+    /// Seconds to wait.
+    pub retry_after: u64,
+}
+
 impl Limits {
     pub fn new(config: &Config) -> Self {
         let on = config.rate_limits == Switch::On;
@@ -51,13 +55,13 @@ impl Limits {
     }
 
     /// One publish request of `org`; refused with the time to wait.
-    pub fn check_publish(&self, org: &str) -> Result<(), ApiError> {
+    pub fn check_publish(&self, org: &str) -> Result<(), Refused> {
         let Some(limiter) = &self.publish else {
             return Ok(());
         };
         limiter.check_key(&org.to_owned()).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::RateLimited {
+            Refused {
                 message: format!("too many publishes for this org; retry in {wait:?}"),
                 retry_after: retry_after(wait),
             }
@@ -71,12 +75,12 @@ impl Limits {
 
     /// Counts a new connection of (`org`, `sub`); refused past the limit. The
     /// guard gives the slot back when dropped.
-    pub fn connect(self: &Arc<Self>, org: &str, sub: &str) -> Result<ConnectionSlot, ApiError> {
+    pub fn connect(self: &Arc<Self>, org: &str, sub: &str) -> Result<ConnectionSlot, Refused> {
         let key = (org.to_owned(), sub.to_owned());
         let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let n = map.entry(key.clone()).or_insert(0);
         if self.max_per_sub.is_some_and(|max| *n >= max) {
-            return Err(ApiError::RateLimited {
+            return Err(Refused {
                 message: format!(
                     "too many open connections for this sub (at most {})",
                     self.max_per_sub.unwrap_or_default()
@@ -126,30 +130,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Middleware on the publish routes: one request of the org (from the
-/// webhook path, or from the token) against its rate. Requests it cannot
-/// attribute go on to the handler, which refuses them.
-pub async fn publish_limit(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let Some(state) = req.app_data::<web::Data<AppState>>() {
-        let org = match req.match_info().get("org") {
-            Some(org) => Some(org.to_owned()),
-            // The verified caller is kept for the handler (no second check).
-            None => state.auth.from_request(req.request()).ok().map(|p| {
-                let org = p.org.clone();
-                req.extensions_mut().insert(p);
-                org
-            }),
-        };
-        if let Some(org) = org {
-            state.limits.check_publish(&org)?;
-        }
-    }
-    next.call(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +161,7 @@ mod tests {
             limits.check_publish("a").unwrap();
         }
         match limits.check_publish("a") {
-            Err(ApiError::RateLimited { retry_after, .. }) => assert!(retry_after >= 1),
+            Err(Refused { retry_after, .. }) => assert!(retry_after >= 1),
             other => panic!("{other:?}"),
         }
         limits.check_publish("b").unwrap();

@@ -631,6 +631,13 @@ impl Frame {
     }
 }
 
+/// A presence member as frames show it: the token's `sub` and `info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub sub: String,
+    pub info: std::sync::Arc<Value>,
+}
+
 /// One message of a `view=latest` read, as it stands now (PROTOCOL.md,
 /// "Message versions").
 #[derive(Debug, Clone, PartialEq)]
@@ -857,7 +864,7 @@ pub enum ServerMsg<'a> {
         state: &'a Value,
         /// The room's members, for a subscription with presence.
         #[serde(skip_serializing_if = "Option::is_none")]
-        presence: Option<&'a [crate::presence::Member]>,
+        presence: Option<&'a [Member]>,
     },
     Unsubscribed {
         room: &'a str,

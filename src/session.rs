@@ -10,11 +10,10 @@
 //! with 4008. Ephemeral events are coalesced by key while it is behind.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
@@ -30,7 +29,7 @@ use crate::protocol::{
     ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, RoomsFilter, ServerMsg, Via,
 };
 use crate::room::{Deliver, Leave, Push};
-use crate::startup::AppState;
+use crate::state::{AppState, GoingAway};
 
 /// The `info` of a member whose token has none.
 pub fn no_info() -> Arc<serde_json::Value> {
@@ -55,45 +54,6 @@ const MAX_PENDING: usize = 1024;
 /// A catch-up read that failed is tried again after this long (even with
 /// the poll fallback off).
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-
-/// The open sessions of this server, by id, held weakly (a pointer each):
-/// at shutdown each is told to close with 1001. One map rather than a
-/// future per session, which the session's context would poll on every
-/// frame it writes.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<u64, WeakAddr<WsSession>>>);
-
-impl Sessions {
-    fn register(&self, id: u64, addr: WeakAddr<WsSession>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, addr);
-    }
-
-    fn unregister(&self, id: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-    }
-
-    /// Tells every open session that the server is going away.
-    pub fn going_away(&self) {
-        let all: Vec<_> = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter_map(WeakAddr::upgrade)
-            .collect();
-        for addr in all {
-            addr.do_send(GoingAway);
-        }
-    }
-}
-
-/// The server is shutting down.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct GoingAway;
 
 /// The tick of a session's one timer: both the poll interval and the
 /// heartbeat are multiples of it (their greatest common divisor), unless
@@ -866,7 +826,7 @@ impl Actor for WsSession {
         // that a shutdown between the two is seen by the check).
         self.state
             .sessions
-            .register(self.id, ctx.address().downgrade());
+            .register(self.id, ctx.address().downgrade().recipient());
         if *self.state.shutdown.borrow() {
             return self.close(ctx, CloseCode::Away, "server going away");
         }

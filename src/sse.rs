@@ -29,7 +29,7 @@ use crate::outbox::{Counted, Outbox};
 use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
 use crate::protocol::{EphemeralFrame, Frame, RoomKey, ServerMsg, Via};
 use crate::room::{Deliver, Leave, Push};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How often a stream that stopped taking pushes checks its backlog.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);

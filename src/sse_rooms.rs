@@ -18,7 +18,7 @@ use crate::limits::ConnectionSlot;
 use crate::outbox::{Counted, Outbox};
 use crate::protocol::{RoomsFilter, ServerMsg};
 use crate::sse::{message, Body, Receiver};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Starts a live room list stream.
 pub fn start(

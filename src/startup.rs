@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,39 +39,7 @@ mod embedded {
 /// Lock id serializing migrations of instances that start together.
 const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
 
-/// What every handler and session shares.
-pub struct AppState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub pool: Pool,
-    pub db: Addr<Db>,
-    pub broadcaster: Addr<Broadcaster>,
-    pub metrics: Arc<Metrics>,
-    /// The Listener's connection is up (for `/readyz`).
-    pub listener_up: Arc<AtomicBool>,
-    /// The bus to other instances, if one is set (for `/readyz`, health).
-    pub bus: Option<Bus>,
-    /// Who is in which room.
-    pub presence: Addr<Presence>,
-    /// Live room lists.
-    pub boards: Addr<Boards>,
-    /// Flips to true on shutdown: every session closes with 1001.
-    pub shutdown: watch::Receiver<bool>,
-    /// This process among the instances sharing the database.
-    pub instance: Arc<str>,
-    pub limits: Arc<Limits>,
-    pub webhook_secrets: Secrets,
-    pub origins: Origins,
-    /// The open WebSocket sessions (closed with 1001 at shutdown).
-    pub sessions: crate::session::Sessions,
-    next_session: AtomicU64,
-}
-
-impl AppState {
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-}
+pub use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -468,7 +436,7 @@ impl Application {
             shutdown: shutdown_rx,
             instance,
             sessions: Default::default(),
-            next_session: AtomicU64::new(1),
+            next_session: AtomicU64::new(1).into(),
         });
         let data = state.clone();
         // HTTP request counts and durations per route, in the same registry.

@@ -134,6 +134,15 @@ impl From<PublishBodyError> for ApiError {
     }
 }
 
+impl From<crate::limits::Refused> for ApiError {
+    fn from(e: crate::limits::Refused) -> Self {
+        ApiError::RateLimited {
+            message: e.message,
+            retry_after: e.retry_after,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -24,7 +24,7 @@ use crate::protocol::{
     parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomKey, RoomStatus,
 };
 use crate::room::{Ephemeral, Observed, Watch};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{PollFrom, RoomRow};
 
 /// Default and largest `limit` of a poll.

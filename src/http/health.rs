@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use crate::db::Health;
 use crate::metrics::QueryKind;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store;
 
 pub async fn healthz() -> HttpResponse {

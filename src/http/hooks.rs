@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::events::{publish_body, read_body, MAX_BODY};
 use crate::auth::now_secs;
 use crate::protocol::{RoomId, RoomKey};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::webhook::HEADER;
 
 /// Publish through a signed webhook.

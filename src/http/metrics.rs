@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let pool = state.pool.status();

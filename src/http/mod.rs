@@ -15,14 +15,16 @@ pub mod rooms;
 pub mod sse;
 pub mod ws;
 
-use actix_web::middleware::from_fn;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
 use actix_web::web;
 
 use actix_web::{HttpMessage, HttpRequest};
 
 use crate::auth::Principal;
 use crate::protocol::{RoomId, RoomKey};
-use crate::startup::AppState;
+use crate::state::AppState;
 use error::ApiError;
 
 /// What every room endpoint starts with: the caller (from its token), and the
@@ -89,13 +91,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/v1/rooms/{room}/events",
         web::post()
             .to(events::publish)
-            .wrap(from_fn(crate::limits::publish_limit)),
+            .wrap(from_fn(publish_limit)),
     )
     .route(
         "/v1/hooks/{org}/rooms/{room}/events",
         web::post()
             .to(hooks::publish)
-            .wrap(from_fn(crate::limits::publish_limit)),
+            .wrap(from_fn(publish_limit)),
     )
     .route("/v1/rooms/{room}/events", web::get().to(events::poll))
     .route("/v1/rooms/sse", web::get().to(sse::rooms))
@@ -118,4 +120,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such resource".into()))
     }));
+}
+
+/// Middleware on the publish routes: one request of the org (from the
+/// webhook path, or from the token) against its rate. Requests it cannot
+/// attribute go on to the handler, which refuses them.
+pub async fn publish_limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(state) = req.app_data::<web::Data<AppState>>() {
+        let org = match req.match_info().get("org") {
+            Some(org) => Some(org.to_owned()),
+            // The verified caller is kept for the handler (no second check).
+            None => state.auth.from_request(req.request()).ok().map(|p| {
+                let org = p.org.clone();
+                req.extensions_mut().insert(p);
+                org
+            }),
+        };
+        if let Some(org) = org {
+            state.limits.check_publish(&org).map_err(ApiError::from)?;
+        }
+    }
+    next.call(req).await
 }

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use crate::db::Members;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use crate::db::{ListRooms, Snapshot};
 use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus, RoomsFilter};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::RoomRow;
 
 pub fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {

@@ -10,7 +10,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use crate::sse;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

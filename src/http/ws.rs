@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::session;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 pub struct SinceQuery {
@@ -46,7 +46,10 @@ pub async fn connect(
 ) -> Result<HttpResponse, actix_web::Error> {
     let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
     state.origins.check(&req)?;
-    let slot = state.limits.connect(&principal.org, &principal.sub)?;
+    let slot = state
+        .limits
+        .connect(&principal.org, &principal.sub)
+        .map_err(ApiError::from)?;
     session::start(&req, stream, state, principal, slot, None)
 }
 
@@ -66,7 +69,10 @@ pub async fn connect_room(
     let presence = presence_asked(query.presence.as_deref())?;
     let latest = latest_asked(query.view.as_deref())?;
     state.origins.check(&req)?;
-    let slot = state.limits.connect(&principal.org, &principal.sub)?;
+    let slot = state
+        .limits
+        .connect(&principal.org, &principal.sub)
+        .map_err(ApiError::from)?;
     session::start(
         &req,
         stream,

@@ -69,12 +69,7 @@ const VACUUM_CHECK_EVERY: Duration = Duration::from_secs(30);
 /// this it is sent as "read the room again".
 const MAX_NOTIFY: usize = 5900;
 
-/// A member as frames show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Member {
-    pub sub: String,
-    pub info: Arc<Value>,
-}
+pub use crate::protocol::Member;
 
 /// The message instances exchange (JSON; over the bus or NOTIFY).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -200,8 +200,8 @@ pub struct Config {
 
 impl Config {
     /// The retention settings.
-    pub fn retention(&self) -> crate::store::Retention {
-        crate::store::Retention {
+    pub fn retention(&self) -> Retention {
+        Retention {
             closed: self.retain_closed,
             max_age: self.retain_max_age,
             max_events: self.retain_max_events.map(|n| n.max(1) as i64),
@@ -219,8 +219,8 @@ impl Config {
     }
 
     /// The backlog bounds of a WebSocket or SSE session.
-    pub fn backlog(&self) -> crate::outbox::Bounds {
-        crate::outbox::Bounds {
+    pub fn backlog(&self) -> Bounds {
+        Bounds {
             bytes: self.backlog_bytes,
             frames: self.backlog_frames,
             close_bytes: self.backlog_close_bytes,
@@ -271,4 +271,31 @@ impl Config {
             workers: 0,
         }
     }
+}
+
+/// How long events live (PROTOCOL.md, Additions: retention).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// A closed room's events are kept this long after it closed.
+    pub closed: std::time::Duration,
+    /// No event is kept longer.
+    pub max_age: std::time::Duration,
+    /// The most events kept per room.
+    pub max_events: Option<i64>,
+    /// An emptied room's row (tombstone) is kept this long after its last
+    /// activity, then compacted into its org's floor.
+    pub tombstones: std::time::Duration,
+}
+
+/// Soft and hard bounds of a session's unsent backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub bytes: usize,
+    pub frames: usize,
+    pub close_bytes: usize,
+    pub close_frames: usize,
+    /// The oldest unsent frame's age past which the session stops taking
+    /// pushes (it reads back from the database in pages once drained): a
+    /// client that falls behind is never seconds behind in memory.
+    pub lag: Duration,
 }

@@ -74,6 +74,7 @@ pub mod limits;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod origin;
 pub mod outbox;
 pub mod pgcluster;
 pub mod presence;

@@ -22,18 +22,7 @@ use futures_util::Stream;
 
 use crate::metrics::Backlog;
 
-/// Soft and hard bounds of a session's unsent backlog.
-#[derive(Debug, Clone, Copy)]
-pub struct Bounds {
-    pub bytes: usize,
-    pub frames: usize,
-    pub close_bytes: usize,
-    pub close_frames: usize,
-    /// The oldest unsent frame's age past which the session stops taking
-    /// pushes (it reads back from the database in pages once drained): a
-    /// client that falls behind is never seconds behind in memory.
-    pub lag: Duration,
-}
+pub use crate::config::Bounds;
 
 pub struct Outbox {
     /// Written by the session, taken by the transport; shared with the

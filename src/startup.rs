@@ -21,7 +21,7 @@ use crate::bus::{Bus, BusOptions};
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::db::Db;
-use crate::http::origin::Origins;
+use crate::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::pgcluster::PrivateCluster;

@@ -16,7 +16,7 @@ use crate::boards::Boards;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::Db;
-use crate::http::origin::Origins;
+use crate::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::Presence;

@@ -830,19 +830,7 @@ pub async fn notify_hints(
     Ok(())
 }
 
-/// How long events live (PROTOCOL.md, Additions: retention).
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// A closed room's events are kept this long after it closed.
-    pub closed: std::time::Duration,
-    /// No event is kept longer.
-    pub max_age: std::time::Duration,
-    /// The most events kept per room.
-    pub max_events: Option<i64>,
-    /// An emptied room's row (tombstone) is kept this long after its last
-    /// activity, then compacted into its org's floor.
-    pub tombstones: std::time::Duration,
-}
+pub use crate::config::Retention;
 
 /// A room with events to prune.
 #[derive(Debug, Clone)]
@@ -1007,6 +995,21 @@ pub struct PresenceEntry {
     pub connections: i64,
 }
 
+/// What one write changes in a room: changed members (`connections` 0:
+/// gone); with `full`, every member held (the table's other rows of this
+/// instance in the room go).
+#[derive(Debug, Clone)]
+pub struct PresenceWrite {
+    pub entries: Vec<PresenceEntry>,
+    pub full: bool,
+}
+
+/// Live instances and the change counter each committed last.
+pub type PresenceAlive = HashMap<String, i64>;
+
+/// A row of the presence table: (instance, the row's ver, entry).
+pub type PresenceRow = (String, i64, PresenceEntry);
+
 /// Writes this instance's members of rooms in one transaction with its
 /// change counter `ver` (stored in `presence_instances` with the same
 /// commit), and sends `notify` on channel `roomcast_presence` from it (the
@@ -1016,7 +1019,7 @@ pub async fn presence_write(
     client: &mut deadpool_postgres::Client,
     instance: &str,
     ver: i64,
-    rooms: &[(RoomKey, crate::presence::view::RoomWrite)],
+    rooms: &[(RoomKey, PresenceWrite)],
     notify: &[String],
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
@@ -1174,8 +1177,8 @@ pub async fn presence_read(
     dead_after: std::time::Duration,
 ) -> Result<
     (
-        crate::presence::view::Alive,
-        HashMap<RoomKey, Vec<crate::presence::view::Row>>,
+        PresenceAlive,
+        HashMap<RoomKey, Vec<PresenceRow>>,
     ),
     StoreError,
 > {
@@ -1197,7 +1200,7 @@ pub async fn presence_read(
     let rms: Vec<&str> = rooms.iter().map(|k| k.room.as_str()).collect();
     let secs = dead_after.as_secs_f64();
     let mut alive = HashMap::new();
-    let mut found: HashMap<RoomKey, Vec<crate::presence::view::Row>> = HashMap::new();
+    let mut found: HashMap<RoomKey, Vec<PresenceRow>> = HashMap::new();
     for r in client.query(&stmt, &[&orgs, &rms, &me, &secs]).await? {
         let (instance, ver): (String, i64) = (r.get(0), r.get(1));
         let Some(org) = r.get::<_, Option<String>>(2) else {

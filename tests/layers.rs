@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "pgcluster",
             "seal",
-            "http::origin",
+            "origin",
         ],
     ),
     ("1 SQL", &["store"]),
@@ -50,12 +50,9 @@ const TO_MOVE: &[(&str, &str)] = &[
     ("bus", "boards"),
     ("bus", "presence"),
     ("bus", "room"),
-    ("config", "outbox"),
-    ("config", "store"),
     ("db", "boards"),
     ("db", "presence"),
     ("db", "room"),
-    ("http::origin", "http::error"),
     ("listener", "boards"),
     ("listener", "capture"),
     ("listener", "db"),
@@ -68,7 +65,6 @@ const TO_MOVE: &[(&str, &str)] = &[
     ("room", "db"),
     ("session", "http::rooms"),
     ("sse_rooms", "http::rooms"),
-    ("store", "presence"),
 ];
 
 fn layer_of(module: &str) -> usize {

@@ -134,6 +134,12 @@ impl From<PublishBodyError> for ApiError {
     }
 }
 
+impl From<crate::origin::NotAllowed> for ApiError {
+    fn from(e: crate::origin::NotAllowed) -> Self {
+        ApiError::Forbidden(e.to_string())
+    }
+}
+
 impl From<crate::limits::Refused> for ApiError {
     fn from(e: crate::limits::Refused) -> Self {
         ApiError::RateLimited {

@@ -9,7 +9,6 @@ pub mod health;
 pub mod hooks;
 pub mod metrics;
 pub mod openapi;
-pub mod origin;
 pub mod presence;
 pub mod rooms;
 pub mod sse;

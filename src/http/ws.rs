@@ -45,7 +45,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let principal = state.auth.from_request(&req).map_err(ApiError::from)?;
-    state.origins.check(&req)?;
+    state.origins.check(&req).map_err(ApiError::from)?;
     let slot = state
         .limits
         .connect(&principal.org, &principal.sub)
@@ -68,7 +68,7 @@ pub async fn connect_room(
     let room = key.room;
     let presence = presence_asked(query.presence.as_deref())?;
     let latest = latest_asked(query.view.as_deref())?;
-    state.origins.check(&req)?;
+    state.origins.check(&req).map_err(ApiError::from)?;
     let slot = state
         .limits
         .connect(&principal.org, &principal.sub)

@@ -387,7 +387,16 @@ impl Presence {
         };
         let (pool, me) = (self.pool.clone(), self.instance.clone());
         self.metrics.queries(QueryKind::Other, 1);
-        let changes: Vec<(RoomKey, RoomWrite)> = rooms.clone();
+        let changes: Vec<(RoomKey, store::PresenceWrite)> = rooms
+            .iter()
+            .map(|(k, w)| {
+                let write = store::PresenceWrite {
+                    entries: w.entries.clone(),
+                    full: w.full,
+                };
+                (k.clone(), write)
+            })
+            .collect();
         let written = async move {
             let mut client = pool.get().await?;
             store::presence_write(&mut client, &me, ver, &changes, &notify).await

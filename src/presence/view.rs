@@ -51,10 +51,10 @@ pub struct Remote {
 }
 
 /// A live instance and its change counter, as a read of the table saw them.
-pub type Alive = HashMap<String, i64>;
+pub use crate::store::PresenceAlive as Alive;
 
 /// A row of the table: (instance, row's ver, entry).
-pub type Row = (String, i64, PresenceEntry);
+pub use crate::store::PresenceRow as Row;
 
 impl Remote {
     /// Takes an announcement of instance `from`: its state changes at `ver`

@@ -5,7 +5,11 @@
 use actix_web::http::header;
 use actix_web::HttpRequest;
 
-use super::error::ApiError;
+/// A page of another origin: answered 403 `forbidden` (`From<NotAllowed>
+/// for ApiError`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("this Origin may not connect (ROOMCAST_ALLOWED_ORIGINS)")]
+pub struct NotAllowed;
 
 /// The allowed origins, parsed once.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +33,7 @@ impl Origins {
         }
     }
 
-    pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
+    pub fn check(&self, req: &HttpRequest) -> Result<(), NotAllowed> {
         let Some(origin) = req.headers().get(header::ORIGIN) else {
             return Ok(());
         };
@@ -50,9 +54,7 @@ impl Origins {
         if same {
             return Ok(());
         }
-        Err(ApiError::Forbidden(
-            "this Origin may not connect (ROOMCAST_ALLOWED_ORIGINS)".into(),
-        ))
+        Err(NotAllowed)
     }
 }
 

@@ -32,7 +32,6 @@ use tokio::sync::oneshot;
 use crate::auth::Principal;
 use crate::bus::Bus;
 use crate::db::{ChangeMark, Db, RoomsById, RoomsChangedSince};
-use crate::http::rooms::snapshot;
 use crate::metrics::Metrics;
 use crate::protocol::{RoomId, RoomKey, RoomSnapshot, RoomsFilter};
 
@@ -324,7 +323,7 @@ impl Boards {
             if !fresh(&mut org.latest, &id, row.head, now) {
                 continue; // an older read answered after a newer one
             }
-            let snap = snapshot(id.clone(), row);
+            let snap = row.snapshot(id.clone());
             let (mut yes, mut no) = (None, None);
             for board in &org.boards {
                 let Some(b) = self.boards.get_mut(board) else {

@@ -533,7 +533,7 @@ impl WsSession {
         // changes after it is found by the board's reads.
         let read = async move {
             let _ = joined.await;
-            crate::http::rooms::visible(&state, &principal, &filter).await
+            state.visible_rooms(&principal, &filter).await
         };
         ctx.spawn(read.into_actor(self).map(move |rooms, act, ctx| {
             if act.board != Some(board) {

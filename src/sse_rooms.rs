@@ -127,7 +127,7 @@ impl Actor for RoomsStream {
         // The first answer is read once the org is followed here.
         let read = async move {
             let _ = joined.await;
-            crate::http::rooms::visible(&state, &principal, &filter).await
+            state.visible_rooms(&principal, &filter).await
         };
         ctx.spawn(read.into_actor(self).map(|rooms, act, ctx| match rooms {
             Ok(rooms) => {

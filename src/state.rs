@@ -11,11 +11,13 @@ use actix::WeakRecipient;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::boards::Boards;
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, ListRooms};
+use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
+use crate::store::StoreError;
 use crate::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -53,6 +55,36 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The rooms of the caller's org that pass `filter` and its token's
+    /// `rooms` claim, newest activity first (`GET /v1/rooms`, and the first
+    /// answer of a live room list).
+    pub async fn visible_rooms(
+        &self,
+        principal: &Principal,
+        filter: &RoomsFilter,
+    ) -> Result<Vec<RoomSnapshot>, StoreError> {
+        let rows = self
+            .db
+            .send(ListRooms {
+                org: principal.org.clone(),
+                status: filter.status,
+                prefix: filter.prefix.clone(),
+                claim: principal.rooms.clone(),
+                limit: filter.limit,
+            })
+            .await
+            .map_err(|_| StoreError::Unavailable("server is busy".into()))??;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(room, row)| {
+                let room = RoomId::parse(&room).ok()?;
+                principal
+                    .may_access(room.as_str())
+                    .then(|| row.snapshot(room))
+            })
+            .collect())
+    }
+
     pub fn next_session_id(&self) -> u64 {
         self.next_session.0.fetch_add(1, Ordering::Relaxed)
     }

@@ -143,6 +143,21 @@ pub struct RoomRow {
     pub updated_at: String,
 }
 
+impl RoomRow {
+    /// The room's snapshot as the API shows it.
+    pub fn snapshot(self, room: crate::protocol::RoomId) -> crate::protocol::RoomSnapshot {
+        crate::protocol::RoomSnapshot {
+            room,
+            status: self.status,
+            head: self.head,
+            first: self.first,
+            state: self.state,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
 /// A room as a reader sees it: its row, or (never published to, or
 /// compacted away) the head it starts from.
 #[derive(Debug, Clone)]

@@ -7,21 +7,13 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::{ListRooms, Snapshot};
+use crate::db::Snapshot;
 use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus, RoomsFilter};
 use crate::state::AppState;
 use crate::store::RoomRow;
 
 pub fn snapshot(room: RoomId, row: RoomRow) -> RoomSnapshot {
-    RoomSnapshot {
-        room,
-        status: row.status,
-        head: row.head,
-        first: row.first,
-        state: row.state,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    }
+    row.snapshot(room)
 }
 
 /// A room's snapshot.
@@ -116,24 +108,5 @@ pub async fn visible(
     principal: &crate::auth::Principal,
     filter: &RoomsFilter,
 ) -> Result<Vec<RoomSnapshot>, ApiError> {
-    let rows = state
-        .db
-        .send(ListRooms {
-            org: principal.org.clone(),
-            status: filter.status,
-            prefix: filter.prefix.clone(),
-            claim: principal.rooms.clone(),
-            limit: filter.limit,
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable("server is busy".into()))??;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(room, row)| {
-            let room = RoomId::parse(&room).ok()?;
-            principal
-                .may_access(room.as_str())
-                .then(|| snapshot(room, row))
-        })
-        .collect())
+    Ok(state.visible_rooms(principal, filter).await?)
 }

@@ -32,8 +32,11 @@ use tokio::sync::oneshot;
 use crate::auth::Principal;
 use crate::bus::Bus;
 use crate::db::{ChangeMark, Db, RoomsById, RoomsChangedSince};
+pub use crate::mail::{
+    BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady, BoardsResync, RoomChanged,
+};
 use crate::metrics::Metrics;
-use crate::protocol::{RoomId, RoomKey, RoomSnapshot, RoomsFilter};
+use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
 
 /// Changed rooms are read (and their frames sent) this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -46,70 +49,6 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// How long the highest head read of a room is remembered (longer than any
 /// read stays in flight: its statement timeout and slot wait are bounded).
 const LATEST_KEPT: Duration = Duration::from_secs(120);
-
-/// A connection starts a live room list. Answered once the board's org is
-/// followed here (its change mark read, its bus subject subscribed): the
-/// connection reads its first answer after that. Frames come after
-/// `BoardReady`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BoardJoin {
-    pub session: u64,
-    pub principal: Principal,
-    pub filter: RoomsFilter,
-    pub out: Recipient<BoardOut>,
-}
-
-/// The connection sent its first answer (these rooms): frames may follow.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BoardReady {
-    pub session: u64,
-    /// The rooms of the first answer, with their heads.
-    pub shown: Vec<(RoomId, i64)>,
-}
-
-/// The connection's credential changed (a narrower `rooms` claim).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BoardCredential {
-    pub session: u64,
-    pub principal: Principal,
-}
-
-/// The connection ended its list (or closed).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BoardLeave {
-    pub session: u64,
-}
-
-/// A `room` frame for a connection, encoded once.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct BoardOut {
-    /// The board it is for (a connection drops frames of a board it ended).
-    pub board: u64,
-    pub text: ByteString,
-}
-
-/// A room was created or changed (a commit, here or elsewhere).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomChanged {
-    pub key: RoomKey,
-}
-
-/// Read every org's changed rooms now (the bus or the listener
-/// reconnected: notices may have been lost).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BoardsResync;
-
-/// The Db actor (it is made after this one).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetDb(pub Addr<Db>, pub Option<Bus>);
 
 struct Board {
     principal: Principal,
@@ -729,3 +668,8 @@ mod tests {
         }
     }
 }
+
+/// The Db actor (it is made after this one).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDb(pub Addr<Db>, pub Option<Bus>);

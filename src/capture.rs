@@ -21,6 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 
+pub use crate::mail::Kick;
 use crate::metrics::{Metrics, QueryKind};
 use crate::store::{self, StoreError};
 
@@ -28,11 +29,6 @@ use crate::store::{self, StoreError};
 const EVERY: Duration = Duration::from_secs(1);
 /// Rooms moved per round (a full round is followed by another at once).
 const ROOMS_PER_ROUND: i64 = 200;
-
-/// Captured rows were committed (the listener heard `roomcast_outbox`).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Kick;
 
 pub struct Capture {
     pool: Pool,

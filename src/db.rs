@@ -19,8 +19,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::boards::{Boards, RoomChanged};
 use crate::bus::Bus;
+pub use crate::mail::{
+    Announce, Catchup, CatchupDone, ChangeMark, Heads, Health, LatestRead, ListRooms, Members,
+    PollPage, Publish, RoomsById, RoomsChangedSince, Snapshot,
+};
 use crate::metrics::{Metrics, QueryKind};
-use crate::protocol::{EphemeralFrame, Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
+use crate::protocol::{Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
 use crate::room::{Broadcaster, CheckHeads, Committed, Hint};
 use crate::store::{
     self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, RoomView, StoreError,
@@ -29,116 +33,6 @@ use crate::store::{
 pub use crate::store::EPHEMERAL_CHANNEL;
 /// NOTIFY payloads are capped at 8000 bytes by PostgreSQL.
 const MAX_NOTIFY_PAYLOAD: usize = 7999;
-
-/// Publish events into one room (all or nothing); routed to subscribers once
-/// committed.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Published>, StoreError>")]
-pub struct Publish {
-    pub key: RoomKey,
-    pub events: Vec<NewEvent>,
-}
-
-/// A room as readers see it (its row, or the floor of a room never
-/// published to).
-#[derive(Message)]
-#[rtype(result = "Result<RoomView, StoreError>")]
-pub struct Snapshot {
-    pub key: RoomKey,
-    /// Read now, alone: a read of the room already running may have started
-    /// before a commit the caller knows of.
-    pub fresh: bool,
-}
-
-/// A page of a room's log for a poller. Pollers asking for the same page
-/// while it is read share the read (a commit wakes every long-poll of a room
-/// at once; they cost one query).
-#[derive(Message)]
-#[rtype(result = "Result<Arc<Page>, StoreError>")]
-pub struct PollPage {
-    pub key: RoomKey,
-    pub from: PollFrom,
-    pub limit: i64,
-}
-
-/// A page of a `view=latest` read (PROTOCOL.md, "Message versions").
-#[derive(Message)]
-#[rtype(result = "Result<Arc<crate::store::LatestPage>, StoreError>")]
-pub struct LatestRead {
-    pub key: RoomKey,
-    pub after: i64,
-    pub limit: i64,
-}
-
-/// Rooms of an org, newest activity first.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
-pub struct ListRooms {
-    pub org: String,
-    pub status: Option<RoomStatus>,
-    /// Only rooms whose id starts with this.
-    pub prefix: Option<String>,
-    /// A `rooms` claim limiting what may be listed.
-    pub claim: Option<Vec<String>>,
-    pub limit: i64,
-}
-
-/// An org's rooms at a glance, for `/v1/health`.
-#[derive(Message)]
-#[rtype(result = "Result<OrgHealth, StoreError>")]
-pub struct Health {
-    pub org: String,
-    /// The token's `rooms` claim: only those rooms count.
-    pub rooms: Option<Vec<String>>,
-    pub stalled_after_s: f64,
-}
-
-/// Sends an ephemeral event to the other instances (a NOTIFY; nothing is
-/// stored). Best effort, like ephemeral events themselves.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Announce {
-    pub instance: Arc<str>,
-    pub key: RoomKey,
-    pub frame: Arc<EphemeralFrame>,
-}
-
-/// Heads of many rooms in one statement.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError>")]
-pub struct Heads {
-    pub keys: Vec<RoomKey>,
-}
-
-/// Asks for the events of `key` after `after`; answered with `CatchupDone`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Catchup {
-    pub key: RoomKey,
-    pub after: i64,
-    /// The label the frames carry (`push` when the router fills a gap in the
-    /// live stream, `catchup` when a subscriber reads back).
-    pub via: Via,
-    pub reply: Recipient<CatchupDone>,
-}
-
-/// One page of a room's log, encoded once and shared by every requester.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct CatchupDone {
-    pub key: RoomKey,
-    /// Events after the requested cursor's cluster start, ascending, or the
-    /// error the query failed with.
-    pub frames: Result<Arc<[Frame]>, StoreError>,
-    /// The page was full: more events may follow.
-    pub more: bool,
-    /// The room's lowest stored seq when the page was read: a cursor below
-    /// `first - 1` fell out of the retention (`reset`), unless those seqs
-    /// never existed in the room's current life (`born`).
-    pub first: Option<i64>,
-    /// Where the room's current life began.
-    pub born: Option<i64>,
-}
 
 struct Waiter {
     after: i64,
@@ -828,13 +722,6 @@ impl Handler<Health> for Db {
     }
 }
 
-/// A room's presence members over every live instance.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<store::PresenceEntry>, StoreError>")]
-pub struct Members {
-    pub key: RoomKey,
-}
-
 impl Handler<Members> for Db {
     type Result = ResponseFuture<Result<Vec<store::PresenceEntry>, StoreError>>;
 
@@ -850,14 +737,6 @@ impl Handler<Members> for Db {
                 .await
         })
     }
-}
-
-/// Rows of some rooms of an org (for the live room lists).
-#[derive(Message)]
-#[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
-pub struct RoomsById {
-    pub org: String,
-    pub rooms: Vec<String>,
 }
 
 impl Handler<RoomsById> for Db {
@@ -878,12 +757,6 @@ impl Handler<RoomsById> for Db {
     }
 }
 
-/// Where a read of an org's changed rooms would start now (see
-/// [`store::change_mark`]).
-#[derive(Message)]
-#[rtype(result = "Result<i64, StoreError>")]
-pub struct ChangeMark;
-
 impl Handler<ChangeMark> for Db {
     type Result = ResponseFuture<Result<i64, StoreError>>;
 
@@ -899,15 +772,6 @@ impl Handler<ChangeMark> for Db {
                 .await
         })
     }
-}
-
-/// The rooms of an org changed since a mark, and the next mark (the live
-/// room lists' reconciliation).
-#[derive(Message)]
-#[rtype(result = "Result<(i64, Vec<(String, RoomRow)>), StoreError>")]
-pub struct RoomsChangedSince {
-    pub org: String,
-    pub mark: i64,
 }
 
 impl Handler<RoomsChangedSince> for Db {

@@ -32,8 +32,12 @@ use tokio::sync::{oneshot, watch};
 
 use crate::bus::Bus;
 use crate::db::{Catchup, CatchupDone, Db, Heads};
+pub use crate::mail::{
+    CheckHeads, Committed, Deliver, Ephemeral, Hint, Join, Joined, Known, Leave, Observed, Push,
+    Watch, Watched,
+};
 use crate::metrics::Metrics;
-use crate::protocol::{EphemeralFrame, Frame, RoomKey, RoomStatus, Via};
+use crate::protocol::{Frame, RoomKey, RoomStatus, Via};
 use crate::store::RoomRow;
 
 /// How long an out-of-order commit waits for the missing ones before the gap
@@ -58,129 +62,6 @@ const RESYNC_EVERY: Duration = Duration::from_millis(20);
 /// the poll interval, even with the fallback off): a closed room's last
 /// events must still reach every subscriber.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-
-/// What the router hands a session.
-#[derive(Clone)]
-pub enum Push {
-    /// Durable events: contiguous, ascending, encoded once.
-    Events(Arc<[Frame]>),
-    /// An ephemeral event (no seq, never stored).
-    Ephemeral(Arc<EphemeralFrame>),
-    /// Events were routed that this session was not handed (its mailbox
-    /// was full, or it subscribed before the router knew the head): read
-    /// back what is missing.
-    Resync,
-}
-
-/// A push to a session.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    /// Shared, so handing the message to each session allocates nothing.
-    pub key: Arc<RoomKey>,
-    pub push: Push,
-}
-
-/// A poller looks at a room: answers what is known in memory and a channel
-/// that changes whenever the room's known head moves (one commit wakes every
-/// long-poll waiting on it).
-#[derive(Message)]
-#[rtype(result = "Watched")]
-pub struct Watch {
-    pub key: RoomKey,
-}
-
-pub struct Watched {
-    /// The highest seq known to exist in the room (`-1`: not known yet).
-    pub known: i64,
-    /// The room's row as last read, if its head is `known`.
-    pub snapshot: Option<Arc<RoomRow>>,
-    /// Carries `known` as it moves, and the hints heard.
-    pub changes: watch::Receiver<Known>,
-}
-
-/// What long-polls wait on: the highest seq known to exist, and a count of
-/// the hints that said a commit may have happened (each worth one read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Known {
-    pub head: i64,
-    pub hints: u64,
-}
-
-/// A poller read the room's row from the database: kept, so that the next
-/// up-to-date poll is answered from memory.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Observed {
-    pub key: RoomKey,
-    pub row: Arc<RoomRow>,
-}
-
-/// An ephemeral event for the current subscribers of a room.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Ephemeral {
-    pub key: RoomKey,
-    pub frame: Arc<EphemeralFrame>,
-}
-
-/// A session starts following a room (subscription `generation` of that
-/// session: a later one replaces an earlier one, never the reverse).
-#[derive(Message)]
-#[rtype(result = "Joined")]
-pub struct Join {
-    pub key: RoomKey,
-    pub session: u64,
-    pub generation: u64,
-    pub deliver: Recipient<Deliver>,
-}
-
-/// What a joining session gets back.
-pub struct Joined {
-    /// The room's routed head, shared with the router (`-1` until known):
-    /// sessions compare their cursor with it on their poll timer without a
-    /// message or a query.
-    pub head: Arc<AtomicI64>,
-    /// Fires once the router knows the room's head (`None`: it knows it
-    /// already). The subscription's snapshot is read after it, so every
-    /// event committed after the snapshot is routed to the session.
-    pub ready: Option<oneshot::Receiver<()>>,
-}
-
-/// A session stops following a room: subscription `generation` and any
-/// earlier one of that session (a later one stays).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave {
-    pub key: RoomKey,
-    pub session: u64,
-    pub generation: u64,
-}
-
-/// Events committed by this instance, or by another one and received over
-/// the bus, in seq order within the message.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Committed {
-    pub key: RoomKey,
-    pub frames: Vec<Frame>,
-    /// The last event set a terminal status.
-    pub closed: bool,
-}
-
-/// A NOTIFY hint: `seq` was committed in `key` somewhere.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Hint {
-    pub key: RoomKey,
-    pub seq: i64,
-}
-
-/// The listener or the bus was (re)connected: any notification may have
-/// been missed, so every followed room's head is checked now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CheckHeads;
 
 struct RoomEntry {
     /// Highest seq routed to sessions in order; `None` until the head has

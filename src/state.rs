@@ -16,13 +16,13 @@ use crate::boards::Boards;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::db::{Db, ListRooms};
-use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
-use crate::store::StoreError;
-use crate::origin::Origins;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::origin::Origins;
 use crate::presence::Presence;
+use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
 use crate::room::Broadcaster;
+use crate::store::StoreError;
 use crate::webhook::Secrets;
 
 /// What every handler and session shares.
@@ -137,4 +137,3 @@ impl Sessions {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct GoingAway;
-

@@ -1190,13 +1190,7 @@ pub async fn presence_read(
     rooms: &[RoomKey],
     me: &str,
     dead_after: std::time::Duration,
-) -> Result<
-    (
-        PresenceAlive,
-        HashMap<RoomKey, Vec<PresenceRow>>,
-    ),
-    StoreError,
-> {
+) -> Result<(PresenceAlive, HashMap<RoomKey, Vec<PresenceRow>>), StoreError> {
     let stmt = client
         .prepare_cached(
             "WITH alive AS (

@@ -88,15 +88,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route(
         "/v1/rooms/{room}/events",
-        web::post()
-            .to(events::publish)
-            .wrap(from_fn(publish_limit)),
+        web::post().to(events::publish).wrap(from_fn(publish_limit)),
     )
     .route(
         "/v1/hooks/{org}/rooms/{room}/events",
-        web::post()
-            .to(hooks::publish)
-            .wrap(from_fn(publish_limit)),
+        web::post().to(hooks::publish).wrap(from_fn(publish_limit)),
     )
     .route("/v1/rooms/{room}/events", web::get().to(events::poll))
     .route("/v1/rooms/sse", web::get().to(sse::rooms))

@@ -34,11 +34,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 use deadpool_postgres::Pool;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::bus::Bus;
+pub use crate::mail::{
+    Announcement, Clear, PresenceIn, PresenceJoin, PresenceLeave, PresenceOut, Resync,
+};
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{RoomId, RoomKey};
 use crate::seal::Seal;
@@ -70,85 +73,6 @@ const VACUUM_CHECK_EVERY: Duration = Duration::from_secs(30);
 const MAX_NOTIFY: usize = 5900;
 
 pub use crate::protocol::Member;
-
-/// The message instances exchange (JSON; over the bus or NOTIFY).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Announcement {
-    /// The sending instance.
-    #[serde(rename = "i")]
-    pub instance: String,
-    /// Its change counter: the write that made these changes.
-    #[serde(rename = "v", default)]
-    pub ver: i64,
-    #[serde(rename = "o", default, skip_serializing_if = "String::is_empty")]
-    pub org: String,
-    #[serde(rename = "r", default, skip_serializing_if = "String::is_empty")]
-    pub room: String,
-    /// Members of the room on that instance whose state changed
-    /// (`connections` 0: gone).
-    #[serde(rename = "m", default, skip_serializing_if = "Vec::is_empty")]
-    pub members: Vec<PresenceEntry>,
-    /// Too large for a message: read the room's rows again.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub reread: bool,
-    /// `members` is every member of the room on that instance (the others
-    /// left it): sent when a room is rewritten in full after a failed write.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub full: bool,
-}
-
-/// A connection joins a room as a member and asks for its presence frames;
-/// answered with the room's members (what the room's frames have shown).
-#[derive(Message)]
-#[rtype(result = "Vec<Member>")]
-pub struct PresenceJoin {
-    pub key: RoomKey,
-    pub session: u64,
-    /// The session's subscription generation (a later one wins).
-    pub generation: u64,
-    pub sub: String,
-    pub info: Arc<Value>,
-    pub out: Recipient<PresenceOut>,
-}
-
-/// The connection left the room (unsubscribed or closed).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PresenceLeave {
-    pub key: RoomKey,
-    pub session: u64,
-    /// Leaves this subscription generation and any earlier one.
-    pub generation: u64,
-}
-
-/// A presence frame for a session: `{"op":"presence",...}`, encoded once.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct PresenceOut {
-    pub key: Arc<RoomKey>,
-    pub text: ByteString,
-}
-
-/// An announcement of another instance.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PresenceIn(pub Announcement);
-
-/// The bus, once it exists (the bus hands this actor what arrives).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetBus(pub Bus);
-
-/// Read every room followed here from the table now (the bus or the
-/// listener reconnected: announcements may have been lost).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Resync;
-
-/// Shutting down: this instance's members leave at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Clear;
 
 struct Local {
     info: Arc<Value>,
@@ -834,3 +758,8 @@ impl Handler<Clear> for Presence {
         })
     }
 }
+
+/// The bus, once it exists (the bus hands this actor what arrives).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBus(pub Bus);

@@ -31,10 +31,10 @@ use tokio::sync::oneshot;
 
 use crate::auth::Principal;
 use crate::bus::Bus;
-use crate::db::{ChangeMark, Db, RoomsById, RoomsChangedSince};
 pub use crate::mail::{
     BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady, BoardsResync, RoomChanged,
 };
+use crate::mail::{ChangeMark, DbMail, RoomsById, RoomsChangedSince};
 use crate::metrics::Metrics;
 use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
 
@@ -94,7 +94,7 @@ struct RoomFrame<'a> {
 
 #[derive(Default)]
 pub struct Boards {
-    db: Option<Addr<Db>>,
+    db: Option<DbMail>,
     bus: Option<Bus>,
     metrics: Option<Arc<Metrics>>,
     boards: HashMap<u64, Board>,
@@ -124,7 +124,7 @@ impl Boards {
             due.push((org_id.clone(), asked));
         }
         for (org_id, asked) in due {
-            let read = db.send(RoomsById {
+            let read = db.rooms_by_id.send(RoomsById {
                 org: org_id.clone(),
                 rooms: asked.iter().map(|r| r.as_str().to_owned()).collect(),
             });
@@ -168,7 +168,7 @@ impl Boards {
             due.push((org_id.clone(), mark));
         }
         for (org_id, mark) in due {
-            let read = db.send(RoomsChangedSince {
+            let read = db.rooms_changed_since.send(RoomsChangedSince {
                 org: org_id.clone(),
                 mark,
             });
@@ -208,7 +208,7 @@ impl Boards {
         let subscribed = self.bus.as_ref().map(|bus| bus.subscribe_org(org_id));
         let org_id = org_id.to_owned();
         async move {
-            let (mark, _) = tokio::join!(db.send(ChangeMark), async {
+            let (mark, _) = tokio::join!(db.change_mark.send(ChangeMark), async {
                 if let Some(rx) = subscribed {
                     let _ = tokio::time::timeout(JOIN_WAIT, rx).await;
                 }
@@ -672,4 +672,13 @@ mod tests {
 /// The Db actor (it is made after this one).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SetDb(pub Addr<Db>, pub Option<Bus>);
+pub struct SetDb(pub DbMail, pub Option<Bus>);
+
+impl From<&Addr<Boards>> for crate::mail::BoardsMail {
+    fn from(a: &Addr<Boards>) -> Self {
+        crate::mail::BoardsMail {
+            changed: a.clone().recipient(),
+            resync: a.clone().recipient(),
+        }
+    }
+}

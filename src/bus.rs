@@ -33,18 +33,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Recipient};
+use actix::Recipient;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::boards::{Boards, BoardsResync, RoomChanged};
+use crate::mail::{
+    Announcement, BoardsMail, BoardsResync, CheckHeads, Committed, Ephemeral, Hint, PresenceIn,
+    PresenceMail, Resync, RoomChanged, RouterMail,
+};
 use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
-use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
-use crate::room::{Broadcaster, CheckHeads, Committed, Ephemeral, Hint};
 use crate::seal::{Seal, OVERHEAD};
 
 /// The largest message put on the bus (NATS' default `max_payload` is
@@ -166,9 +167,9 @@ impl Bus {
         options: BusOptions,
         instance: Arc<str>,
         metrics: Arc<Metrics>,
-        router: Addr<Broadcaster>,
-        presence: Addr<Presence>,
-        boards: Addr<Boards>,
+        router: RouterMail,
+        presence: PresenceMail,
+        boards: BoardsMail,
     ) -> Result<Bus, BusError> {
         let BusOptions {
             prefix,
@@ -198,14 +199,14 @@ impl Bus {
         let (commands, rx) = mpsc::unbounded_channel();
         let inbound = Inbound {
             shared: shared.clone(),
-            committed: router.clone().recipient(),
-            hint: router.clone().recipient(),
-            ephemeral: router.clone().recipient(),
-            router: Mailbox::new(router.recipient(), || CheckHeads),
-            presence_in: presence.clone().recipient(),
-            presence: Mailbox::new(presence.recipient(), || Resync),
-            room_changed: boards.clone().recipient(),
-            boards: Mailbox::new(boards.recipient(), || BoardsResync),
+            committed: router.committed,
+            hint: router.hint,
+            ephemeral: router.ephemeral,
+            router: Mailbox::new(router.check_heads, || CheckHeads),
+            presence_in: presence.inbound,
+            presence: Mailbox::new(presence.resync, || Resync),
+            room_changed: boards.changed,
+            boards: Mailbox::new(boards.resync, || BoardsResync),
         };
         match kind {
             Kind::Nats => {

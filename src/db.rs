@@ -17,15 +17,14 @@ use deadpool_postgres::Pool;
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::boards::{Boards, RoomChanged};
 use crate::bus::Bus;
 pub use crate::mail::{
     Announce, Catchup, CatchupDone, ChangeMark, Heads, Health, LatestRead, ListRooms, Members,
     PollPage, Publish, RoomsById, RoomsChangedSince, Snapshot,
 };
+use crate::mail::{BoardsMail, CheckHeads, Committed, Hint, RoomChanged, RouterMail};
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{Event, Frame, NewEvent, RoomKey, RoomStatus, Via};
-use crate::room::{Broadcaster, CheckHeads, Committed, Hint};
 use crate::store::{
     self, OrgHealth, Page, PollFrom, Published, RoomFilter, RoomRow, RoomView, StoreError,
 };
@@ -134,9 +133,9 @@ pub struct Db {
     hints: mpsc::UnboundedSender<(RoomKey, i64)>,
     metrics: Arc<Metrics>,
     /// Where committed events go (the Broadcaster).
-    router: Addr<Broadcaster>,
+    router: RouterMail,
     /// Live room lists: told of every room this instance commits to.
-    boards: Addr<Boards>,
+    boards: BoardsMail,
     /// Events per catch-up query.
     page: i64,
     /// Bytes of event data per catch-up or poll page (at least one event).
@@ -163,8 +162,8 @@ impl Db {
     pub fn new(
         pool: Pool,
         metrics: Arc<Metrics>,
-        router: Addr<Broadcaster>,
-        boards: Addr<Boards>,
+        router: RouterMail,
+        boards: BoardsMail,
         page: i64,
         page_bytes: i64,
         (bus, seal): (Option<Bus>, Arc<crate::seal::Seal>),
@@ -437,9 +436,9 @@ impl Db {
                         (_, None) => {}
                     }
                     if !frames.is_empty() {
-                        act.boards.do_send(RoomChanged { key: key.clone() });
+                        act.boards.changed.do_send(RoomChanged { key: key.clone() });
                         act.metrics.events_published.inc_by(frames.len() as u64);
-                        act.router.do_send(Committed {
+                        act.router.committed.do_send(Committed {
                             key: key.clone(),
                             frames,
                             closed,
@@ -450,7 +449,7 @@ impl Db {
                     }
                     if unknown {
                         // The round may have committed unseen: look.
-                        act.router.do_send(CheckHeads);
+                        act.router.check_heads.do_send(CheckHeads);
                     }
                     let next = act.next_group(&key);
                     if next.is_empty() {
@@ -465,7 +464,7 @@ impl Db {
     /// Tells every instance (this one included) that `seq` exists in `key`,
     /// without its frames: they read it back if they miss it.
     fn announce_hint(&self, key: &RoomKey, seq: i64) {
-        self.router.do_send(Hint {
+        self.router.hint.do_send(Hint {
             key: key.clone(),
             seq,
         });
@@ -732,7 +731,7 @@ impl Handler<Members> for Db {
             reads
                 .run(async {
                     let (_permit, client) = reads.get().await?;
-                    store::presence_members(&client, &msg.key, crate::presence::DEAD_AFTER).await
+                    store::presence_members(&client, &msg.key, store::PRESENCE_DEAD_AFTER).await
                 })
                 .await
         })
@@ -788,5 +787,17 @@ impl Handler<RoomsChangedSince> for Db {
                 })
                 .await
         })
+    }
+}
+
+impl From<&Addr<Db>> for crate::mail::DbMail {
+    fn from(a: &Addr<Db>) -> Self {
+        crate::mail::DbMail {
+            catchup: a.clone().recipient(),
+            heads: a.clone().recipient(),
+            change_mark: a.clone().recipient(),
+            rooms_by_id: a.clone().recipient(),
+            rooms_changed_since: a.clone().recipient(),
+        }
     }
 }

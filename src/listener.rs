@@ -21,19 +21,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Recipient};
+use actix::Recipient;
 use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::boards::{Boards, BoardsResync, RoomChanged};
-use crate::capture::{Capture, Kick};
-use crate::db::EPHEMERAL_CHANNEL;
+use crate::mail::{
+    Announcement, BoardsMail, BoardsResync, CheckHeads, Ephemeral, Hint, Kick, PresenceIn,
+    PresenceMail, Resync, RoomChanged, RouterMail,
+};
 use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, QueryKind};
-use crate::presence::{Announcement, Presence, PresenceIn, Resync};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
-use crate::relay::Relay;
-use crate::room::{Broadcaster, CheckHeads, Ephemeral, Hint};
+use crate::store::EPHEMERAL_CHANNEL;
 
 /// The `application_name` of the listener's connection (operators and tests
 /// find it in `pg_stat_activity` by this name).
@@ -56,7 +55,7 @@ pub enum Hints {
     Router,
     /// A bus: hints to the relay while this instance holds the relay lock,
     /// nowhere otherwise.
-    Relay(Addr<Relay>),
+    Relay(Recipient<Hint>),
 }
 
 /// Runs the listener for ever on the current (actix) runtime.
@@ -66,27 +65,27 @@ pub enum Hints {
 /// announcements apart: they were delivered locally already).
 pub fn spawn(
     mut config: tokio_postgres::Config,
-    router: Addr<Broadcaster>,
+    router: RouterMail,
     metrics: Arc<Metrics>,
     connected: Arc<AtomicBool>,
     (instance, seal): (Arc<str>, Arc<Seal>),
     hints: Hints,
-    presence: Addr<Presence>,
-    boards: Addr<Boards>,
-    capture: Addr<Capture>,
+    presence: PresenceMail,
+    boards: BoardsMail,
+    capture: Recipient<Kick>,
 ) {
     config.application_name(APPLICATION_NAME);
     config.connect_timeout(Duration::from_secs(5));
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let to = Targets {
-            hint: router.clone().recipient(),
-            ephemeral: router.clone().recipient(),
-            router: Mailbox::new(router.recipient(), || CheckHeads),
-            presence_in: presence.clone().recipient(),
-            presence: Mailbox::new(presence.recipient(), || Resync),
-            room_changed: boards.clone().recipient(),
-            boards: Mailbox::new(boards.recipient(), || BoardsResync),
+            hint: router.hint,
+            ephemeral: router.ephemeral,
+            router: Mailbox::new(router.check_heads, || CheckHeads),
+            presence_in: presence.inbound,
+            presence: Mailbox::new(presence.resync, || Resync),
+            room_changed: boards.changed,
+            boards: Mailbox::new(boards.resync, || BoardsResync),
             capture,
         };
         loop {
@@ -126,7 +125,7 @@ struct Targets {
     presence: Mailbox<Resync>,
     room_changed: Recipient<RoomChanged>,
     boards: Mailbox<BoardsResync>,
-    capture: Addr<Capture>,
+    capture: Recipient<Kick>,
 }
 
 async fn listen(

@@ -465,3 +465,40 @@ pub struct Announcement {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub full: bool,
 }
+
+// Handles: how an actor addresses another without naming its type. Each
+// is built from the receiver's `Addr` where the actors are wired (the
+// receiver's module implements `From<&Addr<_>>`).
+
+/// The router (`room::Broadcaster`).
+#[derive(Clone)]
+pub struct RouterMail {
+    pub committed: Recipient<Committed>,
+    pub hint: Recipient<Hint>,
+    pub check_heads: Recipient<CheckHeads>,
+    pub ephemeral: Recipient<Ephemeral>,
+}
+
+/// The live room lists (`boards::Boards`).
+#[derive(Clone)]
+pub struct BoardsMail {
+    pub changed: Recipient<RoomChanged>,
+    pub resync: Recipient<BoardsResync>,
+}
+
+/// Presence (`presence::Presence`).
+#[derive(Clone)]
+pub struct PresenceMail {
+    pub inbound: Recipient<PresenceIn>,
+    pub resync: Recipient<Resync>,
+}
+
+/// The Db actor (`db::Db`), for the reads other actors ask of it.
+#[derive(Clone)]
+pub struct DbMail {
+    pub catchup: Recipient<Catchup>,
+    pub heads: Recipient<Heads>,
+    pub change_mark: Recipient<ChangeMark>,
+    pub rooms_by_id: Recipient<RoomsById>,
+    pub rooms_changed_since: Recipient<RoomsChangedSince>,
+}

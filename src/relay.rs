@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::boards::{Boards, RoomChanged};
 use crate::bus::Bus;
-use crate::db::{Catchup, CatchupDone, Db};
+use crate::mail::{
+    BoardsMail, Catchup, CatchupDone, Committed, DbMail, Hint, RoomChanged, RouterMail,
+};
 use crate::protocol::{Frame, RoomKey, Via};
-use crate::room::{Broadcaster, Committed, Hint};
 
 /// A read that failed is tried again after this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -38,15 +38,15 @@ struct Relayed {
 }
 
 pub struct Relay {
-    db: Addr<Db>,
-    boards: Addr<Boards>,
-    router: Addr<Broadcaster>,
+    db: DbMail,
+    boards: BoardsMail,
+    router: RouterMail,
     bus: Bus,
     rooms: HashMap<RoomKey, Relayed>,
 }
 
 impl Relay {
-    pub fn new(db: Addr<Db>, router: Addr<Broadcaster>, boards: Addr<Boards>, bus: Bus) -> Self {
+    pub fn new(db: DbMail, router: RouterMail, boards: BoardsMail, bus: Bus) -> Self {
         Relay {
             db,
             boards,
@@ -64,7 +64,7 @@ impl Relay {
             return;
         }
         r.reading = true;
-        self.db.do_send(Catchup {
+        self.db.catchup.do_send(Catchup {
             key: key.clone(),
             after: r.done,
             via: Via::Push,
@@ -120,10 +120,10 @@ impl Handler<CatchupDone> for Relay {
                     r.done = last.seq;
                     r.confirmed = true;
                     self.bus.publish_frames(&msg.key, &fresh, false);
-                    self.boards.do_send(RoomChanged {
+                    self.boards.changed.do_send(RoomChanged {
                         key: msg.key.clone(),
                     });
-                    self.router.do_send(Committed {
+                    self.router.committed.do_send(Committed {
                         key: msg.key.clone(),
                         frames: fresh,
                         closed: false,

@@ -31,7 +31,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::bus::Bus;
-use crate::db::{Catchup, CatchupDone, Db, Heads};
+use crate::mail::{Catchup, CatchupDone, DbMail, Heads};
 pub use crate::mail::{
     CheckHeads, Committed, Deliver, Ephemeral, Hint, Join, Joined, Known, Leave, Observed, Push,
     Watch, Watched,
@@ -207,7 +207,7 @@ impl RoomEntry {
 }
 
 pub struct Broadcaster {
-    db: Addr<Db>,
+    db: DbMail,
     metrics: Arc<Metrics>,
     rooms: HashMap<RoomKey, RoomEntry>,
     /// Head check interval; `None` turns the fallback off.
@@ -232,7 +232,7 @@ pub struct Broadcaster {
 
 impl Broadcaster {
     pub fn new(
-        db: Addr<Db>,
+        db: DbMail,
         metrics: Arc<Metrics>,
         poll: Option<Duration>,
         bus: Option<Bus>,
@@ -404,7 +404,7 @@ impl Broadcaster {
         }
         entry.fetching = true;
         entry.hinted = false;
-        self.db.do_send(Catchup {
+        self.db.catchup.do_send(Catchup {
             key: key.clone(),
             after: routed,
             via,
@@ -431,6 +431,7 @@ impl Broadcaster {
         self.checking = true;
         let asked = keys.clone();
         self.db
+            .heads
             .send(Heads { keys })
             .into_actor(self)
             .map(move |res, act, ctx| {
@@ -616,6 +617,7 @@ impl Broadcaster {
         self.learning = true;
         let asked = keys.clone();
         self.db
+            .heads
             .send(Heads { keys })
             .into_actor(self)
             .map(move |res, act, ctx| {
@@ -849,6 +851,17 @@ impl Handler<CatchupDone> for Broadcaster {
         if (got_any && (behind || msg.more)) || (entry.hinted && !entry.fetching) {
             // A hint heard during the read may be newer than what it saw.
             self.fetch(&msg.key, Via::Push, ctx);
+        }
+    }
+}
+
+impl From<&Addr<Broadcaster>> for crate::mail::RouterMail {
+    fn from(a: &Addr<Broadcaster>) -> Self {
+        crate::mail::RouterMail {
+            committed: a.clone().recipient(),
+            hint: a.clone().recipient(),
+            check_heads: a.clone().recipient(),
+            ephemeral: a.clone().recipient(),
         }
     }
 }

@@ -341,9 +341,9 @@ impl Application {
                     },
                     instance.clone(),
                     metrics2.clone(),
-                    ctx.address(),
-                    presence_in.clone(),
-                    boards.clone(),
+                    (&ctx.address()).into(),
+                    (&presence_in).into(),
+                    (&boards).into(),
                 ) {
                     Ok(bus) => Some(bus),
                     Err(e) => {
@@ -355,8 +355,8 @@ impl Application {
             let db = Db::new(
                 pool2,
                 metrics2.clone(),
-                ctx.address(),
-                boards.clone(),
+                (&ctx.address()).into(),
+                (&boards).into(),
                 page,
                 page_bytes,
                 (bus.clone(), seal.clone()),
@@ -365,7 +365,7 @@ impl Application {
             .commit_wait(commit_wait)
             .start();
             made = Some((db.clone(), bus.clone()));
-            Broadcaster::new(db, metrics2, poll, bus).max_polled(max_polled)
+            Broadcaster::new((&db).into(), metrics2, poll, bus).max_polled(max_polled)
         });
         if let Some(e) = bus_error {
             return Err(StartError::Bus(e.to_string()));
@@ -374,12 +374,19 @@ impl Application {
         if let Some(bus) = &bus {
             presence.do_send(SetBus(bus.clone()));
         }
-        boards.do_send(SetDb(db.clone(), bus.clone()));
+        boards.do_send(SetDb((&db).into(), bus.clone()));
         let listener_up = Arc::new(AtomicBool::new(false));
         let hints = match &bus {
             None => listener::Hints::Router,
             Some(bus) => listener::Hints::Relay(
-                Relay::new(db.clone(), broadcaster.clone(), boards.clone(), bus.clone()).start(),
+                Relay::new(
+                    (&db).into(),
+                    (&broadcaster).into(),
+                    (&boards).into(),
+                    bus.clone(),
+                )
+                .start()
+                .recipient(),
             ),
         };
         crate::pruner::spawn(
@@ -392,14 +399,14 @@ impl Application {
         let capture = Capture::new(pool.clone(), metrics.clone()).start();
         listener::spawn(
             pg,
-            broadcaster.clone(),
+            (&broadcaster).into(),
             metrics.clone(),
             listener_up.clone(),
             (instance.clone(), seal),
             hints,
-            presence.clone(),
-            boards.clone(),
-            capture,
+            (&presence).into(),
+            (&boards).into(),
+            capture.recipient(),
         );
 
         let (shutdown, shutdown_rx) = watch::channel(false);

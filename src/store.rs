@@ -1010,6 +1010,10 @@ pub struct PresenceEntry {
     pub connections: i64,
 }
 
+/// An instance whose presence heartbeat is older than this is dead: its
+/// members are no longer members (three heartbeats missed).
+pub const PRESENCE_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What one write changes in a room: changed members (`connections` 0:
 /// gone); with `full`, every member held (the table's other rows of this
 /// instance in the room go).

@@ -55,9 +55,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// How often an instance says it is alive in `presence_instances`.
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
-/// An instance whose heartbeat is older than this is dead: its members are
-/// no longer members (three heartbeats missed).
-pub const DEAD_AFTER: Duration = Duration::from_secs(15);
+pub use crate::store::PRESENCE_DEAD_AFTER as DEAD_AFTER;
 /// How often the rooms followed here are read again from the table (the
 /// repair of whatever announcements were lost).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
@@ -763,3 +761,12 @@ impl Handler<Clear> for Presence {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetBus(pub Bus);
+
+impl From<&Addr<Presence>> for crate::mail::PresenceMail {
+    fn from(a: &Addr<Presence>) -> Self {
+        crate::mail::PresenceMail {
+            inbound: a.clone().recipient(),
+            resync: a.clone().recipient(),
+        }
+    }
+}

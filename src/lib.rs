@@ -6,7 +6,23 @@
 //! from the database by sequence whenever a push was missed: exactly once, in
 //! order. The public contract is `PROTOCOL.md` (see `docs/`).
 //!
-//! # Layout
+//! # Layout: a house with one-way stairs
+//!
+//! A module imports only its own layer or a lower one; actors never import
+//! each other (they address each other through `mail`'s handles); no
+//! import cycle. `tests/layers.rs` checks it on every `cargo test`.
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 0 foundation | `protocol`, `config`, `auth`, `webhook`, `metrics`, `limits`, `origin`, `pgcluster`, `seal` |
+//! | 1 SQL | `store` |
+//! | 2 mail | `mail` (every message the actors exchange, and the handles `RouterMail`, `DbMail`, `BoardsMail`, `PresenceMail`), `mailbox` |
+//! | 3 bus | `bus` |
+//! | 4 actors | `room`, `db`, `boards`, `presence`, `relay`, `listener`, `pruner`, `capture` |
+//! | 5 state | `state` (`AppState`, the sessions registry) |
+//! | 6 sessions | `session`, `sse`, `sse_rooms`, `cursor`, `outbox` |
+//! | 7 http | `http::*` (one file per resource; errors convert from the lower layers' own) |
+//! | 8 wiring | `startup`, `demo`, `main` |
 //!
 //! - [`startup`]: builds the application (pool, migrations, actors, HTTP
 //!   server) the same way for `main` and for tests.
@@ -53,6 +69,11 @@
 //!   instance at a time (an advisory lock), tombstones compacted.
 //! - [`store`]: every SQL statement the server sends.
 //! - [`http`]: the REST surface, one file per resource, one error type.
+//! - [`mail`]: the messages the actors exchange, and the handles they hold
+//!   of each other (`Recipient`s, built from the receivers' `Addr`s).
+//! - [`state`]: `AppState`, what every handler and session shares, and the
+//!   registry of open sessions.
+//! - [`origin`]: the `Origin` allow-list of WebSocket and SSE.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`limits`]: rate and connection limits (governor) and the publish-rate
 //!   middleware.

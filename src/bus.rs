@@ -40,10 +40,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mail::{
-    Announcement, BoardsMail, BoardsResync, CheckHeads, Committed, Ephemeral, Hint, PresenceIn,
-    PresenceMail, Resync, RoomChanged, RouterMail,
+    Announcement, Arrivals, BoardsMail, Committed, Ephemeral, Hint, PresenceIn, PresenceMail,
+    RoomChanged, RouterMail,
 };
-use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::protocol::{EphemeralFrame, Frame, RoomId, RoomKey, Via};
 use crate::seal::{Seal, OVERHEAD};
@@ -199,14 +198,8 @@ impl Bus {
         let (commands, rx) = mpsc::unbounded_channel();
         let inbound = Inbound {
             shared: shared.clone(),
+            to: Arrivals::new(&router, presence, boards),
             committed: router.committed,
-            hint: router.hint,
-            ephemeral: router.ephemeral,
-            router: Mailbox::new(router.check_heads, || CheckHeads),
-            presence_in: presence.inbound,
-            presence: Mailbox::new(presence.resync, || Resync),
-            room_changed: boards.changed,
-            boards: Mailbox::new(boards.resync, || BoardsResync),
         };
         match kind {
             Kind::Nats => {
@@ -619,13 +612,7 @@ pub fn decode(mut buf: Bytes, me: &str) -> Option<Option<Message>> {
 struct Inbound {
     shared: Arc<Shared>,
     committed: Recipient<Committed>,
-    hint: Recipient<Hint>,
-    ephemeral: Recipient<Ephemeral>,
-    router: Mailbox<CheckHeads>,
-    presence_in: Recipient<PresenceIn>,
-    presence: Mailbox<Resync>,
-    room_changed: Recipient<RoomChanged>,
-    boards: Mailbox<BoardsResync>,
+    to: Arrivals,
 }
 
 impl Inbound {
@@ -664,29 +651,33 @@ impl Inbound {
                     frames,
                     closed,
                 };
-                self.router
+                self.to
+                    .router
                     .hand(&self.committed, msg, true, &metrics.overflow_bus)
             }
-            Message::Hint { key, seq } => {
-                self.router
-                    .hand(&self.hint, Hint { key, seq }, true, &metrics.overflow_bus)
-            }
+            Message::Hint { key, seq } => self.to.router.hand(
+                &self.to.hint,
+                Hint { key, seq },
+                true,
+                &metrics.overflow_bus,
+            ),
             Message::Ephemeral { key, frame } => {
                 let msg = Ephemeral {
                     key,
                     frame: Arc::new(frame),
                 };
-                self.router
-                    .hand(&self.ephemeral, msg, false, &metrics.overflow_bus)
+                self.to
+                    .router
+                    .hand(&self.to.ephemeral, msg, false, &metrics.overflow_bus)
             }
-            Message::Presence(a) => self.presence.hand(
-                &self.presence_in,
+            Message::Presence(a) => self.to.presence.hand(
+                &self.to.presence_in,
                 PresenceIn(a),
                 true,
                 &metrics.overflow_bus,
             ),
-            Message::RoomChanged(key) => self.boards.hand(
-                &self.room_changed,
+            Message::RoomChanged(key) => self.to.boards.hand(
+                &self.to.room_changed,
                 RoomChanged { key },
                 true,
                 &metrics.overflow_bus,
@@ -700,9 +691,9 @@ impl Inbound {
         if up && !was {
             log::info!("bus ({}) connected", self.shared.kind.as_str());
             // Whatever went by while it was down is found now.
-            self.router.repair_soon();
-            self.presence.repair_soon();
-            self.boards.repair_soon();
+            self.to.router.repair_soon();
+            self.to.presence.repair_soon();
+            self.to.boards.repair_soon();
         } else if !up && was {
             log::warn!(
                 "bus ({}) disconnected; delivery goes on through the head check",

@@ -26,10 +26,9 @@ use futures_util::{stream, StreamExt};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::mail::{
-    Announcement, BoardsMail, BoardsResync, CheckHeads, Ephemeral, Hint, Kick, PresenceIn,
-    PresenceMail, Resync, RoomChanged, RouterMail,
+    Announcement, Arrivals, BoardsMail, Ephemeral, Hint, Kick, PresenceIn, PresenceMail,
+    RoomChanged, RouterMail,
 };
-use crate::mailbox::Mailbox;
 use crate::metrics::{Metrics, QueryKind};
 use crate::protocol::{EphemeralFrame, RoomId, RoomKey};
 use crate::store::EPHEMERAL_CHANNEL;
@@ -79,13 +78,7 @@ pub fn spawn(
     actix_web::rt::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let to = Targets {
-            hint: router.hint,
-            ephemeral: router.ephemeral,
-            router: Mailbox::new(router.check_heads, || CheckHeads),
-            presence_in: presence.inbound,
-            presence: Mailbox::new(presence.resync, || Resync),
-            room_changed: boards.changed,
-            boards: Mailbox::new(boards.resync, || BoardsResync),
+            arrivals: Arrivals::new(&router, presence, boards),
             capture,
         };
         loop {
@@ -118,13 +111,7 @@ pub fn spawn(
 /// (`roomcast_inbound_overflow_total{from="notify"}`) and repaired
 /// (`crate::mailbox`).
 struct Targets {
-    hint: Recipient<Hint>,
-    ephemeral: Recipient<Ephemeral>,
-    router: Mailbox<CheckHeads>,
-    presence_in: Recipient<PresenceIn>,
-    presence: Mailbox<Resync>,
-    room_changed: Recipient<RoomChanged>,
-    boards: Mailbox<BoardsResync>,
+    arrivals: Arrivals,
     capture: Recipient<Kick>,
 }
 
@@ -167,9 +154,9 @@ async fn listen(
         log::info!("listener connected");
         // Whatever was committed (or announced) while we were not listening
         // is found now.
-        to.router.repair_soon();
-        to.presence.repair_soon();
-        to.boards.repair_soon();
+        to.arrivals.router.repair_soon();
+        to.arrivals.presence.repair_soon();
+        to.arrivals.boards.repair_soon();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.tick().await;
         let mut relay_try = tokio::time::interval(RELAY_TRY);
@@ -181,7 +168,7 @@ async fn listen(
                         match seal.open_text(PRESENCE_CHANNEL, n.payload()) {
                             Some(text) => {
                                 if let Ok(a) = serde_json::from_str::<Announcement>(&text) {
-                                    to.presence.hand(&to.presence_in, PresenceIn(a), true, overflow);
+                                    to.arrivals.presence.hand(&to.arrivals.presence_in, PresenceIn(a), true, overflow);
                                 }
                             }
                             None => metrics.bus_rejected.inc(),
@@ -192,7 +179,7 @@ async fn listen(
                         match seal.open_text(EPHEMERAL_CHANNEL, n.payload()) {
                             Some(text) => {
                                 if let (Hints::Router, Some(e)) = (hints, parse_ephemeral(&text, instance)) {
-                                    to.router.hand(&to.ephemeral, e, false, overflow);
+                                    to.arrivals.router.hand(&to.arrivals.ephemeral, e, false, overflow);
                                 }
                             }
                             None => metrics.bus_rejected.inc(),
@@ -203,8 +190,8 @@ async fn listen(
                         match (hints, parse_hint(n.payload())) {
                             (Hints::Router, Some(hint)) => {
                                 let changed = RoomChanged { key: hint.key.clone() };
-                                to.boards.hand(&to.room_changed, changed, true, overflow);
-                                to.router.hand(&to.hint, hint, true, overflow);
+                                to.arrivals.boards.hand(&to.arrivals.room_changed, changed, true, overflow);
+                                to.arrivals.router.hand(&to.arrivals.hint, hint, true, overflow);
                             }
                             // Dropped when the relay is full: the other instances'
                             // head checks find the commit (the bus is at most once).
@@ -236,7 +223,7 @@ async fn listen(
                         metrics.relay_leader.set(1);
                         log::info!("this instance relays SQL producers' commits onto the bus");
                         // Commits made before it took over are found by the head checks.
-                        to.router.repair_soon();
+                        to.arrivals.router.repair_soon();
                     }
                 }
             }

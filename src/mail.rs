@@ -10,6 +10,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::mailbox::Mailbox;
 use crate::protocol::{
     EphemeralFrame, Frame, Member, NewEvent, RoomId, RoomKey, RoomStatus, RoomsFilter, Via,
 };
@@ -501,4 +502,33 @@ pub struct DbMail {
     pub change_mark: Recipient<ChangeMark>,
     pub rooms_by_id: Recipient<RoomsById>,
     pub rooms_changed_since: Recipient<RoomsChangedSince>,
+}
+
+/// Where what arrives from outside this instance goes (the bus, NOTIFY):
+/// nothing there is trusted to be slow-safe, so it is handed with
+/// `try_send` through bounded mailboxes (`crate::mailbox`): a full one
+/// drops the message, counts it and schedules one repair.
+#[derive(Clone)]
+pub struct Arrivals {
+    pub hint: Recipient<Hint>,
+    pub ephemeral: Recipient<Ephemeral>,
+    pub router: Mailbox<CheckHeads>,
+    pub presence_in: Recipient<PresenceIn>,
+    pub presence: Mailbox<Resync>,
+    pub room_changed: Recipient<RoomChanged>,
+    pub boards: Mailbox<BoardsResync>,
+}
+
+impl Arrivals {
+    pub fn new(router: &RouterMail, presence: PresenceMail, boards: BoardsMail) -> Self {
+        Arrivals {
+            hint: router.hint.clone(),
+            ephemeral: router.ephemeral.clone(),
+            router: Mailbox::new(router.check_heads.clone(), || CheckHeads),
+            presence_in: presence.inbound,
+            presence: Mailbox::new(presence.resync, || Resync),
+            room_changed: boards.changed,
+            boards: Mailbox::new(boards.resync, || BoardsResync),
+        }
+    }
 }

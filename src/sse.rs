@@ -39,6 +39,8 @@ const MAILBOX: usize = 1024;
 const RETRY_MS: u64 = 1000;
 /// Ephemeral events kept (one per key) while the outbox is full.
 const MAX_PENDING: usize = 1024;
+/// What a stream says before it ends when the database cannot be read.
+const UNAVAILABLE: &str = "the database is unavailable; reconnect shortly";
 /// A catch-up read that failed is tried again after this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
@@ -217,10 +219,20 @@ impl SseSession {
             ctx.run_later(wait, |act, ctx| act.check_expiry(ctx));
             return;
         }
+        self.end_with(
+            ctx,
+            "unauthorized",
+            "token expired; reconnect with a fresh token",
+        );
+    }
+
+    /// An `error` message for the stream's room, and the stream ends (the
+    /// EventSource reconnects).
+    fn end_with(&mut self, ctx: &mut Context<Self>, code: &'static str, message: &str) {
         let room = self.cursor.key.room.clone();
         let msg = ServerMsg::Error {
-            code: "unauthorized",
-            message: "token expired; reconnect with a fresh token",
+            code,
+            message,
             room: Some(room.as_str()),
         };
         self.send(ctx, "error", msg);
@@ -302,13 +314,7 @@ impl SseSession {
                 Ok(o) => o,
                 Err(e) => {
                     log::warn!("sse session={} room={room}: {e}", act.id);
-                    let msg = ServerMsg::Error {
-                        code: "unavailable",
-                        message: "the database is unavailable; reconnect shortly",
-                        room: Some(room.as_str()),
-                    };
-                    act.send(ctx, "error", msg);
-                    return ctx.stop();
+                    return act.end_with(ctx, "unavailable", UNAVAILABLE);
                 }
             };
             let subscribed = ServerMsg::Subscribed {
@@ -367,16 +373,7 @@ impl SseSession {
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             let page = match res {
                 Ok(Ok(page)) => page,
-                _ => {
-                    let room = act.cursor.key.room.clone();
-                    let msg = ServerMsg::Error {
-                        code: "unavailable",
-                        message: "the database is unavailable; reconnect shortly",
-                        room: Some(room.as_str()),
-                    };
-                    act.send(ctx, "error", msg);
-                    return ctx.stop();
-                }
+                _ => return act.end_with(ctx, "unavailable", UNAVAILABLE),
             };
             let mut frames: Vec<Frame> = held.into_iter().collect();
             frames.extend(page.items.iter().map(|m| m.frame(&act.cursor.key.room)));

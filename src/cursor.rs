@@ -15,7 +15,7 @@ use actix::{Addr, Recipient};
 use crate::db::{Db, Snapshot};
 use crate::protocol::{Frame, RoomKey, RoomStatus};
 use crate::room::{Broadcaster, Deliver, Join, Joined};
-use crate::store::{RoomRow, StoreError};
+use crate::store::{Lost, RoomRow, StoreError};
 
 /// Frames held per subscription while a gap is read back.
 const MAX_HELD: usize = 4096;
@@ -215,6 +215,8 @@ pub struct Opened {
     pub first: i64,
     /// Where the room's current life began.
     pub born: i64,
+    /// Seqs a failover lost (see [`Lost`]).
+    pub lost: Lost,
     pub status: RoomStatus,
     pub state: serde_json::Value,
 }
@@ -280,12 +282,14 @@ pub async fn open(
             .map_err(busy)??;
     }
     let (head, first, born) = (row.head(), row.first(), row.born());
+    let lost = row.lost.clone();
     Ok(match row.row {
         Some(RoomRow { status, state, .. }) => Opened {
             routed,
             head,
             first,
             born,
+            lost,
             status,
             state,
         },
@@ -294,6 +298,7 @@ pub async fn open(
             head,
             first,
             born,
+            lost,
             status: RoomStatus::InProgress,
             state: serde_json::json!({}),
         },
@@ -313,9 +318,19 @@ pub enum Standing {
     Pruned,
 }
 
-/// Where cursor `last` stands in a room whose lowest stored seq is `first`
-/// and whose current life began at `born`.
-pub fn standing(last: i64, first: i64, born: i64) -> Standing {
+/// Where cursor `last` stands in a room whose lowest stored seq is `first`,
+/// whose current life began at `born`, and whose seqs in `lost` may have
+/// been answered by a primary before a failover and were never stored by
+/// this one: a cursor at a lost range's start goes on past it (it holds
+/// nothing that is lost), one inside it may hold lost events (`reset`).
+pub fn standing(last: i64, first: i64, born: i64, lost: &Lost) -> Standing {
+    if let Some((after, upto)) = lost.at(last) {
+        return if last == after {
+            Standing::Born(upto)
+        } else {
+            Standing::Pruned
+        };
+    }
     if last >= first - 1 {
         Standing::Kept
     } else if born >= first - 1 {
@@ -325,11 +340,21 @@ pub fn standing(last: i64, first: i64, born: i64) -> Standing {
     }
 }
 
-/// How a read-back that found the room's lowest stored seq at `first` and
-/// its life's start at `born` moves the cursor `last`.
-pub fn read_back(last: Option<i64>, first: Option<i64>, born: Option<i64>) -> Standing {
+/// How a read-back that found the room's lowest stored seq at `first`, its
+/// life's start at `born` and its lost ranges `lost` moves the cursor `last`.
+pub fn read_back(
+    last: Option<i64>,
+    first: Option<i64>,
+    born: Option<i64>,
+    lost: &Lost,
+) -> Standing {
     match (last, first) {
-        (Some(l), Some(f)) => standing(l, f, born.unwrap_or(0)),
+        (Some(l), Some(f)) => standing(l, f, born.unwrap_or(0), lost),
+        (Some(l), None) => match lost.at(l) {
+            Some((after, upto)) if l == after => Standing::Born(upto),
+            Some(_) => Standing::Pruned,
+            None => Standing::Kept,
+        },
         _ => Standing::Kept,
     }
 }
@@ -337,17 +362,29 @@ pub fn read_back(last: Option<i64>, first: Option<i64>, born: Option<i64>) -> St
 /// Where a subscription asking for `since` starts, and whether the client
 /// must be sent `reset`: `since` beyond the head (the log it knows is gone),
 /// or below `first - 1` where those events existed (they fell out of the
-/// retention). A `since` below the start of the room's current life starts
-/// there, with no reset. `since` absent means from now.
-pub fn start_at(since: Option<i64>, head: i64, first: i64, born: i64) -> (i64, bool) {
+/// retention), or inside a lost range. A `since` below the start of the
+/// room's current life (or at a lost range's start) starts past it, with no
+/// reset. `since` absent means from now.
+pub fn start_at(since: Option<i64>, head: i64, first: i64, born: i64, lost: &Lost) -> (i64, bool) {
     match since {
         None => (head, false),
         Some(s) if s > head => (head, true),
-        Some(s) => match standing(s, first, born) {
+        Some(s) => match standing(s, first, born, lost) {
             Standing::Kept => (s, false),
             Standing::Born(at) => (at, false),
             Standing::Pruned => (head, true),
         },
+    }
+}
+
+/// The `first` an answer to a read from `since` tells the client: where its
+/// events begin when the cursor goes on past seqs that never existed (the
+/// client moves its cursor to `first - 1`, as at a room's new life), else
+/// the lowest seq still stored.
+pub fn first_for(since: i64, first: i64, born: i64, lost: &Lost) -> i64 {
+    match standing(since, first, born, lost) {
+        Standing::Born(at) if at >= first => at + 1,
+        _ => first,
     }
 }
 
@@ -359,20 +396,57 @@ mod tests {
     #[test]
     fn a_cursor_below_the_rooms_life_is_not_reset() {
         // Born at 3, first stored 4: seqs 1-3 never existed in this life.
-        assert_eq!(standing(0, 4, 3), Standing::Born(3));
-        assert_eq!(start_at(Some(0), 6, 4, 3), (3, false));
-        assert_eq!(start_at(Some(2), 6, 4, 3), (3, false));
-        assert_eq!(start_at(Some(3), 6, 4, 3), (3, false));
+        assert_eq!(standing(0, 4, 3, &Lost::default()), Standing::Born(3));
+        assert_eq!(start_at(Some(0), 6, 4, 3, &Lost::default()), (3, false));
+        assert_eq!(start_at(Some(2), 6, 4, 3, &Lost::default()), (3, false));
+        assert_eq!(start_at(Some(3), 6, 4, 3, &Lost::default()), (3, false));
         // Born at 3, first stored 5: event 4 existed and is gone.
-        assert_eq!(standing(3, 5, 3), Standing::Pruned);
-        assert_eq!(start_at(Some(0), 6, 5, 3), (6, true));
-        assert_eq!(start_at(Some(4), 6, 5, 3), (4, false));
+        assert_eq!(standing(3, 5, 3, &Lost::default()), Standing::Pruned);
+        assert_eq!(start_at(Some(0), 6, 5, 3, &Lost::default()), (6, true));
+        assert_eq!(start_at(Some(4), 6, 5, 3, &Lost::default()), (4, false));
         // Beyond the head, or from now.
-        assert_eq!(start_at(Some(7), 6, 4, 3), (6, true));
-        assert_eq!(start_at(None, 6, 4, 3), (6, false));
+        assert_eq!(start_at(Some(7), 6, 4, 3, &Lost::default()), (6, true));
+        assert_eq!(start_at(None, 6, 4, 3, &Lost::default()), (6, false));
         // A read-back of a room with no retention row keeps the cursor.
-        assert_eq!(read_back(Some(0), None, None), Standing::Kept);
-        assert_eq!(read_back(Some(0), Some(4), Some(3)), Standing::Born(3));
+        assert_eq!(
+            read_back(Some(0), None, None, &Lost::default()),
+            Standing::Kept
+        );
+        assert_eq!(
+            read_back(Some(0), Some(4), Some(3), &Lost::default()),
+            Standing::Born(3)
+        );
+    }
+
+    #[test]
+    fn a_cursor_at_a_lost_range_goes_past_it_and_one_inside_is_reset() {
+        // Events 1-50 stored; a failover lost whatever 51.. the old primary
+        // answered; the heads moved to 1,000,050.
+        let lost = Lost(vec![(50, 1_000_050)]);
+        assert_eq!(standing(50, 1, 0, &lost), Standing::Born(1_000_050));
+        assert_eq!(standing(51, 1, 0, &lost), Standing::Pruned);
+        assert_eq!(standing(1_000_049, 1, 0, &lost), Standing::Pruned);
+        // The head the move answered (a `reset` gives it) and beyond.
+        assert_eq!(standing(1_000_050, 1, 0, &lost), Standing::Kept);
+        assert_eq!(standing(1_000_060, 1, 0, &lost), Standing::Kept);
+        // Before it: the stored events first.
+        assert_eq!(standing(20, 1, 0, &lost), Standing::Kept);
+        assert_eq!(
+            start_at(Some(50), 1_000_052, 1, 0, &lost),
+            (1_000_050, false)
+        );
+        assert_eq!(
+            start_at(Some(55), 1_000_052, 1, 0, &lost),
+            (1_000_052, true)
+        );
+        assert_eq!(first_for(50, 1, 0, &lost), 1_000_051);
+        assert_eq!(first_for(20, 1, 0, &lost), 1);
+        // A read-back that found no row of retention still knows the range.
+        assert_eq!(
+            read_back(Some(50), None, None, &lost),
+            Standing::Born(1_000_050)
+        );
+        assert_eq!(read_back(Some(60), None, None, &lost), Standing::Pruned);
     }
 
     pub(super) fn frame(seq: i64) -> Frame {

@@ -260,6 +260,7 @@ impl Db {
                     p.first.max(shown)
                 });
                 let born = result.as_ref().ok().and_then(|p| p.born);
+                let lost = result.as_ref().map(|p| p.lost.clone()).unwrap_or_default();
                 let frames = result.map(|p| encode(key, &p.events, *via));
                 if let Err(e) = &frames {
                     log::warn!("catch-up query failed room={key}: {e}");
@@ -271,6 +272,7 @@ impl Db {
                     more,
                     first,
                     born,
+                    lost,
                 };
                 for m in members {
                     // A page cut short (by its byte bound) before this

@@ -140,6 +140,8 @@ pub struct CatchupDone {
     pub first: Option<i64>,
     /// Where the room's current life began.
     pub born: Option<i64>,
+    /// Seqs a failover lost (see [`crate::store::Lost`]).
+    pub lost: crate::store::Lost,
 }
 
 // from src/db.rs

@@ -401,14 +401,21 @@ impl WsSession {
                         ServerMsg::Subscribed {
                             room: id.as_str(),
                             head: opened.head,
-                            first: opened.first,
+                            first: since.map_or(opened.first, |s| {
+                                cursor::first_for(s, opened.first, opened.born, &opened.lost)
+                            }),
                             status: opened.status,
                             state: &opened.state,
                             presence: members.as_deref(),
                         },
                     );
-                    let (last, reset) =
-                        cursor::start_at(since, opened.head, opened.first, opened.born);
+                    let (last, reset) = cursor::start_at(
+                        since,
+                        opened.head,
+                        opened.first,
+                        opened.born,
+                        &opened.lost,
+                    );
                     if reset {
                         act.send(
                             ctx,
@@ -944,7 +951,7 @@ impl Handler<CatchupDone> for WsSession {
             return;
         };
         sub.fetching = false;
-        match cursor::read_back(sub.last, msg.first, msg.born) {
+        match cursor::read_back(sub.last, msg.first, msg.born, &msg.lost) {
             cursor::Standing::Kept => {}
             // Those seqs never existed in the room's current life.
             cursor::Standing::Born(at) => sub.last = Some(at),

@@ -320,12 +320,20 @@ impl SseSession {
             let subscribed = ServerMsg::Subscribed {
                 room: room.as_str(),
                 head: opened.head,
-                first: opened.first,
+                first: act.since.map_or(opened.first, |s| {
+                    cursor::first_for(s, opened.first, opened.born, &opened.lost)
+                }),
                 status: opened.status,
                 state: &opened.state,
                 presence: members.as_deref(),
             };
-            let (last, reset) = cursor::start_at(act.since, opened.head, opened.first, opened.born);
+            let (last, reset) = cursor::start_at(
+                act.since,
+                opened.head,
+                opened.first,
+                opened.born,
+                &opened.lost,
+            );
             // `subscribed` carries where the stream starts: the head when it
             // starts from now (or is reset), the cursor asked for otherwise.
             act.send_at(
@@ -514,7 +522,7 @@ impl Handler<CatchupDone> for SseSession {
 
     fn handle(&mut self, msg: CatchupDone, ctx: &mut Context<Self>) {
         self.cursor.fetching = false;
-        match cursor::read_back(self.cursor.last, msg.first, msg.born) {
+        match cursor::read_back(self.cursor.last, msg.first, msg.born, &msg.lost) {
             cursor::Standing::Kept => {}
             // Those seqs never existed in the room's current life.
             cursor::Standing::Born(at) => self.cursor.last = Some(at),

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{dev::Server, web, App, HttpServer};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -112,6 +114,9 @@ pub fn pool(
         },
     );
     let pool = Pool::builder(mgr)
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move { follow_timeline(client).await.map_err(HookError::Backend) })
+        }))
         .max_size(size.max(2))
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
@@ -122,6 +127,26 @@ pub fn pool(
         .build()
         .map_err(|e| StartError::Database(e.to_string()))?;
     Ok((pool, pg))
+}
+
+/// Before its first query, a new connection makes sure the heads were moved
+/// past what an earlier primary may have answered (migrations/V16): after a
+/// failover, every connection is new, and none reads a head or a cursor's
+/// events before that is done. Without a statement timeout: the move of
+/// every room must finish, however many there are. Before the migration
+/// (the function does not exist yet) there is nothing to move.
+async fn follow_timeline(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    match client
+        .batch_execute(
+            "SET statement_timeout = 0; SELECT roomcast_follow_timeline(); RESET statement_timeout",
+        )
+        .await
+    {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            client.batch_execute("RESET statement_timeout").await
+        }
+        r => r,
+    }
 }
 
 /// An error and every cause under it, `: ` separated (the pool's "error

@@ -164,8 +164,12 @@ impl RoomRow {
 pub struct RoomView {
     pub row: Option<RoomRow>,
     /// For a room with no row: its org's floor (0 until a tombstone of the
-    /// org was compacted); a room never answers a head lower than this.
+    /// org was compacted, raised at each new timeline); a room never answers
+    /// a head lower than this.
     pub floor: i64,
+    /// Seqs an earlier primary may have answered and this one lacks (see
+    /// [`Lost`]).
+    pub lost: Lost,
 }
 
 impl RoomView {
@@ -177,6 +181,33 @@ impl RoomView {
     }
     pub fn born(&self) -> i64 {
         self.row.as_ref().map_or(self.floor, |r| r.born)
+    }
+}
+
+/// Ranges of a room's seqs that a primary before a failover may have
+/// answered and the current one never stored (migrations/V16): pairs
+/// `(after, upto)`; seqs `after + 1 ..= upto` are lost. A cursor at `after`
+/// goes on past them, one strictly between them may hold lost events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lost(pub Vec<(i64, i64)>);
+
+impl Lost {
+    /// From the stored flat array `[after1, upto1, after2, upto2, ...]`.
+    pub fn from_flat(flat: Option<Vec<i64>>) -> Lost {
+        Lost(
+            flat.unwrap_or_default()
+                .chunks_exact(2)
+                .map(|p| (p[0], p[1]))
+                .collect(),
+        )
+    }
+
+    /// The range cursor `last` stands at the start of or inside.
+    pub fn at(&self, last: i64) -> Option<(i64, i64)> {
+        self.0
+            .iter()
+            .copied()
+            .find(|&(after, upto)| after <= last && last < upto)
     }
 }
 
@@ -438,8 +469,10 @@ pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView
     let stmt = client
         .prepare_cached(
             "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
-                    coalesce(rr.first, r.head + 1), coalesce(f.floor, 0), coalesce(rr.born, 0)
+                    coalesce(rr.first, r.head + 1), greatest(coalesce(f.floor, 0), t.floor),
+                    coalesce(rr.born, 0), rr.lost, t.floor, t.gap
                FROM (SELECT $1::text AS org, $2::text AS room) k
+               CROSS JOIN roomcast_timeline t
                LEFT JOIN rooms r ON r.org = k.org AND r.room = k.room
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
                LEFT JOIN org_floors f ON f.org = k.org",
@@ -449,7 +482,12 @@ pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView
         .query_one(&stmt, &[&key.org, &key.room.as_str()])
         .await?;
     let head: Option<i64> = r.get(0);
+    let lost = match head {
+        Some(_) => Lost::from_flat(r.get(8)),
+        None => no_row_lost(r.get(6), r.get(9), r.get(10)),
+    };
     Ok(RoomView {
+        lost,
         row: head.map(|head| RoomRow {
             head,
             first: r.get(5),
@@ -463,6 +501,17 @@ pub async fn room(client: &impl GenericClient, key: &RoomKey) -> Result<RoomView
     })
 }
 
+/// What a room with no row may have lost: after a failover (the timeline's
+/// `tfloor` raised by `gap`), the seqs below its floor that a room created
+/// only in the lost tail may have answered.
+fn no_row_lost(floor: i64, tfloor: i64, gap: i64) -> Lost {
+    if tfloor > 0 && floor >= gap {
+        Lost(vec![(floor - gap, floor)])
+    } else {
+        Lost::default()
+    }
+}
+
 /// A page of a room's log read back for subscribers.
 pub struct EventsPage {
     pub events: Vec<Event>,
@@ -473,6 +522,8 @@ pub struct EventsPage {
     pub first: Option<i64>,
     /// Where the room's current life began (see [`RoomRow::born`]).
     pub born: Option<i64>,
+    /// The room's lost ranges (a room with a row; see [`Lost`]).
+    pub lost: Lost,
 }
 
 /// Up to `limit` events with seq > `after`, ascending, and no more than
@@ -488,7 +539,7 @@ pub async fn events_after(
     let stmt = client
         .prepare_cached(
             "SELECT rr.first, p.seq, p.type, p.d, roomcast_ts(p.ts), p.n, rr.born, p.state, p.status,
-                    p.change, p.target
+                    p.change, p.target, rr.lost
                FROM (SELECT $1::text AS org, $2::text AS room) k
                LEFT JOIN room_retention rr ON rr.org = k.org AND rr.room = k.room
                LEFT JOIN LATERAL (
@@ -511,6 +562,7 @@ pub async fn events_after(
         .await?;
     let first: Option<i64> = rows.first().and_then(|r| r.get(0));
     let born: Option<i64> = rows.first().and_then(|r| r.get(6));
+    let lost = Lost::from_flat(rows.first().and_then(|r| r.get(11)));
     let fetched: i64 = rows.first().and_then(|r| r.get(5)).unwrap_or(0);
     let events = rows
         .into_iter()
@@ -539,6 +591,7 @@ pub async fn events_after(
         more,
         first,
         born,
+        lost,
     })
 }
 
@@ -552,8 +605,10 @@ pub async fn heads(
     let rooms: Vec<&str> = keys.iter().map(|k| k.room.as_str()).collect();
     let stmt = client
         .prepare_cached(
-            "SELECT k.org, k.room, coalesce(r.head, f.floor, 0), coalesce(r.status, 'in_progress')
+            "SELECT k.org, k.room, coalesce(r.head, greatest(coalesce(f.floor, 0), t.floor)),
+                    coalesce(r.status, 'in_progress')
                FROM unnest($1::text[], $2::text[]) AS k(org, room)
+               CROSS JOIN roomcast_timeline t
                LEFT JOIN rooms r ON r.org = k.org AND r.room = k.room
                LEFT JOIN org_floors f ON f.org = k.org",
         )
@@ -590,6 +645,8 @@ pub struct Page {
     pub row: Option<RoomRow>,
     /// For a room with no row: the head it starts from (its org's floor).
     pub floor: i64,
+    /// The room's lost ranges (see [`Lost`]).
+    pub lost: Lost,
     pub events: Vec<Event>,
 }
 
@@ -618,6 +675,7 @@ pub async fn page(
         "SELECT r.head, r.status, r.state, roomcast_ts(r.created_at), roomcast_ts(r.updated_at),
            coalesce((SELECT first FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), r.head + 1),
            coalesce((SELECT born FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room), 0),
+           (SELECT lost FROM room_retention rr WHERE rr.org = r.org AND rr.room = r.room),
            (SELECT coalesce(json_agg(json_build_object('seq', p.seq, 'type', p.type,
                        'data', p.data, 'ts', roomcast_ts(p.ts), 'state', p.state,
                        'status', p.status, p.change, p.target) ORDER BY p.seq), '[]'::json)
@@ -657,19 +715,22 @@ pub async fn page(
     };
     let Some(r) = row else {
         let stmt = client
-            .prepare_cached("SELECT floor FROM org_floors WHERE org = $1")
+            .prepare_cached(
+                "SELECT greatest(coalesce((SELECT floor FROM org_floors WHERE org = $1), 0), t.floor),
+                        t.floor, t.gap
+                   FROM roomcast_timeline t",
+            )
             .await?;
-        let floor = client
-            .query_opt(&stmt, &[&key.org])
-            .await?
-            .map_or(0, |r| r.get(0));
+        let r = client.query_one(&stmt, &[&key.org]).await?;
+        let floor = r.get(0);
         return Ok(Page {
             row: None,
             floor,
+            lost: no_row_lost(floor, r.get(1), r.get(2)),
             events: Vec::new(),
         });
     };
-    let events: Vec<Event> = serde_json::from_value(r.get(7))
+    let events: Vec<Event> = serde_json::from_value(r.get(8))
         .map_err(|e| StoreError::Internal(format!("reading a page of events: {e}")))?;
     Ok(Page {
         row: Some(RoomRow {
@@ -682,6 +743,7 @@ pub async fn page(
             updated_at: r.get(4),
         }),
         floor: 0,
+        lost: Lost::from_flat(r.get(7)),
         events,
     })
 }

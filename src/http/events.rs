@@ -199,6 +199,36 @@ impl Answer {
             Answer::Page(p) => p.born(),
         }
     }
+    /// Seqs a failover lost. (A memory answer is for a cursor at the head,
+    /// which is never at or inside a lost range: heads move past them.)
+    fn lost(&self) -> crate::store::Lost {
+        match self {
+            Answer::Memory { .. } => crate::store::Lost::default(),
+            Answer::Page(p) => p.lost.clone(),
+        }
+    }
+    /// Where a standing cursor stands.
+    fn standing(&self, from: PollFrom) -> Option<crate::cursor::Standing> {
+        match from {
+            PollFrom::Seq(since) => Some(crate::cursor::standing(
+                since,
+                self.first(),
+                self.born(),
+                &self.lost(),
+            )),
+            PollFrom::Time(_) => None,
+        }
+    }
+    /// The `first` the answer gives: where the events begin for a cursor
+    /// that goes on past seqs that never existed, else the lowest stored.
+    fn first_for(&self, from: PollFrom) -> i64 {
+        match from {
+            PollFrom::Seq(since) => {
+                crate::cursor::first_for(since, self.first(), self.born(), &self.lost())
+            }
+            PollFrom::Time(_) => self.first(),
+        }
+    }
     fn events(&self) -> &[Event] {
         match self {
             Answer::Memory { .. } => &[],
@@ -358,10 +388,8 @@ pub async fn poll(
         // (not one below the start of the room's current life: those seqs
         // never existed, and the answer's `first` tells the client where the
         // events begin).
-        if matches!(from, PollFrom::Seq(since)
-            if crate::cursor::standing(since, answer.first(), answer.born()) == crate::cursor::Standing::Pruned)
-        {
-            return Ok(respond(&state, &key, &answer, false, true));
+        if answer.standing(from) == Some(crate::cursor::Standing::Pruned) {
+            return Ok(respond(&state, &key, &answer, from, false, true));
         }
         if latest && fresh && !beyond {
             let PollFrom::Seq(since) = from else {
@@ -370,7 +398,7 @@ pub async fn poll(
             return respond_latest(&state, &key, since, limit).await;
         }
         if fresh || beyond || stopping || tokio::time::Instant::now() >= deadline {
-            return Ok(respond(&state, &key, &answer, not_modified, false));
+            return Ok(respond(&state, &key, &answer, from, not_modified, false));
         }
         // Hold the request until the room's known head passes what was seen.
         _waiting.get_or_insert_with(|| Waiting::new(&state));
@@ -386,7 +414,7 @@ pub async fn poll(
         };
         if !woke {
             // Nothing came (or the server is stopping): answer what was seen.
-            return Ok(respond(&state, &key, &answer, not_modified, false));
+            return Ok(respond(&state, &key, &answer, from, not_modified, false));
         }
         let now = *changes.borrow_and_update();
         hinted = now.hints != hints;
@@ -444,6 +472,7 @@ fn respond(
     state: &AppState,
     key: &RoomKey,
     answer: &Answer,
+    from: PollFrom,
     not_modified: bool,
     reset: bool,
 ) -> HttpResponse {
@@ -478,7 +507,11 @@ fn respond(
         .json(PollAnswer {
             room: &key.room,
             head,
-            first: answer.first(),
+            first: if reset {
+                answer.first()
+            } else {
+                answer.first_for(from)
+            },
             status,
             state: room_state,
             events,

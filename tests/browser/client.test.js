@@ -325,3 +325,65 @@ test('two live room lists on one client (in progress, completed): both live over
   assert.equal(err, 'unavailable');
   await ctx.close();
 });
+
+for (const mode of ['realtime', 'polling']) {
+  test(`failover gap (${mode}): past a new timeline's gap every event once with no reset; a cursor inside it is reset`, async () => {
+    // A database of its own: the move of every head is database-wide.
+    const { execFileSync } = await import('node:child_process');
+    const url = new URL(process.env.DATABASE_URL);
+    const name = `rc_gap_${mode}_${Date.now()}`;
+    const admin = new URL(url);
+    admin.pathname = '/postgres';
+    execFileSync('psql', [admin.href, '-qc', `CREATE DATABASE ${name}`]);
+    const own = new URL(url);
+    own.pathname = `/${name}`;
+    const sql = (q) => execFileSync('psql', [own.href, '-qAtc', q]).toString().trim();
+    const gapped = await Server.start({ env: { DATABASE_URL: own.href } });
+    try {
+      const org = freshOrg();
+      const room = `gap-${mode}`;
+      const producer = token({ org, sub: 'p', pub: true });
+      await publishN(gapped, producer, room, 3);
+      const ctx = await browser.newContext();
+      const page = await ctx.newPage();
+      await page.goto(`${gapped.url}/healthz`);
+      await page.evaluate(async ({ tok, room, mode }) => {
+        const { RoomcastClient } = await import('/client.js');
+        globalThis.got = [];
+        globalThis.resets = [];
+        globalThis.client = new RoomcastClient({ token: tok, mode });
+        globalThis.sub = globalThis.client.subscribe(room, {
+          since: 0,
+          onEvent: (e) => globalThis.got.push([e.seq, e.data]),
+          onReset: (r) => globalThis.resets.push(r),
+        });
+        globalThis.inside = [];
+        globalThis.other = new RoomcastClient({ token: tok, mode });
+      }, { tok: token({ org }), room, mode });
+      await until(page, () => globalThis.got.length === 3, null, { what: 'events 1-3' });
+      // PostgreSQL on a timeline roomcast has not followed (as after a
+      // promotion); a SQL producer's publish moves the heads.
+      sql('UPDATE roomcast_timeline SET tli = 0');
+      assert.equal(sql(`SELECT roomcast_publish('${org}', '${room}', 'tick', '4'::jsonb)`), '1000004');
+      await publishN(gapped, producer, room, 1, 'tick', 5);
+      await until(page, () => globalThis.got.length === 5, null, { what: 'events past the gap' });
+      const seen = await page.evaluate(() => ({ got: globalThis.got, resets: globalThis.resets.length, cursor: globalThis.sub.cursor }));
+      assert.deepEqual(seen.got.map(([s]) => s), [1, 2, 3, 1000004, 1000005]);
+      assert.equal(seen.resets, 0);
+      assert.equal(seen.cursor, 1000005);
+      await page.evaluate((room) => {
+        globalThis.other.subscribe(room, { since: 500, onReset: (r) => globalThis.inside.push(r.head) });
+      }, room);
+      await until(page, () => globalThis.inside.length === 1, null, { what: 'reset inside the gap' });
+      assert.deepEqual(await page.evaluate(() => globalThis.inside), [1000005]);
+      await ctx.close();
+    } finally {
+      await gapped.stop();
+      try {
+        execFileSync('psql', [admin.href, '-qc', `DROP DATABASE ${name} WITH (FORCE)`]);
+      } catch {
+        // left for the next run's cleanup
+      }
+    }
+  });
+}

@@ -342,3 +342,31 @@ async def test_messages_as_they_stand_then_each_change_once(server, token, mode)
                 new: "new",
             }
             assert client.counts.duplicates == 0
+
+
+@pytest.mark.parametrize("mode", ["realtime", "polling"])
+async def test_a_failover_gap_is_crossed_once_and_a_cursor_inside_it_is_reset(server, token, mode, pg, database) -> None:
+    """Issue 25: on a new timeline the heads move past a gap (here PostgreSQL is told it is on
+    a timeline roomcast has not followed yet, as after a promotion). A subscriber at the gap's
+    start goes on past it with no reset, each event once; a cursor inside it is reset."""
+    url = pg.db_url(database)
+    async with AsyncProducer(server.url, token(publish=True)) as p, Client(server.url, token=token(), mode=mode) as client:
+        await publish_range(p, "g", 1, 3)
+        sub = client.room("g", since=0)
+        assert seqs(await take(sub, 3)) == [1, 2, 3]
+        pg.run("UPDATE roomcast_timeline SET tli = 0", url)
+        # A SQL producer writes first: its publish moves the heads.
+        seq = int(pg.run("""SELECT roomcast_publish('acme', 'g', 'tick', '{"n": 4}'::jsonb)""", url))
+        assert seq == 1_000_004
+        r = await p.publish("g", "tick", {"n": 5})
+        assert r.seq == 1_000_005
+        got = await take(sub, 2)
+        assert [(type(x).__name__, getattr(x, "seq", None), getattr(x, "data", None)) for x in got] == [
+            ("Event", 1_000_004, {"n": 4}),
+            ("Event", 1_000_005, {"n": 5}),
+        ]
+        assert sub.cursor == 1_000_005
+    async with Client(server.url, token=token(), mode=mode) as other:
+        inside = other.room("g", since=500)
+        (reset,) = await take(inside, 1)
+        assert isinstance(reset, Reset) and reset.head == 1_000_005, reset

@@ -9,6 +9,8 @@
 //! forces the private cluster.
 #![allow(dead_code)]
 
+pub mod ha;
+
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

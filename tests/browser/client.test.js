@@ -330,13 +330,20 @@ for (const mode of ['realtime', 'polling']) {
   test(`failover gap (${mode}): past a new timeline's gap every event once with no reset; a cursor inside it is reset`, async () => {
     // A database of its own: the move of every head is database-wide.
     const { execFileSync } = await import('node:child_process');
-    const url = new URL(process.env.DATABASE_URL);
+    // DATABASE_URL is a URL or a `key=value` connection string.
+    const withDb = (db) => {
+      const conn = process.env.DATABASE_URL;
+      if (/^postgres(ql)?:/.test(conn)) {
+        const u = new URL(conn);
+        u.pathname = `/${db}`;
+        return u.href;
+      }
+      return conn.replace(/dbname=\S+/, `dbname=${db}`);
+    };
     const name = `rc_gap_${mode}_${Date.now()}`;
-    const admin = new URL(url);
-    admin.pathname = '/postgres';
+    const admin = { href: withDb('postgres') };
     execFileSync('psql', [admin.href, '-qc', `CREATE DATABASE ${name}`]);
-    const own = new URL(url);
-    own.pathname = `/${name}`;
+    const own = { href: withDb(name) };
     const sql = (q) => execFileSync('psql', [own.href, '-qAtc', q]).toString().trim();
     const gapped = await Server.start({ env: { DATABASE_URL: own.href } });
     try {

@@ -38,7 +38,7 @@ type DemoError = Box<dyn std::error::Error>;
 pub fn main(args: DemoArgs) -> std::process::ExitCode {
     // The private cluster stops at the end while the pool and the listener
     // still hold connections; their warnings would only be noise here.
-    let quiet = "warn,deadpool.postgres=off,roomcast::listener=off";
+    let quiet = "warn,deadpool.postgres=off,roomcast::actors::listener=off";
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(quiet)).init();
     match actix_web::rt::System::new().block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicI64;
 use tokio::sync::{oneshot, watch};
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Publish events into one room (all or nothing); routed to subscribers once
 /// committed.
 #[derive(Message)]
@@ -32,7 +32,7 @@ pub struct Publish {
     pub events: Vec<NewEvent>,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// A room as readers see it (its row, or the floor of a room never
 /// published to).
 #[derive(Message)]
@@ -44,7 +44,7 @@ pub struct Snapshot {
     pub fresh: bool,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// A page of a room's log for a poller. Pollers asking for the same page
 /// while it is read share the read (a commit wakes every long-poll of a room
 /// at once; they cost one query).
@@ -56,7 +56,7 @@ pub struct PollPage {
     pub limit: i64,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// A page of a `view=latest` read (PROTOCOL.md, "Message versions").
 #[derive(Message)]
 #[rtype(result = "Result<Arc<crate::store::LatestPage>, StoreError>")]
@@ -66,7 +66,7 @@ pub struct LatestRead {
     pub limit: i64,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Rooms of an org, newest activity first.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
@@ -80,7 +80,7 @@ pub struct ListRooms {
     pub limit: i64,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// An org's rooms at a glance, for `/v1/health`.
 #[derive(Message)]
 #[rtype(result = "Result<OrgHealth, StoreError>")]
@@ -91,7 +91,7 @@ pub struct Health {
     pub stalled_after_s: f64,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Sends an ephemeral event to the other instances (a NOTIFY; nothing is
 /// stored). Best effort, like ephemeral events themselves.
 #[derive(Message)]
@@ -102,7 +102,7 @@ pub struct Announce {
     pub frame: Arc<EphemeralFrame>,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Heads of many rooms in one statement.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(RoomKey, i64, RoomStatus)>, StoreError>")]
@@ -110,7 +110,7 @@ pub struct Heads {
     pub keys: Vec<RoomKey>,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Asks for the events of `key` after `after`; answered with `CatchupDone`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -123,7 +123,7 @@ pub struct Catchup {
     pub reply: Recipient<CatchupDone>,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// One page of a room's log, encoded once and shared by every requester.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -140,11 +140,11 @@ pub struct CatchupDone {
     pub first: Option<i64>,
     /// Where the room's current life began.
     pub born: Option<i64>,
-    /// Seqs a failover lost (see [`crate::store::Lost`]).
+    /// Seqs a failover lost (see `store::Lost`).
     pub lost: crate::store::Lost,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// A room's presence members over every live instance.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<store::PresenceEntry>, StoreError>")]
@@ -152,7 +152,7 @@ pub struct Members {
     pub key: RoomKey,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Rows of some rooms of an org (for the live room lists).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, RoomRow)>, StoreError>")]
@@ -161,14 +161,14 @@ pub struct RoomsById {
     pub rooms: Vec<String>,
 }
 
-// from src/db.rs
+// from src/actors/db.rs
 /// Where a read of an org's changed rooms would start now (see
-/// [`store::change_mark`]).
+/// `store::change_mark`).
 #[derive(Message)]
 #[rtype(result = "Result<i64, StoreError>")]
 pub struct ChangeMark;
 
-// from src/db.rs
+// from src/actors/db.rs
 /// The rooms of an org changed since a mark, and the next mark (the live
 /// room lists' reconciliation).
 #[derive(Message)]
@@ -178,7 +178,7 @@ pub struct RoomsChangedSince {
     pub mark: i64,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A push to a session.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -188,7 +188,7 @@ pub struct Deliver {
     pub push: Push,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A poller looks at a room: answers what is known in memory and a channel
 /// that changes whenever the room's known head moves (one commit wakes every
 /// long-poll waiting on it).
@@ -198,7 +198,7 @@ pub struct Watch {
     pub key: RoomKey,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A poller read the room's row from the database: kept, so that the next
 /// up-to-date poll is answered from memory.
 #[derive(Message)]
@@ -208,7 +208,7 @@ pub struct Observed {
     pub row: Arc<RoomRow>,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// An ephemeral event for the current subscribers of a room.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -217,7 +217,7 @@ pub struct Ephemeral {
     pub frame: Arc<EphemeralFrame>,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A session starts following a room (subscription `generation` of that
 /// session: a later one replaces an earlier one, never the reverse).
 #[derive(Message)]
@@ -229,7 +229,7 @@ pub struct Join {
     pub deliver: Recipient<Deliver>,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A session stops following a room: subscription `generation` and any
 /// earlier one of that session (a later one stays).
 #[derive(Message)]
@@ -240,7 +240,7 @@ pub struct Leave {
     pub generation: u64,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// Events committed by this instance, or by another one and received over
 /// the bus, in seq order within the message.
 #[derive(Message)]
@@ -252,7 +252,7 @@ pub struct Committed {
     pub closed: bool,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// A NOTIFY hint: `seq` was committed in `key` somewhere.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -261,14 +261,14 @@ pub struct Hint {
     pub seq: i64,
 }
 
-// from src/room.rs
+// from src/actors/room.rs
 /// The listener or the bus was (re)connected: any notification may have
 /// been missed, so every followed room's head is checked now.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CheckHeads;
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// A connection starts a live room list. Answered once the board's org is
 /// followed here (its change mark read, its bus subject subscribed): the
 /// connection reads its first answer after that. Frames come after
@@ -282,7 +282,7 @@ pub struct BoardJoin {
     pub out: Recipient<BoardOut>,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// The connection sent its first answer (these rooms): frames may follow.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -292,7 +292,7 @@ pub struct BoardReady {
     pub shown: Vec<(RoomId, i64)>,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// The connection's credential changed (a narrower `rooms` claim).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -301,7 +301,7 @@ pub struct BoardCredential {
     pub principal: Principal,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// The connection ended its list (or closed).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -309,7 +309,7 @@ pub struct BoardLeave {
     pub session: u64,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// A `room` frame for a connection, encoded once.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -319,7 +319,7 @@ pub struct BoardOut {
     pub text: ByteString,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// A room was created or changed (a commit, here or elsewhere).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -327,16 +327,16 @@ pub struct RoomChanged {
     pub key: RoomKey,
 }
 
-// from src/boards.rs
+// from src/actors/boards.rs
 /// Read every org's changed rooms now (the bus or the listener
 /// reconnected: notices may have been lost).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct BoardsResync;
 
-// from src/boards.rs
+// from src/actors/boards.rs
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// A connection joins a room as a member and asks for its presence frames;
 /// answered with the room's members (what the room's frames have shown).
 #[derive(Message)]
@@ -351,7 +351,7 @@ pub struct PresenceJoin {
     pub out: Recipient<PresenceOut>,
 }
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// The connection left the room (unsubscribed or closed).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -362,7 +362,7 @@ pub struct PresenceLeave {
     pub generation: u64,
 }
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// A presence frame for a session: `{"op":"presence",...}`, encoded once.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -371,28 +371,28 @@ pub struct PresenceOut {
     pub text: ByteString,
 }
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// An announcement of another instance.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PresenceIn(pub Announcement);
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// Read every room followed here from the table now (the bus or the
 /// listener reconnected: announcements may have been lost).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Resync;
 
-// from src/presence/mod.rs
+// from src/actors/presence/mod.rs
 /// Shutting down: this instance's members leave at once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Clear;
 
-// from src/capture.rs
+// from src/actors/capture.rs
 /// Captured rows were committed (the listener heard `roomcast_outbox`).
 #[derive(Message)]
 #[rtype(result = "()")]

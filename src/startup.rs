@@ -17,22 +17,22 @@ use deadpool_postgres::{
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
+use crate::actors::boards::{Boards, SetDb};
+use crate::actors::capture::Capture;
+use crate::actors::db::Db;
+use crate::actors::presence::{Clear, Presence, SetBus};
+use crate::actors::relay::Relay;
+use crate::actors::room::Broadcaster;
 use crate::auth::Authenticator;
-use crate::boards::{Boards, SetDb};
 use crate::bus::{Bus, BusOptions};
-use crate::capture::Capture;
 use crate::config::Config;
-use crate::db::Db;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::origin::Origins;
 use crate::pgcluster::PrivateCluster;
-use crate::presence::{Clear, Presence, SetBus};
-use crate::relay::Relay;
-use crate::room::Broadcaster;
 use crate::seal::Seal;
 use crate::webhook::Secrets;
-use crate::{http, listener, store};
+use crate::{actors::listener, http, store};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -414,7 +414,7 @@ impl Application {
                 .recipient(),
             ),
         };
-        crate::pruner::spawn(
+        crate::actors::pruner::spawn(
             pg.clone(),
             config.retention(),
             config.prune_interval(),

@@ -11,17 +11,17 @@ use actix::WeakRecipient;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
+use crate::actors::boards::Boards;
+use crate::actors::db::{Db, ListRooms};
+use crate::actors::presence::Presence;
+use crate::actors::room::Broadcaster;
 use crate::auth::{Authenticator, Principal};
-use crate::boards::Boards;
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::db::{Db, ListRooms};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::origin::Origins;
-use crate::presence::Presence;
 use crate::protocol::{RoomId, RoomSnapshot, RoomsFilter};
-use crate::room::Broadcaster;
 use crate::store::StoreError;
 use crate::webhook::Secrets;
 

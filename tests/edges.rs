@@ -788,8 +788,8 @@ async fn a_publish_in_flight_when_sigterm_arrives_is_finished() {
 #[actix_web::test]
 async fn a_push_dropped_on_a_full_mailbox_is_followed_by_a_resync() {
     use actix::prelude::*;
+    use roomcast::mail::{Committed, Deliver, Join, Push};
     use roomcast::protocol::{Event, Frame, RoomId, RoomKey, Via};
-    use roomcast::room::{Committed, Deliver, Join, Push};
 
     /// A session stand-in whose mailbox holds one message and whose first
     /// message takes 300 ms to handle.

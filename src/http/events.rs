@@ -19,11 +19,11 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::{Announce, LatestRead, PollPage, Publish};
+use crate::actors::db::{Announce, LatestRead, PollPage, Publish};
+use crate::actors::room::{Ephemeral, Observed, Watch};
 use crate::protocol::{
     parse_time, EphemeralFrame, Event, PollAnswer, PublishBody, RoomKey, RoomStatus,
 };
-use crate::room::{Ephemeral, Observed, Watch};
 use crate::state::AppState;
 use crate::store::{PollFrom, RoomRow};
 
@@ -208,9 +208,9 @@ impl Answer {
         }
     }
     /// Where a standing cursor stands.
-    fn standing(&self, from: PollFrom) -> Option<crate::cursor::Standing> {
+    fn standing(&self, from: PollFrom) -> Option<crate::sessions::cursor::Standing> {
         match from {
-            PollFrom::Seq(since) => Some(crate::cursor::standing(
+            PollFrom::Seq(since) => Some(crate::sessions::cursor::standing(
                 since,
                 self.first(),
                 self.born(),
@@ -224,7 +224,7 @@ impl Answer {
     fn first_for(&self, from: PollFrom) -> i64 {
         match from {
             PollFrom::Seq(since) => {
-                crate::cursor::first_for(since, self.first(), self.born(), &self.lost())
+                crate::sessions::cursor::first_for(since, self.first(), self.born(), &self.lost())
             }
             PollFrom::Time(_) => self.first(),
         }
@@ -388,7 +388,7 @@ pub async fn poll(
         // (not one below the start of the room's current life: those seqs
         // never existed, and the answer's `first` tells the client where the
         // events begin).
-        if answer.standing(from) == Some(crate::cursor::Standing::Pruned) {
+        if answer.standing(from) == Some(crate::sessions::cursor::Standing::Pruned) {
             return Ok(respond(&state, &key, &answer, from, false, true));
         }
         if latest && fresh && !beyond {

@@ -12,7 +12,7 @@ use serde_json::json;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::Health;
+use crate::actors::db::Health;
 use crate::metrics::QueryKind;
 use crate::state::AppState;
 use crate::store;

@@ -8,7 +8,7 @@ use serde_json::json;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::Members;
+use crate::actors::db::Members;
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]

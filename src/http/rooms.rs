@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::db::Snapshot;
+use crate::actors::db::Snapshot;
 use crate::protocol::{RoomId, RoomList, RoomSnapshot, RoomStatus, RoomsFilter};
 use crate::state::AppState;
 use crate::store::RoomRow;

@@ -1,7 +1,7 @@
 //! `/v1/rooms/{room}/sse?since=N`: a Server-Sent Events stream of one room.
 //! `Last-Event-ID` (sent by EventSource when it reconnects) takes precedence
 //! over `since`; the token may be given as `?token=` (EventSource cannot set
-//! headers). The session itself lives in `crate::sse`.
+//! headers). The session itself lives in `crate::sessions::sse`.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
-use crate::sse;
+use crate::sessions::sse;
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -103,7 +103,7 @@ pub async fn rooms(
     let filter = query.filter()?;
     state.origins.check(&req)?;
     let slot = state.limits.connect(&principal.org, &principal.sub)?;
-    let body = crate::sse_rooms::start(state, principal, slot, filter);
+    let body = crate::sessions::sse_rooms::start(state, principal, slot, filter);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -1,12 +1,12 @@
 //! `/v1/ws` and `/v1/rooms/{room}/ws?since=N`: the WebSocket upgrade. A bad
 //! token is refused with 401 before the upgrade; the session itself lives in
-//! `crate::session`.
+//! `crate::sessions::ws`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::session;
+use crate::sessions::ws;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -50,7 +50,7 @@ pub async fn connect(
         .limits
         .connect(&principal.org, &principal.sub)
         .map_err(ApiError::from)?;
-    session::start(&req, stream, state, principal, slot, None)
+    ws::start(&req, stream, state, principal, slot, None)
 }
 
 /// `GET /v1/rooms/{room}/ws?since=N`: a connection subscribed to one room.
@@ -73,7 +73,7 @@ pub async fn connect_room(
         .limits
         .connect(&principal.org, &principal.sub)
         .map_err(ApiError::from)?;
-    session::start(
+    ws::start(
         &req,
         stream,
         state,

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use actix::{Addr, Recipient};
 
-use crate::db::{Db, Snapshot};
+use crate::actors::db::{Db, Snapshot};
+use crate::actors::room::{Broadcaster, Deliver, Join, Joined};
 use crate::protocol::{Frame, RoomKey, RoomStatus};
-use crate::room::{Broadcaster, Deliver, Join, Joined};
 use crate::store::{Lost, RoomRow, StoreError};
 
 /// Frames held per subscription while a gap is read back.
@@ -70,6 +70,7 @@ impl Cursor {
     }
 
     /// A cursor holding at most `capacity` frames ahead of a gap.
+    #[cfg(test)]
     pub fn with_capacity(key: RoomKey, capacity: usize) -> Self {
         Cursor {
             capacity: capacity.max(1),
@@ -200,7 +201,8 @@ impl Cursor {
         open
     }
 
-    /// Frames held ahead of a gap (for tests and metrics).
+    /// Frames held ahead of a gap (for the property test).
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }

@@ -12,12 +12,12 @@ use actix_web::web;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::actors::boards::{BoardJoin, BoardLeave, BoardOut, BoardReady};
 use crate::auth::{now_secs, Principal};
-use crate::boards::{BoardJoin, BoardLeave, BoardOut, BoardReady};
 use crate::limits::ConnectionSlot;
-use crate::outbox::{Counted, Outbox};
 use crate::protocol::{RoomsFilter, ServerMsg};
-use crate::sse::{message, Body, Receiver};
+use crate::sessions::outbox::{Counted, Outbox};
+use crate::sessions::sse::{message, Body, Receiver};
 use crate::state::AppState;
 
 /// Starts a live room list stream.

@@ -18,17 +18,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
+use crate::actors::boards::{BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady};
+use crate::actors::db::{Catchup, CatchupDone, LatestRead};
+use crate::actors::presence::{PresenceJoin, PresenceLeave, PresenceOut};
+use crate::actors::room::{Deliver, Leave, Push};
 use crate::auth::{now_secs, Principal};
-use crate::boards::{BoardCredential, BoardJoin, BoardLeave, BoardOut, BoardReady};
-use crate::cursor::{self, Cursor};
-use crate::db::{Catchup, CatchupDone, LatestRead};
 use crate::limits::ConnectionSlot;
-use crate::outbox::{ws_frame_len, Counted, Outbox};
-use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
 use crate::protocol::{
     ClientMsg, EphemeralFrame, Frame, RoomId, RoomKey, RoomsFilter, ServerMsg, Via,
 };
-use crate::room::{Deliver, Leave, Push};
+use crate::sessions::cursor::{self, Cursor};
+use crate::sessions::outbox::{ws_frame_len, Counted, Outbox};
 use crate::state::{AppState, GoingAway};
 
 /// The `info` of a member whose token has none.
@@ -582,7 +582,10 @@ impl WsSession {
         }
         sub.resetting = true;
         let (key, generation) = (sub.key.clone(), sub.generation);
-        let read = self.state.db.send(crate::db::Snapshot { key, fresh: true });
+        let read = self
+            .state
+            .db
+            .send(crate::actors::db::Snapshot { key, fresh: true });
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             let Some(sub) = act.subs.get_mut(&id).filter(|s| s.generation == generation) else {
                 return;

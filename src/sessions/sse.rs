@@ -21,14 +21,14 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
+use crate::actors::db::{Catchup, CatchupDone, LatestRead};
+use crate::actors::presence::{PresenceJoin, PresenceLeave, PresenceOut};
+use crate::actors::room::{Deliver, Leave, Push};
 use crate::auth::{now_secs, Principal};
-use crate::cursor::{self, Cursor};
-use crate::db::{Catchup, CatchupDone, LatestRead};
 use crate::limits::ConnectionSlot;
-use crate::outbox::{Counted, Outbox};
-use crate::presence::{PresenceJoin, PresenceLeave, PresenceOut};
 use crate::protocol::{EphemeralFrame, Frame, RoomKey, ServerMsg, Via};
-use crate::room::{Deliver, Leave, Push};
+use crate::sessions::cursor::{self, Cursor};
+use crate::sessions::outbox::{Counted, Outbox};
 use crate::state::AppState;
 
 /// How often a stream that stopped taking pushes checks its backlog.
@@ -247,7 +247,7 @@ impl SseSession {
             return;
         }
         self.cursor.resetting = true;
-        let read = self.state.db.send(crate::db::Snapshot {
+        let read = self.state.db.send(crate::actors::db::Snapshot {
             key: self.cursor.key.clone(),
             fresh: true,
         });
@@ -297,7 +297,7 @@ impl SseSession {
                     .principal
                     .info
                     .clone()
-                    .unwrap_or_else(crate::session::no_info),
+                    .unwrap_or_else(crate::sessions::ws::no_info),
                 out: ctx.address().recipient(),
             })
         });

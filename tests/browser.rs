@@ -18,6 +18,42 @@ use common::TestDb;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The browser client's files, relative to `src/web/`: the entry
+/// (`client.js`) and the modules of `client/`.
+fn client_files(root: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root.join("src/web/client"))
+        .expect("read src/web/client/")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|f| f.ends_with(".js"))
+        .map(|f| format!("client/{f}"))
+        .collect();
+    files.sort();
+    files.insert(0, "client.js".into());
+    files
+}
+
+/// Every module of `src/web/client/` is embedded and served (src/http/dashboard.rs
+/// lists them by name): a module added there and not to the list would
+/// leave `/client.js` failing to import in every browser.
+#[test]
+fn every_client_module_is_served() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let served =
+        std::fs::read_to_string(root.join("src/http/dashboard.rs")).expect("read dashboard.rs");
+    for f in client_files(root).iter().skip(1) {
+        let file = f.trim_start_matches("client/");
+        assert!(
+            served.contains(&format!("module!(\"{file}\")")),
+            "src/web/{f} is not served: add `module!(\"{file}\")` to MODULES in src/http/dashboard.rs"
+        );
+    }
+}
+
 #[actix_web::test]
 async fn browser_suite() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -47,9 +83,11 @@ async fn browser_suite() {
     // when missing, or when the package's copy of the browser client is not
     // the current one (`clients/react/ci.sh` does the same and more).
     let react = root.join("clients/react");
-    let current = std::fs::read(root.join("src/web/client.js")).expect("read src/web/client.js");
-    let copied = std::fs::read(react.join("dist/client.js")).ok();
-    if copied.as_deref() != Some(&current[..]) || !react.join("example/dist/app.js").exists() {
+    let stale = client_files(root).iter().any(|f| {
+        let current = std::fs::read(root.join("src/web").join(f)).expect("read the browser client");
+        std::fs::read(react.join("dist").join(f)).ok().as_deref() != Some(&current[..])
+    });
+    if stale || !react.join("example/dist/app.js").exists() {
         if !react.join("node_modules").exists() {
             let status = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])

@@ -280,3 +280,77 @@ fn no_module_imports_a_layer_above_it_nor_sits_on_a_cycle() {
         "these are fixed: take them off TO_MOVE in tests/layers.rs: {gone:?}"
     );
 }
+
+/// The browser client's modules (`src/web/client.js` and `src/web/client/`),
+/// bottom to top. A module imports (at run time: `import ... from`, not the
+/// JSDoc `import('...')` of a type) only modules of a lower floor: the
+/// rooms never reach for a transport, the transports never for the client.
+const CLIENT_FLOORS: &[(&str, &[&str])] = &[
+    ("leaves", &["types", "emitter", "timer", "store", "rest"]),
+    ("rooms", &["subscription", "room_list"]),
+    ("transports", &["websocket", "polling"]),
+    ("client", &["roomcast"]),
+    ("entry", &["client"]),
+];
+
+fn client_floor(module: &str) -> usize {
+    CLIENT_FLOORS
+        .iter()
+        .position(|(_, ms)| ms.contains(&module))
+        .unwrap_or_else(|| {
+            panic!("src/web/{module}.js has no floor: add it to CLIENT_FLOORS in tests/layers.rs")
+        })
+}
+
+#[test]
+fn the_browser_client_imports_only_downward() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web");
+    let mut files = vec![("client".to_string(), web.join("client.js"))];
+    for e in std::fs::read_dir(web.join("client")).expect("read src/web/client/") {
+        let path = e.expect("a directory entry").path();
+        if path.extension().is_some_and(|x| x == "js") {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            files.push((stem, path));
+        }
+    }
+    let mut bad = Vec::new();
+    let mut edges = 0;
+    for (module, path) in &files {
+        let text = std::fs::read_to_string(path).expect("read a client module");
+        for line in text.lines() {
+            let line = line.trim();
+            if !(line.starts_with("import ") || line.starts_with("export "))
+                || !line.contains(" from ")
+            {
+                continue;
+            }
+            let Some(target) = line
+                .rsplit(" from ")
+                .next()
+                .map(|t| t.trim_matches(|c| c == '\'' || c == '"' || c == ';'))
+            else {
+                continue;
+            };
+            let name = target
+                .rsplit('/')
+                .next()
+                .unwrap_or(target)
+                .trim_end_matches(".js");
+            edges += 1;
+            if client_floor(name) >= client_floor(module) {
+                bad.push(format!(
+                    "  {module} ({}) -> {name} ({})",
+                    CLIENT_FLOORS[client_floor(module)].0,
+                    CLIENT_FLOORS[client_floor(name)].0
+                ));
+            }
+        }
+    }
+    eprintln!("browser client: {} modules, {edges} imports", files.len());
+    assert!(edges > 0, "no import found: the check reads nothing");
+    assert!(
+        bad.is_empty(),
+        "browser client modules importing their own floor or above:\n{}",
+        bad.join("\n")
+    );
+}

@@ -134,3 +134,67 @@ async fn metrics_hold_pool_backlog_transport_and_http_request_figures() {
     }
     assert!(metric(app.port, "roomcast_db_pool_connections{state=\"size\"}").await >= 1);
 }
+
+/// The browser client is served as ES modules: `/client.js` and every
+/// module it imports, directly or not (`/client/*.js`), answer 200 with
+/// JavaScript and an ETag, and 304 when revalidated; an unknown module is a
+/// 404 in the contract's error shape.
+#[actix_web::test]
+async fn the_browser_client_and_every_module_it_imports_are_served() {
+    let db = TestDb::new().await;
+    let app = spawn_app(config(&db)).await;
+    let fetch = |path: String, etag: Option<String>| async move {
+        let mut req = awc::Client::default().get(format!("http://127.0.0.1:{}{path}", app.port));
+        if let Some(tag) = etag {
+            req = req.insert_header(("if-none-match", tag));
+        }
+        let mut res = req.send().await.expect("GET");
+        let body = res.body().await.expect("body");
+        let header = |h: &str| {
+            res.headers()
+                .get(h)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        (
+            res.status().as_u16(),
+            header("content-type"),
+            header("etag"),
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+        )
+    };
+    let mut todo = vec!["/client.js".to_string()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(path) = todo.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let (status, kind, etag, text) = fetch(path.clone(), None).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(kind.starts_with("text/javascript"), "{path}: {kind}");
+        assert!(!etag.is_empty(), "{path} has no ETag");
+        assert_eq!(
+            fetch(path.clone(), Some(etag)).await.0,
+            304,
+            "{path} revalidated"
+        );
+        let dir = &path[..=path.rfind('/').unwrap()];
+        for line in text.lines().map(str::trim) {
+            if (line.starts_with("import ") || line.starts_with("export "))
+                && line.contains(" from './")
+            {
+                let target = line
+                    .rsplit(" from './")
+                    .next()
+                    .unwrap()
+                    .trim_end_matches(['\'', ';']);
+                todo.push(format!("{dir}{target}"));
+            }
+        }
+    }
+    assert!(seen.len() >= 10, "only {seen:?}");
+    let (status, _, _, text) = fetch("/client/no-such-module.js".into(), None).await;
+    assert_eq!(status, 404);
+    let body: serde_json::Value = serde_json::from_str(&text).expect("a JSON error");
+    assert_eq!(body["error"]["code"], "not_found");
+}

@@ -24,13 +24,16 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)
 step "install (npm ci)"
 npm ci --no-audit --no-fund
 
-step "type check (src/, example/, with src/client.js copied from src/web/client.js)"
+step "type check (src/, example/, with src/client.js and src/client/ copied from src/web/)"
 npm run --silent typecheck
 
 step "build (dist/, example/dist/)"
 npm run --silent build
-cmp "$root/src/web/client.js" dist/client.js \
-  || { echo "dist/client.js is not a copy of src/web/client.js" >&2; exit 1; }
+for f in client.js "$root"/src/web/client/*.js; do
+  f="${f#"$root/src/web/"}"
+  cmp "$root/src/web/$f" "dist/$f" \
+    || { echo "dist/$f is not a copy of src/web/$f" >&2; exit 1; }
+done
 for f in index.html app.js app.dev.js; do
   [ -s "example/dist/$f" ] || { echo "example/dist/$f was not built" >&2; exit 1; }
 done
@@ -55,7 +58,8 @@ npm pack --silent --ignore-scripts --pack-destination "$out" >/dev/null  # built
 tarball="$(ls "$out"/roomcast-react-*.tgz)"
 listing="$(tar -tzf "$tarball")"
 for f in package/package.json package/README.md package/dist/index.js package/dist/index.d.ts \
-         package/dist/index.cjs package/dist/client.js package/dist/client.cjs package/dist/client.d.ts; do
+         package/dist/index.cjs package/dist/client.js package/dist/client.cjs package/dist/client.d.ts \
+         package/dist/client/roomcast.js package/dist/client/roomcast.d.ts; do
   grep -qx "$f" <<<"$listing" || { echo "$f is missing from $tarball" >&2; exit 1; }
 done
 echo "react client: built $(basename "$tarball") ($(wc -c <"$tarball") bytes) and example/dist/"

@@ -1,6 +1,8 @@
-//! `GET /` and `GET /client.js`: the dashboard and the browser client,
-//! embedded in the binary and served with an ETag (a hash of the bytes), so a
-//! browser revalidates and gets 304 until the server is upgraded.
+//! `GET /`, `GET /client.js` and `GET /client/{module}`: the dashboard and
+//! the browser client (an entry module and the modules it imports by
+//! relative path), embedded in the binary and served with an ETag (a hash of
+//! the bytes), so a browser revalidates and gets 304 until the server is
+//! upgraded.
 //!
 //! `ROOMCAST_WEB_DIR` (development only) serves the files from that folder
 //! instead, read at each request, so the page can be edited without a rebuild.
@@ -8,9 +10,13 @@
 use std::sync::OnceLock;
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 struct Asset {
     name: &'static str,
@@ -28,10 +34,37 @@ static DASHBOARD: Asset = Asset {
 
 static CLIENT: Asset = Asset {
     name: "client.js",
-    content_type: "text/javascript; charset=utf-8",
+    content_type: JAVASCRIPT,
     embedded: include_str!("../web/client.js"),
     etag: OnceLock::new(),
 };
+
+/// One module of `src/web/client/`, served at `/client/<file>`.
+macro_rules! module {
+    ($file:literal) => {
+        Asset {
+            name: concat!("client/", $file),
+            content_type: JAVASCRIPT,
+            embedded: include_str!(concat!("../web/client/", $file)),
+            etag: OnceLock::new(),
+        }
+    };
+}
+
+/// The modules `/client.js` imports (directly or not); tests/browser.rs
+/// checks that this list is every file of `src/web/client/`.
+static MODULES: [Asset; 10] = [
+    module!("emitter.js"),
+    module!("polling.js"),
+    module!("rest.js"),
+    module!("room_list.js"),
+    module!("roomcast.js"),
+    module!("store.js"),
+    module!("subscription.js"),
+    module!("timer.js"),
+    module!("types.js"),
+    module!("websocket.js"),
+];
 
 fn etag_of(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -79,7 +112,17 @@ pub async fn page(req: HttpRequest) -> HttpResponse {
     serve(&DASHBOARD, &req)
 }
 
-/// `GET /client.js`: the browser client, an ES module.
+/// `GET /client.js`: the browser client's entry, an ES module.
 pub async fn client(req: HttpRequest) -> HttpResponse {
     serve(&CLIENT, &req)
+}
+
+/// `GET /client/{module}`: a module of the browser client.
+pub async fn module(req: HttpRequest, file: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = format!("client/{file}");
+    MODULES
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| serve(m, &req))
+        .ok_or_else(|| ApiError::NotFound("no such module of the browser client".into()))
 }

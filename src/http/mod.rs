@@ -112,6 +112,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(metrics::metrics))
     .route("/", web::get().to(dashboard::page))
     .route("/client.js", web::get().to(dashboard::client))
+    .route("/client/{module}", web::get().to(dashboard::module))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound("no such resource".into()))
     }));

@@ -9,7 +9,7 @@
 // open a second connection or subscription; one test runs the production one.
 
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -39,7 +39,7 @@ const STATIC = {
 };
 
 /**
- * The page's origin: the example's files, and /v1/ and /client.js proxied to
+ * The page's origin: the example's files, and /v1/, /client.js and /client/ proxied to
  * `backend` (looked up per request: the server restarts on the same port).
  * A connection closed on either side is closed on the other, so a socket or
  * long-poll the page drops is dropped at roomcast too.
@@ -48,7 +48,8 @@ async function startFront(backend) {
   const sockets = new Set();
   // Proxied requests and WebSockets still open, as the page holds them.
   const open = { http: 0, ws: 0 };
-  const proxied = (url) => url.startsWith('/v1/') || url === '/client.js' || url.startsWith('/client.js?');
+  const proxied = (url) =>
+    url.startsWith('/v1/') || url === '/client.js' || url.startsWith('/client.js?') || url.startsWith('/client/');
   const front = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (proxied(req.url ?? '')) {
@@ -209,11 +210,16 @@ async function untilGauges(want, timeout = 8000) {
   }
 }
 
-test('the package ships the server\'s /client.js byte for byte (one protocol implementation)', async () => {
-  const shipped = join(PKG, 'dist/client.js');
-  assert.ok(existsSync(shipped), `${shipped} is missing: build the package (clients/react/ci.sh)`);
-  const served = await (await fetch(`${front.url}/client.js`)).text();
-  assert.equal(readFileSync(shipped, 'utf8'), served, 'clients/react/dist/client.js differs from the /client.js of ROOMCAST_BIN: rebuild the package (bash clients/react/ci.sh) after changing src/web/client.js');
+test('the package ships the server\'s /client.js and its modules byte for byte (one protocol implementation)', async () => {
+  const modules = readdirSync(join(PKG, 'dist/client')).filter((f) => f.endsWith('.js'));
+  assert.ok(modules.includes('roomcast.js'), 'dist/client/ holds no modules: build the package (clients/react/ci.sh)');
+  for (const f of ['client.js', ...modules.map((m) => `client/${m}`)]) {
+    const shipped = join(PKG, 'dist', f);
+    assert.ok(existsSync(shipped), `${shipped} is missing: build the package (clients/react/ci.sh)`);
+    const res = await fetch(`${front.url}/${f}`);
+    assert.equal(res.status, 200, `/${f} is not served`);
+    assert.equal(readFileSync(shipped, 'utf8'), await res.text(), `clients/react/dist/${f} differs from the /${f} of ROOMCAST_BIN: rebuild the package (bash clients/react/ci.sh) after changing src/web/`);
+  }
 });
 
 test('kill -9 and restart: the badge goes Live -> Offline -> Live and the list holds exactly 1..N', async () => {

@@ -5,13 +5,16 @@
 //   node scripts/build.mjs --lib    sync + library (what `npm pack` needs)
 //
 // 1. sync: copies the repository's browser client (src/web/client.js, the
-//    module the server serves at /client.js) to src/client.js, byte for byte:
-//    the package wraps it and never reimplements the protocol. Outside the
-//    repository (a tarball being repacked) the copy already there is used.
+//    entry module the server serves at /client.js, and src/web/client/*.js,
+//    the modules it imports, served at /client/*.js) to src/client.js and
+//    src/client/, byte for byte: the package wraps it and never
+//    reimplements the protocol. Outside the repository (a tarball being
+//    repacked) the copy already there is used.
 // 2. library: each src/*.ts is compiled to dist/*.js by esbuild (ES modules,
 //    React left as an import, each file opening with "use client": the hooks
 //    and the provider run in the browser, and a Next.js App Router server
-//    component may import them), src/client.js is copied to dist/ unchanged,
+//    component may import them), src/client.js and src/client/ are copied
+//    to dist/ unchanged,
 //    CommonJS bundles for `require` (dist/index.cjs, dist/client.cjs: Jest,
 //    older bundlers) are written beside them, and tsc writes the
 //    declarations (dist/*.d.ts, client.d.ts from its JSDoc).
@@ -27,18 +30,28 @@ import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const upstream = resolve(root, '../../src/web/client.js');
+const upstream = resolve(root, '../../src/web');
 const copy = join(root, 'src/client.js');
 const args = new Set(process.argv.slice(2));
 
+/** The browser client's files under `dir`: client.js and client/*.js. */
+function clientFiles(dir) {
+  const modules = readdirSync(join(dir, 'client')).filter((f) => f.endsWith('.js')).sort();
+  return ['client.js', ...modules.map((f) => `client/${f}`)];
+}
+
 function sync() {
-  if (existsSync(upstream)) {
-    copyFileSync(upstream, copy);
+  if (existsSync(join(upstream, 'client.js'))) {
+    rmSync(join(root, 'src/client'), { recursive: true, force: true });
+    mkdirSync(join(root, 'src/client'), { recursive: true });
+    for (const f of clientFiles(upstream)) copyFileSync(join(upstream, f), join(root, 'src', f));
+    for (const f of clientFiles(upstream)) {
+      if (!readFileSync(join(upstream, f)).equals(readFileSync(join(root, 'src', f)))) {
+        throw new Error(`src/${f} differs from src/web/${f} after the copy`);
+      }
+    }
   } else if (!existsSync(copy)) {
-    throw new Error(`neither ${upstream} nor ${copy} exists: build from the roomcast repository`);
-  }
-  if (existsSync(upstream) && !readFileSync(upstream).equals(readFileSync(copy))) {
-    throw new Error('src/client.js differs from src/web/client.js after the copy');
+    throw new Error(`neither ${upstream}/client.js nor ${copy} exists: build from the roomcast repository`);
   }
 }
 
@@ -59,7 +72,8 @@ async function lib() {
     banner: { js: "'use client';" },
     logLevel: 'warning',
   });
-  copyFileSync(copy, join(dist, 'client.js'));
+  mkdirSync(join(dist, 'client'), { recursive: true });
+  for (const f of clientFiles(join(root, 'src'))) copyFileSync(join(root, 'src', f), join(dist, f));
   // CommonJS, for `require`: one bundle per entry (the browser client
   // inside, React left as a require).
   const cjs = {

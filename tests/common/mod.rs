@@ -301,6 +301,43 @@ impl WsClient {
         Self::try_connect_with(port, path, &[]).await
     }
 
+    /// Connects with a receive buffer of `rcvbuf` bytes. Setting the size
+    /// turns off the kernel's receive-buffer autotuning, so a client that
+    /// stops reading holds at most that much. Otherwise it can hold up to
+    /// `net.ipv4.tcp_rmem`'s maximum (32 MiB here), and whether the
+    /// server's own backlog ever fills would depend on the machine.
+    /// The upgrade is written by hand because awc cannot be given a socket.
+    pub async fn connect_with_small_window(port: u16, path: &str, rcvbuf: u32) -> WsClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("upgrade");
+        // The answer's head, a byte at a time: what follows it is frames.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.expect("upgrade answer"));
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        WsClient {
+            framed: actix_codec::Framed::new(
+                Box::new(stream) as awc::BoxedSocket,
+                ws::Codec::new().client_mode().max_size(1 << 20),
+            ),
+            closed: None,
+            ended: false,
+        }
+    }
+
     /// Connects with extra request headers (an `Origin`, say).
     pub async fn try_connect_with(
         port: u16,

@@ -711,6 +711,20 @@ async fn a_reconnect_storm_of_2000_clients() {
     const CLIENTS: usize = 2000;
     const BEFORE: i64 = 50;
     const PER_ROOM: i64 = 100;
+    // One socket per client in this process (TestDb raised the soft limit
+    // to the hard one): a limit below that would show as lost events.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain libc call on a local struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(
+        lim.rlim_cur as usize >= CLIENTS + 256,
+        "the reconnect storm holds {CLIENTS} sockets: the open-file limit is {} \
+         (raise the hard limit: ulimit -Hn)",
+        lim.rlim_cur
+    );
     // History first: every client resumes from 0 and has to catch up.
     let n = Arc::new(AtomicU64::new(0));
     let (rounds, finished) = (

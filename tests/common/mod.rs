@@ -32,6 +32,30 @@ pub const SECRET: &str = "test-secret";
 /// `ROOMCAST_CLUSTER_SECRET` of every test instance (required with a bus).
 pub const CLUSTER_SECRET: &str = "test-cluster-secret";
 
+/// The test process holds many sockets at once (2,000 WebSocket clients in
+/// the reconnect storm, 500 long-polls with their server side in-process):
+/// raise the soft open-file limit to the hard one, as the server does at
+/// start. A normal user's soft limit is often 1,024; root's is often higher,
+/// so without this the suite passed as root and failed as a user.
+pub fn raise_open_files() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain libc calls on a local struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    eprintln!("could not raise the open-file limit");
+                }
+            }
+        }
+    });
+}
+
 /// Where tests keep private PostgreSQL clusters: `ROOMCAST_TEST_TMPDIR` if
 /// set (CI points it into a mode-700 directory, as a checkout under `/root`
 /// is), else cargo's temporary directory under `target/`.
@@ -77,6 +101,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        raise_open_files();
         let name = format!("rc_test_{}", uuid::Uuid::new_v4().simple());
         admin()
             .await

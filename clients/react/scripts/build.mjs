@@ -17,17 +17,21 @@
 //    to dist/ unchanged,
 //    CommonJS bundles for `require` (dist/index.cjs, dist/client.cjs: Jest,
 //    older bundlers) are written beside them, and tsc writes the
-//    declarations (dist/*.d.ts, client.d.ts from its JSDoc).
+//    declarations (dist/*.d.ts, client.d.ts from its JSDoc; the members
+//    the client's modules mark @internal are then cut from dist/client/).
 // 3. example: example/main.tsx bundled with React by esbuild into
 //    example/dist/app.js (production React) and example/dist/app.dev.js
 //    (development React: StrictMode's double render and double effects are
 //    live), with example/index.html beside them.
 
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as esbuild from 'esbuild';
+
+const ts = createRequire(import.meta.url)('typescript');
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const upstream = resolve(root, '../../src/web');
@@ -88,6 +92,44 @@ async function lib() {
   await esbuild.build({ ...cjs, entryPoints: [copy], outfile: join(dist, 'client.cjs') });
   const tsc = join(root, 'node_modules/typescript/bin/tsc');
   execFileSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.build.json')], { stdio: 'inherit', cwd: root });
+  stripInternal(join(dist, 'client'));
+}
+
+/**
+ * Removes the members marked `@internal` from the browser client's
+ * declarations. The client's modules share some fields and methods with
+ * each other and mark them `@internal`. tsc's `stripInternal` skips
+ * declarations emitted from JavaScript, so without this step they would
+ * show up in the package's public types.
+ */
+function stripInternal(dir) {
+  const internal = (node) => ts.getJSDocTags(node).some((t) => t.tagName.text === 'internal');
+  for (const f of readdirSync(dir).filter((f) => f.endsWith('.d.ts'))) {
+    const path = join(dir, f);
+    const text = readFileSync(path, 'utf8');
+    const source = ts.createSourceFile(path, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
+    // Ranges of the marked members (class members and type members), their
+    // leading comments and indentation included, cut from the text so
+    // everything else stays byte for byte as tsc wrote it.
+    const cuts = [];
+    const visit = (node) => {
+      if ((ts.isClassElement(node) || ts.isTypeElement(node)) && internal(node)) {
+        const start = text.lastIndexOf('\n', node.getFullStart() + text.slice(node.getFullStart()).search(/\S/)) + 1;
+        cuts.push([start, node.getEnd()]);
+        return;
+      }
+      ts.forEachChild(node, visit);
+    };
+    visit(source);
+    if (cuts.length === 0) continue;
+    let out = '';
+    let at = 0;
+    for (const [start, end] of cuts.sort((a, b) => a[0] - b[0])) {
+      out += text.slice(at, start);
+      at = end + (text[end] === '\n' ? 1 : 0);
+    }
+    writeFileSync(path, out + text.slice(at));
+  }
 }
 
 async function example() {

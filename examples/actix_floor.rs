@@ -121,18 +121,24 @@ impl Actor for WorkerRouter {
     type Context = Context<Self>;
 }
 
+/// Answered once the hub routes the room to this router: the router takes
+/// no other message meanwhile (`AtomicResponse`), so a second session of
+/// the room is not answered before the first one's registration either.
 impl Handler<Join> for WorkerRouter {
-    type Result = ();
-    fn handle(&mut self, m: Join, ctx: &mut Context<Self>) {
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, m: Join, ctx: &mut Context<Self>) -> Self::Result {
         let sessions = self.rooms.entry(m.room.clone()).or_default();
-        if sessions.is_empty() {
-            self.hub.do_send(Join {
-                room: m.room,
-                id: self.id,
-                to: ctx.address().recipient(),
-            });
-        }
+        let first = sessions.is_empty();
         sessions.insert(m.id, m.to);
+        if !first {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let joined = self.hub.send(Join {
+            room: m.room,
+            id: self.id,
+            to: ctx.address().recipient(),
+        });
+        AtomicResponse::new(Box::pin(joined.into_actor(self).map(|_, _, _| ())))
     }
 }
 
@@ -194,14 +200,20 @@ impl Actor for Session {
             id: self.id,
             to: ctx.address().recipient(),
         };
-        match &self.router {
-            Some(router) => router.do_send(join),
-            None => self.hub.do_send(join),
-        }
-        ctx.text(format!(
-            r#"{{"op":"subscribed","room":"{}","head":0}}"#,
-            self.room
-        ));
+        // `subscribed` once frames of the room are routed to this session,
+        // as roomcast answers it: a publish the client makes after it
+        // reaches the session.
+        let to: Recipient<Join> = match &self.router {
+            Some(router) => router.clone().recipient(),
+            None => self.hub.clone().recipient(),
+        };
+        let joined = to.send(join);
+        ctx.wait(joined.into_actor(self).map(|_, act, ctx| {
+            ctx.text(format!(
+                r#"{{"op":"subscribed","room":"{}","head":0}}"#,
+                act.room
+            ))
+        }));
         if !self.heartbeat.is_zero() {
             ctx.run_interval(self.heartbeat, |_, ctx| ctx.ping(b""));
         }

@@ -90,7 +90,7 @@ async fn round(
         delivery.extend(l);
     }
     if bad > 0 {
-        bail!("{bad} events out of order or duplicated");
+        bail!("{room}: {bad} events out of order or duplicated");
     }
     Ok(Round { delivery, answer })
 }

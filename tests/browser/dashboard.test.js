@@ -100,9 +100,13 @@ test('mode toggle: polling reads by long-poll, the choice survives a reload, Rea
   const page = await ctx.newPage();
   await page.goto(dashboardUrl(server, token({ org }), room));
   await untilStatus(page, 'live');
-  // Auto by default, on WebSocket.
+  // Auto by default, on WebSocket. 'live' is the connection's: the room's
+  // first two events may still be on their way (the transcript's view is
+  // read before the room joins the socket). Toggling before they arrive
+  // would have the poll read them, and the count below would be 3.
   assert.equal(await page.getAttribute('#mode button[data-mode="auto"]', 'aria-checked'), 'true');
   assert.equal((await clientState(page)).transport, 'websocket');
+  await untilTimeline(page, 2);
 
   await page.click('#mode button[data-mode="polling"]');
   await until(page, () => globalThis.roomcast.client.state.transport === 'longpoll' && globalThis.roomcast.client.state.status === 'live', null, { what: 'long-poll, live' });

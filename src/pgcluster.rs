@@ -132,9 +132,15 @@ impl PrivateCluster {
         let saved = std::fs::read_to_string(&port_file)
             .ok()
             .and_then(|s| s.trim().parse::<u16>().ok());
-        if let (Some(port), true) = (saved, cluster.is_running()) {
-            cluster.port = port;
-            return Ok(cluster);
+        if cluster.is_running() {
+            // Left running by an earlier process: its postmaster.pid names
+            // the port, also when `port` is gone (a fresh checkout at the
+            // same path finds the same relocated cluster).
+            if let Some(port) = cluster.running_port().or(saved) {
+                cluster.port = port;
+                std::fs::write(&port_file, port.to_string())?;
+                return Ok(cluster);
+            }
         }
         for attempt in 0..3 {
             let port = match (attempt, saved) {
@@ -223,6 +229,17 @@ impl PrivateCluster {
             }
             Err(err(format!("{cmd:?} failed: {stderr}")))
         }
+    }
+
+    /// The port of the running postmaster: line 4 of `postmaster.pid`.
+    fn running_port(&self) -> Option<u16> {
+        std::fs::read_to_string(self.pgdata().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .nth(3)?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn is_running(&self) -> bool {

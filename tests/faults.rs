@@ -154,6 +154,34 @@ async fn publishes_get_503_while_the_database_is_down_and_nothing_acknowledged_i
     cluster.destroy();
 }
 
+/// A private cluster left running by an earlier run is found again when the
+/// directory that named it no longer says its port: a fresh checkout at the
+/// same path (CI's) relocates to the same cluster, whose postmaster.pid
+/// names the port. Before, start failed on the running postmaster's lock
+/// ("could not start PostgreSQL"), and the tests with it.
+#[actix_web::test]
+async fn a_private_cluster_left_running_is_found_again() {
+    let dir = tmp_dir().join(format!("pg-left-{}", uuid::Uuid::new_v4().simple()));
+    let first = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
+    let url = first.url("postgres");
+    // What a fresh checkout at the same path has of it: no port file.
+    std::fs::remove_file(dir.join("port")).expect("the port file");
+    let again = web_block(|d| PrivateCluster::start(&d), dir.clone()).await;
+    assert_eq!(
+        again.url("postgres"),
+        url,
+        "the running cluster, found again"
+    );
+    let (client, conn) = tokio_postgres::connect(&again.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the cluster found again");
+    actix_web::rt::spawn(conn);
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop(first);
+    again.destroy();
+}
+
 async fn web_block<T: Send + 'static>(
     f: impl FnOnce(std::path::PathBuf) -> std::io::Result<T> + Send + 'static,
     dir: std::path::PathBuf,
